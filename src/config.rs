@@ -1,0 +1,406 @@
+//! Command line and environment: parse, validate every flag, report all problems at once.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::auth::{AuthConfig, Authenticator};
+
+/// One problem with one flag. `Config` validation collects these and reports them all together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The long flag, e.g. `--jwt-secret`.
+    pub flag: &'static str,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(flag: &'static str, message: impl Into<String>) -> Self {
+        Self { flag, message: message.into() }
+    }
+
+    /// The environment variable that sets the same value: `--jwt-secret` -> `PGSSE_JWT_SECRET`.
+    pub fn env_name(&self) -> String {
+        format!("PGSSE_{}", self.flag.trim_start_matches('-').replace('-', "_").to_uppercase())
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}): {}", self.flag, self.env_name(), self.message)
+    }
+}
+
+/// Every problem found in one configuration, reported together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_PATH: &str = "/api/notifications/stream";
+pub const DEFAULT_HEARTBEAT_INTERVAL: &str = "30s";
+pub const DEFAULT_TOKEN_QUERY_PARAM: &str = "access_token";
+pub const DEFAULT_USER_CLAIM: &str = "sub";
+pub const DEFAULT_RETENTION: &str = "24h";
+pub const DEFAULT_MARKER_INTERVAL: &str = "250ms";
+pub const DEFAULT_QUEUE_BYTES: &str = "1MiB";
+pub const DEFAULT_REPLAY_TIMEOUT: &str = "10s";
+pub const DEFAULT_POOL_SIZE: usize = 4;
+pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "15s";
+
+#[derive(Debug, Parser)]
+#[command(name = "pgsse", version, about = "Server-Sent Events gateway fed by PostgreSQL LISTEN/NOTIFY")]
+pub struct Cli {
+    /// Log format: text or json. Verbosity follows RUST_LOG (default: info).
+    #[arg(long, global = true, env = "PGSSE_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve(Box<ServeArgs>),
+    /// Print or apply the SQL a DBA installs.
+    Sql {
+        #[command(subcommand)]
+        action: SqlAction,
+    },
+    /// Mint an HS256 JWT for curl and local testing.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SqlAction {
+    /// Print (or with --apply, run) the install script: schema pgsse, event log, triggers API.
+    Install(SqlArgs),
+    /// Print (or with --apply, run) the uninstall script: removes everything pgsse created.
+    Uninstall(SqlArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SqlArgs {
+    /// Run the script against --database-url instead of printing it.
+    #[arg(long)]
+    pub apply: bool,
+    /// PostgreSQL URL (also DATABASE_URL).
+    #[arg(long, env = "PGSSE_DATABASE_URL")]
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The user id (the `sub` claim).
+    #[arg(long, env = "PGSSE_SUB")]
+    pub sub: String,
+    /// HS256 secret (the same as `serve --jwt-secret`).
+    #[arg(long, env = "PGSSE_JWT_SECRET")]
+    pub secret: String,
+    /// Lifetime, e.g. 15m, 1h, 7d.
+    #[arg(long, default_value = "1h", env = "PGSSE_TTL")]
+    pub ttl: String,
+    /// `iss` claim to include.
+    #[arg(long, env = "PGSSE_JWT_ISSUER")]
+    pub issuer: Option<String>,
+    /// `aud` claim to include.
+    #[arg(long, env = "PGSSE_JWT_AUDIENCE")]
+    pub audience: Option<String>,
+}
+
+/// `pgsse serve` flags. Values are taken as text and validated together in `Config::from_args`,
+/// so one run reports every mistake.
+#[derive(Debug, Args, Clone)]
+pub struct ServeArgs {
+    /// PostgreSQL URL, e.g. postgres://pgsse@db/app (also DATABASE_URL).
+    #[arg(long, env = "PGSSE_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Address to accept browser connections on.
+    #[arg(long, env = "PGSSE_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: String,
+    /// URL path of the event stream.
+    #[arg(long, env = "PGSSE_PATH", default_value = DEFAULT_PATH)]
+    pub path: String,
+    /// How often every stream gets `event: heartbeat` (keeps proxies from closing idle streams).
+    #[arg(long, env = "PGSSE_HEARTBEAT_INTERVAL", default_value = DEFAULT_HEARTBEAT_INTERVAL)]
+    pub heartbeat_interval: String,
+
+    /// HMAC secret for HS256/HS384/HS512 tokens.
+    #[arg(long, env = "PGSSE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// PEM public key file (RSA, EC P-256/P-384 or Ed25519); repeat or comma-separate for several.
+    #[arg(long, env = "PGSSE_JWT_PUBLIC_KEY_FILE", value_delimiter = ',')]
+    pub jwt_public_key_file: Vec<PathBuf>,
+    /// JWK set file; the key is chosen by the token's `kid`.
+    #[arg(long, env = "PGSSE_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+    /// Allowed JWT algorithms, comma-separated (default: all that fit the configured keys).
+    #[arg(long, env = "PGSSE_JWT_ALGORITHMS", value_delimiter = ',')]
+    pub jwt_algorithms: Vec<String>,
+    /// Required `iss` claim.
+    #[arg(long, env = "PGSSE_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim.
+    #[arg(long, env = "PGSSE_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Claim that holds the user id.
+    #[arg(long, env = "PGSSE_USER_CLAIM", default_value = DEFAULT_USER_CLAIM)]
+    pub user_claim: String,
+    /// Also read the token from this cookie.
+    #[arg(long, env = "PGSSE_TOKEN_COOKIE")]
+    pub token_cookie: Option<String>,
+    /// Query parameter that may carry the token (EventSource cannot set headers); empty disables.
+    #[arg(long, env = "PGSSE_TOKEN_QUERY_PARAM", default_value = DEFAULT_TOKEN_QUERY_PARAM)]
+    pub token_query_param: String,
+
+    /// How long events stay in pgsse.events for resuming clients.
+    #[arg(long, env = "PGSSE_RETENTION", default_value = DEFAULT_RETENTION)]
+    pub retention: String,
+    /// How often the horizon marker is sent (bounds how stale resume positions are).
+    #[arg(long, env = "PGSSE_MARKER_INTERVAL", default_value = DEFAULT_MARKER_INTERVAL)]
+    pub marker_interval: String,
+    /// Bytes queued for one stream before it is closed as too slow (e.g. 1MiB, 256KiB).
+    #[arg(long, env = "PGSSE_MAX_QUEUE_BYTES", default_value = DEFAULT_QUEUE_BYTES)]
+    pub max_queue_bytes: String,
+    /// How long a resuming stream may wait for its replay before it gets 503.
+    #[arg(long, env = "PGSSE_REPLAY_TIMEOUT", default_value = DEFAULT_REPLAY_TIMEOUT)]
+    pub replay_timeout: String,
+    /// Connections in the pool used for replay and retention (the LISTEN connection is extra).
+    #[arg(long, env = "PGSSE_DB_POOL_SIZE", default_value_t = DEFAULT_POOL_SIZE)]
+    pub db_pool_size: usize,
+    /// How long shutdown may take before open streams are cut.
+    #[arg(long, env = "PGSSE_SHUTDOWN_TIMEOUT", default_value = DEFAULT_SHUTDOWN_TIMEOUT)]
+    pub shutdown_timeout: String,
+}
+
+/// Validated configuration of `pgsse serve`.
+#[derive(Clone)]
+pub struct Config {
+    pub database: tokio_postgres::Config,
+    pub listen: SocketAddr,
+    pub path: String,
+    pub heartbeat_interval: Duration,
+    pub auth: Arc<Authenticator>,
+    pub retention: Duration,
+    pub marker_interval: Duration,
+    pub queue_bytes: usize,
+    pub replay_timeout: Duration,
+    pub pool_size: usize,
+    pub shutdown_timeout: Duration,
+}
+
+impl Config {
+    /// Parses `pgsse serve` arguments (without the program and subcommand names), as tests and
+    /// embedders need.
+    pub fn from_argv<I, T>(args: I) -> Result<Config, ConfigErrors>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        #[derive(Parser)]
+        struct Serve {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        let argv = std::iter::once(std::ffi::OsString::from("pgsse-serve")).chain(args.into_iter().map(Into::into));
+        let parsed =
+            Serve::try_parse_from(argv).map_err(|e| ConfigErrors(vec![ConfigError::new("serve", e.to_string())]))?;
+        Config::from_args(&parsed.args)
+    }
+
+    pub fn from_args(a: &ServeArgs) -> Result<Config, ConfigErrors> {
+        let mut errs = Vec::new();
+        let url = a.database_url.clone().or_else(|| std::env::var("DATABASE_URL").ok());
+        let database = match url.as_deref().map(crate::pg::parse_url) {
+            None => {
+                errs.push(ConfigError::new("--database-url", "required (or set DATABASE_URL)"));
+                None
+            }
+            Some(Err(e)) => {
+                errs.push(ConfigError::new("--database-url", e.to_string()));
+                None
+            }
+            Some(Ok(c)) => Some(c),
+        };
+        let listen = a
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|_| {
+                errs.push(ConfigError::new("--listen", format!("{:?} is not an address like 127.0.0.1:8080", a.listen)))
+            })
+            .ok();
+        if !a.path.starts_with('/') || a.path.contains(['?', '#', ' ']) {
+            errs.push(ConfigError::new("--path", format!("{:?} must be a plain URL path starting with /", a.path)));
+        }
+        let heartbeat_interval =
+            duration(&mut errs, "--heartbeat-interval", &a.heartbeat_interval, Duration::from_millis(100));
+        let retention = duration(&mut errs, "--retention", &a.retention, Duration::from_secs(1));
+        let marker_interval = duration(&mut errs, "--marker-interval", &a.marker_interval, Duration::from_millis(10));
+        let replay_timeout = duration(&mut errs, "--replay-timeout", &a.replay_timeout, Duration::from_millis(10));
+        let shutdown_timeout = duration(&mut errs, "--shutdown-timeout", &a.shutdown_timeout, Duration::ZERO);
+        let queue_bytes = match parse_size(&a.max_queue_bytes) {
+            Some(n) if n >= 1024 => Some(n),
+            _ => {
+                errs.push(ConfigError::new(
+                    "--max-queue-bytes",
+                    format!("{:?} is not a size of at least 1KiB (e.g. 1MiB, 262144)", a.max_queue_bytes),
+                ));
+                None
+            }
+        };
+        if a.db_pool_size == 0 {
+            errs.push(ConfigError::new("--db-pool-size", "must be at least 1"));
+        }
+        let auth_cfg = AuthConfig {
+            jwt_secret: a.jwt_secret.clone(),
+            jwt_public_key_files: a.jwt_public_key_file.clone(),
+            jwks_file: a.jwks_file.clone(),
+            algorithms: a.jwt_algorithms.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+            issuer: a.jwt_issuer.clone(),
+            audience: a.jwt_audience.clone(),
+            user_claim: a.user_claim.clone(),
+            token_cookie: a.token_cookie.clone().filter(|c| !c.is_empty()),
+            token_query_param: Some(a.token_query_param.clone()).filter(|p| !p.is_empty()),
+        };
+        let auth = Authenticator::new(&auth_cfg).map_err(|e| errs.extend(e)).ok();
+        match (
+            database,
+            listen,
+            heartbeat_interval,
+            auth,
+            retention,
+            marker_interval,
+            queue_bytes,
+            replay_timeout,
+            shutdown_timeout,
+        ) {
+            (
+                Some(database),
+                Some(listen),
+                Some(heartbeat_interval),
+                Some(auth),
+                Some(retention),
+                Some(marker_interval),
+                Some(queue_bytes),
+                Some(replay_timeout),
+                Some(shutdown_timeout),
+            ) if errs.is_empty() => Ok(Config {
+                database,
+                listen,
+                path: a.path.clone(),
+                heartbeat_interval,
+                auth: Arc::new(auth),
+                retention,
+                marker_interval,
+                queue_bytes,
+                replay_timeout,
+                pool_size: a.db_pool_size,
+                shutdown_timeout,
+            }),
+            _ => Err(ConfigErrors(errs)),
+        }
+    }
+}
+
+/// Parses `30s`, `250ms`, `1h 30m`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s).ok()
+}
+
+fn duration(errs: &mut Vec<ConfigError>, flag: &'static str, s: &str, min: Duration) -> Option<Duration> {
+    match parse_duration(s) {
+        Some(d) if d >= min => Some(d),
+        Some(_) => {
+            errs.push(ConfigError::new(
+                flag,
+                format!("{s:?} is shorter than the minimum {}", humantime::format_duration(min)),
+            ));
+            None
+        }
+        None => {
+            errs.push(ConfigError::new(flag, format!("{s:?} is not a duration like 30s, 250ms or 1h")));
+            None
+        }
+    }
+}
+
+/// Parses `1048576`, `512KiB`, `1MiB`, `2MB` (decimal and binary units, case-insensitive).
+pub fn parse_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: usize = num.parse().ok()?;
+    let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_is_reported_at_once() {
+        let errs = match Config::from_argv([
+            "--listen",
+            "nope",
+            "--heartbeat-interval",
+            "soon",
+            "--path",
+            "no-slash",
+            "--max-queue-bytes",
+            "lots",
+            "--jwt-secret",
+            "s",
+            "--database-url",
+            "postgres://u@h/db",
+            "--retention",
+            "0s",
+        ]) {
+            Err(e) => e,
+            Ok(_) => panic!("expected errors"),
+        };
+        let flags: Vec<_> = errs.0.iter().map(|e| e.flag).collect();
+        assert_eq!(flags, ["--listen", "--path", "--heartbeat-interval", "--retention", "--max-queue-bytes"]);
+        let text = errs.to_string();
+        assert!(text.contains("PGSSE_HEARTBEAT_INTERVAL"), "{text}");
+    }
+
+    #[test]
+    fn missing_database_url_is_named() {
+        if std::env::var_os("DATABASE_URL").is_some() {
+            return;
+        }
+        let errs = Config::from_argv(["--jwt-secret", "s"]).err().expect("error");
+        assert!(errs.0.iter().any(|e| e.flag == "--database-url"), "{errs}");
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("1MiB"), Some(1 << 20));
+        assert_eq!(parse_size("512 kib"), Some(512 << 10));
+        assert_eq!(parse_size("42"), Some(42));
+        assert_eq!(parse_size("1.5MiB"), None);
+        assert_eq!(parse_size("99999999999999999999GiB"), None);
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("15"), Some(Duration::from_secs(15)));
+        assert_eq!(parse_duration("-1s"), None);
+    }
+}

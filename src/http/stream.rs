@@ -1,0 +1,146 @@
+//! The event-stream endpoint: authenticate, subscribe, replay what a resuming client missed, stream.
+
+use std::collections::{HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::{Request, Response, StatusCode};
+
+use super::{error, unavailable, Body, Shared};
+use crate::auth::AuthError;
+use crate::hub::{Next, Subscription};
+use crate::pg::replay::{self, Replay, DEFAULT_MAX_REPLAY_EVENTS};
+use crate::sse::{self, EventId, DEFAULT_RETRY_MS};
+
+/// The body of one open stream: first what was prepared at open (retry, `connected`, replay or
+/// `reset`), then live events from the hub minus those the replay already sent.
+pub struct StreamBody {
+    preamble: VecDeque<Bytes>,
+    replayed: HashSet<i64>,
+    sub: Subscription,
+}
+
+impl StreamBody {
+    pub(super) fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        if let Some(b) = self.preamble.pop_front() {
+            return Poll::Ready(Some(b));
+        }
+        let replayed = &mut self.replayed;
+        match self.sub.poll_next(cx, |id| !replayed.is_empty() && replayed.remove(&id)) {
+            Poll::Ready(Next::Data(b)) => Poll::Ready(Some(b)),
+            Poll::Ready(Next::Closed(reason)) => {
+                tracing::debug!(conn = self.sub.id(), ?reason, "stream closed by the gateway");
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+pub(super) async fn open(req: Request<Incoming>, shared: &Shared, peer: SocketAddr) -> Response<Body> {
+    let identity = match shared.config.auth.authenticate(req.headers(), req.uri().query()) {
+        Ok(i) => i,
+        Err(e) => return unauthorized(&e, peer),
+    };
+    if shared.draining.load(std::sync::atomic::Ordering::Acquire) {
+        return unavailable("draining", "the gateway is shutting down; retry", 1);
+    }
+    if shared.source.horizon().is_none() {
+        return unavailable("not_ready", "the gateway is not yet listening to the database; retry", 1);
+    }
+    let last_event_id = req
+        .headers()
+        .get("last-event-id")
+        .map(|v| v.to_str().map_err(|_| sse::BadEventId::Malformed).and_then(EventId::parse));
+
+    // Subscribe before reading the horizon or replaying: anything committed after this point
+    // arrives live, so together with the replay nothing falls between the two.
+    let sub = shared.hub.subscribe(identity.user_id.clone());
+    let now = shared.source.horizon().unwrap_or(0);
+    let user = identity.user_id.clone();
+    let mut preamble = VecDeque::with_capacity(4);
+    preamble.push_back(sse::retry(DEFAULT_RETRY_MS));
+    let connected = |id: u64, resumed: bool, replayed: usize| {
+        let data = serde_json::json!({
+            "userId": &*user,
+            "connectionId": sub.id(),
+            "resumed": resumed,
+            "replayed": replayed,
+            "heartbeatMs": shared.config.heartbeat_interval.as_millis() as u64,
+        });
+        sse::encode("connected", Some(EventId::horizon(id)), &data.to_string())
+    };
+    let reset = |reason: &str, message: &str| {
+        let data = serde_json::json!({"reason": reason, "message": message});
+        sse::encode("reset", Some(EventId::horizon(now)), &data.to_string())
+    };
+    let mut replayed = HashSet::new();
+    match last_event_id {
+        None => preamble.push_back(connected(now, false, 0)),
+        Some(Err(bad)) => {
+            tracing::debug!(conn = sub.id(), %peer, error = %bad, "unusable Last-Event-ID; sending reset");
+            preamble.push_back(connected(now, false, 0));
+            preamble.push_back(reset("invalid_last_event_id", &bad.to_string()));
+        }
+        Some(Ok(from)) => {
+            let run = replay::replay(&shared.pool, &identity.user_id, from.horizon, DEFAULT_MAX_REPLAY_EVENTS);
+            match tokio::time::timeout(shared.config.replay_timeout, run).await {
+                Ok(Ok(Replay::Events(events))) => {
+                    preamble.push_back(connected(from.horizon, true, events.len()));
+                    for ev in events {
+                        let id = EventId::event(from.horizon, ev.id);
+                        preamble.push_back(sse::encode(&ev.event, Some(id), &ev.data));
+                        replayed.insert(ev.id);
+                    }
+                }
+                Ok(Ok(Replay::Reset(reason))) => {
+                    tracing::debug!(conn = sub.id(), reason = reason.as_str(), "resume not possible; sending reset");
+                    preamble.push_back(connected(now, false, 0));
+                    preamble.push_back(reset(reason.as_str(), "refetch: the missed events cannot be replayed"));
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "replay failed");
+                    return unavailable("replay_failed", "could not read missed events; retry", 1);
+                }
+                Err(_) => return unavailable("replay_timeout", "reading missed events took too long; retry", 1),
+            }
+        }
+    }
+    tracing::debug!(conn = sub.id(), user = %identity.user_id, %peer, "stream opened");
+    let mut resp = Response::new(Body::Stream(Box::new(StreamBody { preamble, replayed, sub })));
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
+
+fn unauthorized(e: &AuthError, peer: SocketAddr) -> Response<Body> {
+    tracing::info!(%peer, reason = e.code(), "stream refused: {e}");
+    let mut r = error(StatusCode::UNAUTHORIZED, e.code(), &e.to_string());
+    // RFC 6750: no error code when no credentials were sent at all.
+    let challenge = if e.code() == "missing_token" {
+        "Bearer realm=\"pgsse\"".to_string()
+    } else {
+        let desc: String = e
+            .to_string()
+            .chars()
+            .filter(|c| c.is_ascii() && !c.is_ascii_control() && *c != '"' && *c != '\\')
+            .collect();
+        format!("Bearer realm=\"pgsse\", error=\"invalid_token\", error_description=\"{desc}\"")
+    };
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        r.headers_mut().insert(WWW_AUTHENTICATE, v);
+    }
+    r
+}
+
+/// The shared heartbeat: one timer for every stream, bytes encoded once per tick.
+pub fn heartbeat(horizon: u64) -> Bytes {
+    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    sse::encode("heartbeat", Some(EventId::horizon(horizon)), &format!("{{\"timestamp\":{ms}}}"))
+}

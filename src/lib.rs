@@ -1,0 +1,96 @@
+//! pgsse: a Server-Sent Events gateway fed by PostgreSQL LISTEN/NOTIFY.
+//!
+//! The data path, stage by stage:
+//!
+//! 1. **Triggers** (`sql/install.sql`, installed by a DBA): each INSERT/UPDATE/DELETE on a watched
+//!    table appends rows to `pgsse.events` (the durable log) and sends one NOTIFY per statement.
+//! 2. **Source** ([`pg::source`]): one dedicated LISTEN connection receives those notifications in
+//!    commit order, fetches large events by reference, and tracks the *horizon* through markers.
+//! 3. **Encoding** ([`sse`]): each event becomes `text/event-stream` bytes once, with an `id:`
+//!    that is a resume position.
+//! 4. **Hub** ([`hub`]): routes the bytes to every open stream of the event's user (or all, for a
+//!    broadcast) through small bounded queues, never waiting on a client.
+//! 5. **HTTP** ([`http`]): authenticates each stream ([`auth`]), replays what a resuming client
+//!    missed ([`pg::replay`]), then writes live bytes until the client or the gateway ends it.
+//!
+//! [`config`] turns flags into a [`Config`]; [`run`] wires the stages together.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod pg;
+pub mod sse;
+
+use std::future::Future;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+/// Errors that stop the gateway from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Pg(#[from] pg::PgError),
+}
+
+/// Runs the gateway on `listener` until `shutdown` resolves, then drains and returns.
+pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    let hub = Arc::new(hub::Hub::new(config.queue_bytes));
+    let source_state = Arc::new(pg::source::SourceState::default());
+    let pool = pg::pool(&config.database, config.pool_size)?;
+    let stop = CancellationToken::new();
+
+    let source =
+        pg::source::Source::new(config.database.clone(), hub.clone(), source_state.clone(), config.marker_interval);
+    let tasks = [
+        tokio::spawn(source.run(stop.clone())),
+        tokio::spawn(pg::retention::run(
+            pool.clone(),
+            config.retention,
+            prune_interval(config.retention),
+            stop.clone(),
+        )),
+        tokio::spawn(heartbeats(hub.clone(), source_state.clone(), config.heartbeat_interval, stop.clone())),
+    ];
+    let shared = Arc::new(http::Shared { config, hub, source: source_state, pool, draining: AtomicBool::new(false) });
+    http::serve(listener, shared, shutdown).await;
+    stop.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(())
+}
+
+/// One timer for all streams: each tick encodes one heartbeat and queues it everywhere.
+async fn heartbeats(
+    hub: Arc<hub::Hub>,
+    source: Arc<pg::source::SourceState>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        // The horizon is read after every event below it was queued (the source stores it only
+        // after dispatching them), so it is a valid resume position for every stream.
+        if let Some(h) = source.horizon() {
+            hub.publish(None, &hub::Item { log_id: 0, bytes: http::heartbeat(h) });
+        }
+    }
+}
+
+/// Prune often enough that the log never holds much more than `retention` of history.
+fn prune_interval(retention: Duration) -> Duration {
+    (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(60))
+}

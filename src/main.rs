@@ -1,0 +1,116 @@
+//! The `pgsse` command: parses flags, sets up logging, and hands off to the library.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+use pgsse::config::{Cli, Command, Config, SqlAction, SqlArgs, TokenArgs};
+
+/// Exit code for configuration mistakes, as for usage errors.
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(msg) = init_logging(&cli.log_format) {
+        eprintln!("pgsse: invalid configuration:\n  --log-format (PGSSE_LOG_FORMAT): {msg}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let result = match cli.command {
+        Command::Serve(args) => match Config::from_args(&args) {
+            Ok(config) => serve(config),
+            Err(errors) => {
+                eprintln!("pgsse: invalid configuration:\n{errors}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        Command::Sql { action } => sql(action),
+        Command::Token(args) => token(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgsse: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: &str) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        "text" => builder.init(),
+        "json" => builder.json().flatten_event(true).with_current_span(true).init(),
+        other => return Err(format!("{other:?} is not text or json")),
+    }
+    Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        tracing::info!(addr = %listener.local_addr()?, path = %config.path, "pgsse serving");
+        pgsse::run(config, listener, shutdown_signal()).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (term, int) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+        }
+        _ => {
+            tracing::warn!("cannot install signal handlers; Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn sql(action: SqlAction) -> anyhow::Result<()> {
+    let (script, args, what) = match action {
+        SqlAction::Install(a) => (pgsse::pg::install::INSTALL_SQL, a, "installed"),
+        SqlAction::Uninstall(a) => (pgsse::pg::install::UNINSTALL_SQL, a, "uninstalled"),
+    };
+    let SqlArgs { apply, database_url } = args;
+    if !apply {
+        print!("{script}");
+        return Ok(());
+    }
+    let url = database_url
+        .or_else(|| std::env::var("DATABASE_URL").ok())
+        .context("--apply needs --database-url (or PGSSE_DATABASE_URL / DATABASE_URL)")?;
+    let cfg = pgsse::pg::parse_url(&url)?;
+    runtime()?.block_on(pgsse::pg::install::apply(&cfg, script))?;
+    eprintln!("pgsse: SQL {what}");
+    Ok(())
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let ttl = pgsse::config::parse_duration(&args.ttl)
+        .with_context(|| format!("--ttl: {:?} is not a duration like 15m or 1h", args.ttl))?;
+    let token = pgsse::auth::mint_hs256(
+        &args.sub,
+        args.secret.as_bytes(),
+        ttl,
+        args.issuer.as_deref(),
+        args.audience.as_deref(),
+    )?;
+    println!("{token}");
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! Postgres: the only module that talks to the database (LISTEN source, replay, retention, SQL install).
+
+pub mod install;
+pub mod replay;
+pub mod retention;
+pub mod source;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use tokio_postgres::NoTls;
+
+/// The NOTIFY channel the triggers and markers use.
+pub const CHANNEL: &str = "pgsse";
+/// How long a connection attempt may take before it counts as failed.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Everything that can go wrong at the Postgres boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error("invalid database URL: {0}")]
+    Url(String),
+    #[error("postgres: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("connection pool: {0}")]
+    Pool(String),
+    #[error("unexpected value from the database: {0}")]
+    Protocol(String),
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// Parses and completes a connection URL: sets `application_name` and a connect timeout unless
+/// the URL already chose them. Never echoes the URL back (it may hold a password).
+pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, PgError> {
+    let mut cfg = tokio_postgres::Config::from_str(url).map_err(|e| PgError::Url(e.to_string()))?;
+    if matches!(cfg.get_ssl_mode(), tokio_postgres::config::SslMode::Require) {
+        return Err(PgError::Url(
+            "sslmode=require is not supported yet: pgsse connects without TLS (use sslmode=disable or prefer, \
+             and keep the gateway on the database's private network)"
+                .into(),
+        ));
+    }
+    if cfg.get_application_name().is_none() {
+        cfg.application_name("pgsse");
+    }
+    if cfg.get_connect_timeout().is_none() {
+        cfg.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
+    }
+    // Detect a silently dead peer (e.g. a failed-over host) within about a minute.
+    cfg.keepalives(true).keepalives_idle(Duration::from_secs(30));
+    Ok(cfg)
+}
+
+/// One plain connection with its driver task spawned; used for one-off work (SQL install).
+pub async fn connect(cfg: &tokio_postgres::Config) -> Result<tokio_postgres::Client, PgError> {
+    let (client, conn) = cfg.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "postgres connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// A small pool for per-stream work (replay) and housekeeping, never the LISTEN connection.
+pub fn pool(cfg: &tokio_postgres::Config, size: usize) -> Result<deadpool_postgres::Pool, PgError> {
+    let mgr = deadpool_postgres::Manager::from_config(
+        cfg.clone(),
+        NoTls,
+        deadpool_postgres::ManagerConfig { recycling_method: deadpool_postgres::RecyclingMethod::Fast },
+    );
+    deadpool_postgres::Pool::builder(mgr)
+        .max_size(size.max(1))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .create_timeout(Some(DEFAULT_CONNECT_TIMEOUT))
+        .wait_timeout(Some(DEFAULT_CONNECT_TIMEOUT))
+        .build()
+        .map_err(|e| PgError::Pool(e.to_string()))
+}
+
+/// A row of `pgsse.events`, as the gateway needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub id: i64,
+    pub tx: u64,
+    /// `None`: every connection receives it.
+    pub user_id: Option<String>,
+    pub event: String,
+    /// The JSON text of `data`.
+    pub data: String,
+}
+
+/// The columns every log query selects, in the order `StoredEvent::from_row` reads them.
+pub(crate) const EVENT_COLUMNS: &str = "id, tx::text, user_id, event, data::text";
+
+impl StoredEvent {
+    pub(crate) fn from_row(row: &tokio_postgres::Row) -> Result<Self, PgError> {
+        let tx: String = row.try_get(1)?;
+        Ok(Self {
+            id: row.try_get(0)?,
+            tx: parse_xid(&tx)?,
+            user_id: row.try_get(2)?,
+            event: row.try_get(3)?,
+            data: row.try_get(4)?,
+        })
+    }
+}
+
+pub(crate) fn parse_xid(s: &str) -> Result<u64, PgError> {
+    s.parse().map_err(|_| PgError::Protocol(format!("not a transaction id: {s:?}")))
+}
+
+impl From<deadpool_postgres::PoolError> for PgError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => PgError::Db(e),
+            other => PgError::Pool(other.to_string()),
+        }
+    }
+}

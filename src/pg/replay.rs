@@ -1,0 +1,74 @@
+//! Replay: the events a resuming stream missed, read from `pgsse.events` by transaction id.
+//!
+//! Never `id > last_id`: ids are taken at insert time, not commit time. A stream resuming from
+//! horizon H gets every committed row of its user (and every broadcast) with `tx >= H`, in log
+//! id order, which follows the order of changes to any one row.
+
+use super::{PgError, StoredEvent, EVENT_COLUMNS};
+
+/// A resume asking for more than this many events is answered with `reset` instead: the app's
+/// own refetch is cheaper than streaming that much history through one connection.
+pub const DEFAULT_MAX_REPLAY_EVENTS: usize = 10_000;
+
+#[derive(Debug)]
+pub enum Replay {
+    Events(Vec<StoredEvent>),
+    Reset(ResetReason),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetReason {
+    /// Rows at or above the horizon were pruned by retention.
+    Pruned,
+    /// The horizon is beyond any transaction id the database has handed out.
+    Future,
+    /// More than the replay limit.
+    TooMany,
+}
+
+impl ResetReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResetReason::Pruned => "history_pruned",
+            ResetReason::Future => "unknown_position",
+            ResetReason::TooMany => "too_many_missed_events",
+        }
+    }
+}
+
+pub async fn replay(pool: &deadpool_postgres::Pool, user: &str, from: u64, max: usize) -> Result<Replay, PgError> {
+    let mut client = pool.get().await?;
+    // One snapshot for the checks and the rows, so a concurrent prune cannot slip between them.
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let row = tx
+        .query_one("SELECT pruned_tx::text, pg_snapshot_xmax(pg_current_snapshot())::text FROM pgsse.meta", &[])
+        .await?;
+    let pruned = super::parse_xid(row.try_get(0)?)?;
+    let xmax = super::parse_xid(row.try_get(1)?)?;
+    if from > xmax {
+        return Ok(Replay::Reset(ResetReason::Future));
+    }
+    if from <= pruned {
+        return Ok(Replay::Reset(ResetReason::Pruned));
+    }
+    let limit = i64::try_from(max).unwrap_or(i64::MAX).saturating_add(1);
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT {EVENT_COLUMNS} FROM pgsse.events \
+                 WHERE (user_id = $1 OR user_id IS NULL) AND tx >= $2::text::xid8 ORDER BY id LIMIT $3"
+            ),
+            &[&user, &from.to_string(), &limit],
+        )
+        .await?;
+    tx.commit().await?;
+    if rows.len() > max {
+        return Ok(Replay::Reset(ResetReason::TooMany));
+    }
+    rows.iter().map(StoredEvent::from_row).collect::<Result<_, _>>().map(Replay::Events)
+}

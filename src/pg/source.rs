@@ -1,0 +1,378 @@
+//! The event source: one dedicated LISTEN connection, markers that advance the horizon, catch-up.
+//!
+//! Lifecycle of one connection: connect (capped, jittered, cancellable backoff) -> `LISTEN` before
+//! anything else -> if an earlier connection was lost, catch up from `pgsse.events` from the last
+//! horizon -> send a marker -> ready once that marker comes back. Then, in queue order: row
+//! events go to the hub, stamped with the current horizon; markers advance the horizon.
+//!
+//! Why markers: NOTIFY entries reach listeners in commit order, and a marker carrying
+//! `pg_snapshot_xmin` X enters the queue after every transaction with xid < X has finished. So
+//! when a marker arrives, every event of those transactions has already been dispatched: X is a
+//! safe resume position for any stream (see `sse::EventId`).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{pin_mut, TryStreamExt};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, NoTls, Notification};
+use tokio_util::sync::CancellationToken;
+
+use super::{PgError, StoredEvent, CHANNEL, EVENT_COLUMNS};
+use crate::hub::{Hub, Item};
+use crate::sse::{self, EventId};
+
+pub const DEFAULT_MARKER_INTERVAL: Duration = Duration::from_millis(250);
+pub const DEFAULT_BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Bound on the set used to avoid re-sending events during catch-up. Only a transaction held
+/// open for a very long time at a very high event rate fills it; past it, catch-up may resend
+/// (clients dedupe by event id).
+const MAX_REMEMBERED: usize = 1_000_000;
+
+/// What the rest of the gateway can see of the source. Shared with HTTP handlers and metrics.
+#[derive(Debug, Default)]
+pub struct SourceState {
+    horizon: AtomicU64,
+    ready: AtomicBool,
+    pub received: AtomicU64,
+    pub dropped: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub markers: AtomicU64,
+    /// Round trip of this gateway's last marker, in microseconds (LISTEN lag).
+    pub marker_lag_us: AtomicU64,
+}
+
+impl SourceState {
+    /// The current horizon, or `None` before the first marker ever arrived.
+    pub fn horizon(&self) -> Option<u64> {
+        match self.horizon.load(Ordering::Acquire) {
+            0 => None,
+            h => Some(h),
+        }
+    }
+
+    /// True while the LISTEN connection is up, caught up and has seen its marker come back.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+/// NOTIFY payloads on the `pgsse` channel (see `sql/install.sql`).
+#[derive(Deserialize)]
+struct Payload<'a> {
+    /// Marker: a snapshot xmin, as text.
+    m: Option<String>,
+    /// Marker: the gateway that sent it, and its sequence number (for the lag measurement).
+    g: Option<String>,
+    n: Option<u64>,
+    /// Events: the writing transaction's id, as text.
+    t: Option<String>,
+    /// Events inline: `[id, user_id, event, data]`.
+    #[serde(borrow)]
+    e: Option<Vec<(i64, Option<String>, String, &'a RawValue)>>,
+    /// Events by reference (too large to inline): the id range to fetch.
+    r: Option<(i64, i64)>,
+}
+
+pub struct Source {
+    db: tokio_postgres::Config,
+    hub: Arc<Hub>,
+    state: Arc<SourceState>,
+    marker_interval: Duration,
+    /// Identifies this gateway's own markers among other replicas'.
+    instance: String,
+    /// Events already dispatched whose tx is at or above the horizon, so a catch-up after a
+    /// reconnect does not send them twice: tx -> ids, and the ids themselves.
+    sent_by_tx: BTreeMap<u64, Vec<i64>>,
+    sent: HashSet<i64>,
+}
+
+enum Msg {
+    Notify(Notification),
+    Closed(Option<tokio_postgres::Error>),
+}
+
+/// Ends one connection's life: either shutdown was requested, or the connection is gone.
+enum End {
+    Shutdown,
+    Lost(PgError),
+}
+
+impl Source {
+    pub fn new(db: tokio_postgres::Config, hub: Arc<Hub>, state: Arc<SourceState>, marker_interval: Duration) -> Self {
+        Self {
+            db,
+            hub,
+            state,
+            marker_interval,
+            instance: format!("{:016x}", rand::random::<u64>()),
+            sent_by_tx: BTreeMap::new(),
+            sent: HashSet::new(),
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled, reconnecting as often as needed.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut backoff = DEFAULT_BACKOFF_MIN;
+        let mut connected_before = false;
+        loop {
+            let started = Instant::now();
+            match self.connection(connected_before, &shutdown).await {
+                End::Shutdown => break,
+                End::Lost(e) => {
+                    self.state.ready.store(false, Ordering::Release);
+                    tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
+                }
+            }
+            connected_before |= self.state.horizon().is_some();
+            self.state.reconnects.fetch_add(1, Ordering::Relaxed);
+            // A connection that lived a while resets the backoff: this is a new outage.
+            if started.elapsed() > DEFAULT_BACKOFF_MAX * 2 {
+                backoff = DEFAULT_BACKOFF_MIN;
+            }
+            let sleep = jitter(backoff);
+            backoff = (backoff * 2).min(DEFAULT_BACKOFF_MAX);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+        self.state.ready.store(false, Ordering::Release);
+    }
+
+    async fn connection(&mut self, catch_up: bool, shutdown: &CancellationToken) -> End {
+        let connect = tokio::select! {
+            _ = shutdown.cancelled() => return End::Shutdown,
+            r = self.db.connect(NoTls) => r,
+        };
+        let (client, mut conn) = match connect {
+            Ok(c) => c,
+            Err(e) => return End::Lost(e.into()),
+        };
+        // The driver forwards notifications; unbounded because it must never stop polling the
+        // socket while this task awaits a query on the same connection.
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let driver = tokio::spawn(async move {
+            loop {
+                match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                    Some(Ok(AsyncMessage::Notification(n))) => {
+                        if tx.send(Msg::Notify(n)).is_err() {
+                            break;
+                        }
+                    }
+                    Some(Ok(AsyncMessage::Notice(n))) => tracing::debug!(notice = %n, "postgres notice"),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        let _ = tx.send(Msg::Closed(Some(e)));
+                        break;
+                    }
+                    None => {
+                        let _ = tx.send(Msg::Closed(None));
+                        break;
+                    }
+                }
+            }
+        });
+        let end = self.serve(&client, &mut rx, catch_up, shutdown).await;
+        driver.abort();
+        end
+    }
+
+    async fn serve(
+        &mut self,
+        client: &tokio_postgres::Client,
+        rx: &mut mpsc::UnboundedReceiver<Msg>,
+        catch_up: bool,
+        shutdown: &CancellationToken,
+    ) -> End {
+        // LISTEN first: anything committed from now on is notified, so the catch-up query
+        // below cannot miss a commit that lands between the two.
+        if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+            return End::Lost(e.into());
+        }
+        let fetch = match client
+            .prepare(&format!(
+                "SELECT {EVENT_COLUMNS} FROM pgsse.events WHERE tx = $1::text::xid8 AND id BETWEEN $2 AND $3 ORDER BY id"
+            ))
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => return End::Lost(e.into()),
+        };
+        let marker = match client
+            .prepare(
+                "SELECT pg_notify($1, json_build_object('m', pg_snapshot_xmin(pg_current_snapshot())::text, \
+                 'g', $2::text, 'n', $3::bigint)::text)",
+            )
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => return End::Lost(e.into()),
+        };
+        if catch_up {
+            if let Err(e) = self.catch_up(client).await {
+                return End::Lost(e);
+            }
+        }
+        let mut seq: u64 = 0;
+        let mut pending: Option<(u64, Instant)> = None;
+        let mut ticker = tokio::time::interval(self.marker_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return End::Shutdown,
+                msg = rx.recv() => match msg {
+                    Some(Msg::Notify(n)) => {
+                        if let Err(e) = self.on_notification(client, &fetch, n.payload(), &mut pending).await {
+                            return End::Lost(e);
+                        }
+                    }
+                    Some(Msg::Closed(Some(e))) => return End::Lost(e.into()),
+                    Some(Msg::Closed(None)) | None => {
+                        return End::Lost(PgError::Protocol("connection closed by the server".into()))
+                    }
+                },
+                _ = ticker.tick() => {
+                    seq += 1;
+                    if pending.is_none() {
+                        pending = Some((seq, Instant::now()));
+                    }
+                    let sent = client.execute(&marker, &[&CHANNEL, &self.instance, &(seq as i64)]).await;
+                    if let Err(e) = sent {
+                        return End::Lost(e.into());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends everything committed at or above the last horizon that this gateway may have
+    /// missed while it was not listening. Already-dispatched events are skipped.
+    async fn catch_up(&mut self, client: &tokio_postgres::Client) -> Result<(), PgError> {
+        let Some(h) = self.state.horizon() else { return Ok(()) };
+        let started = Instant::now();
+        let q = format!("SELECT {EVENT_COLUMNS} FROM pgsse.events WHERE tx >= $1::text::xid8 ORDER BY id");
+        let rows = client.query_raw(&q, [h.to_string()]).await?;
+        pin_mut!(rows);
+        let (mut seen, mut sent) = (0u64, 0u64);
+        while let Some(row) = rows.try_next().await? {
+            let ev = StoredEvent::from_row(&row)?;
+            seen += 1;
+            if !self.sent.contains(&ev.id) {
+                sent += 1;
+                self.dispatch(ev.id, ev.tx, ev.user_id.as_deref(), &ev.event, &ev.data);
+            }
+        }
+        tracing::info!(
+            from_horizon = h,
+            seen,
+            sent,
+            took_ms = started.elapsed().as_millis() as u64,
+            "caught up after reconnect"
+        );
+        Ok(())
+    }
+
+    async fn on_notification(
+        &mut self,
+        client: &tokio_postgres::Client,
+        fetch: &tokio_postgres::Statement,
+        payload: &str,
+        pending: &mut Option<(u64, Instant)>,
+    ) -> Result<(), PgError> {
+        let p: Payload = match serde_json::from_str(payload) {
+            Ok(p) => p,
+            Err(e) => {
+                self.state.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, payload_bytes = payload.len(), "ignoring a NOTIFY on channel pgsse that is not a pgsse payload");
+                return Ok(());
+            }
+        };
+        if let Some(m) = p.m {
+            let Ok(x) = m.parse::<u64>() else {
+                self.state.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(marker = %m, "ignoring a marker whose horizon is not a transaction id");
+                return Ok(());
+            };
+            self.on_marker(x);
+            if let (Some((seq, at)), Some(g), Some(n)) = (*pending, p.g.as_deref(), p.n) {
+                if g == self.instance && n >= seq {
+                    self.state.marker_lag_us.store(at.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    *pending = None;
+                }
+            }
+            return Ok(());
+        }
+        let Some(tx) = p.t.as_deref().and_then(|t| t.parse::<u64>().ok()) else {
+            self.state.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                payload_bytes = payload.len(),
+                "ignoring a pgsse NOTIFY without a valid \"t\" (transaction id)"
+            );
+            return Ok(());
+        };
+        if let Some(events) = p.e {
+            for (id, user, event, data) in events {
+                self.dispatch(id, tx, user.as_deref(), &event, data.get());
+            }
+        } else if let Some((lo, hi)) = p.r {
+            let rows = client.query(fetch, &[&tx.to_string(), &lo, &hi]).await?;
+            for row in &rows {
+                let ev = StoredEvent::from_row(row)?;
+                self.dispatch(ev.id, ev.tx, ev.user_id.as_deref(), &ev.event, &ev.data);
+            }
+        } else {
+            self.state.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(tx, "ignoring a pgsse NOTIFY with neither events (\"e\") nor a reference (\"r\")");
+        }
+        Ok(())
+    }
+
+    fn on_marker(&mut self, x: u64) {
+        self.state.markers.fetch_add(1, Ordering::Relaxed);
+        if self.state.horizon().is_none_or(|h| x > h) {
+            self.state.horizon.store(x, Ordering::Release);
+            // Events below the new horizon can never come back in a catch-up.
+            let keep = self.sent_by_tx.split_off(&x);
+            for ids in std::mem::replace(&mut self.sent_by_tx, keep).into_values() {
+                for id in ids {
+                    self.sent.remove(&id);
+                }
+            }
+        }
+        if !self.state.ready.swap(true, Ordering::AcqRel) {
+            tracing::info!(horizon = x, "listening; ready");
+        }
+    }
+
+    fn dispatch(&mut self, id: i64, tx: u64, user: Option<&str>, event: &str, data: &str) {
+        self.state.received.fetch_add(1, Ordering::Relaxed);
+        let horizon = self.state.horizon().unwrap_or(0);
+        // Before the first marker no stream exists yet (streams wait for readiness), so nobody
+        // can receive an id of 0.
+        let bytes = sse::encode(event, Some(EventId::event(horizon, id)), data);
+        self.hub.publish(user, &Item { log_id: id, bytes });
+        if tx >= horizon && self.sent.insert(id) {
+            self.sent_by_tx.entry(tx).or_default().push(id);
+            if self.sent.len() > MAX_REMEMBERED {
+                if let Some((_, ids)) = self.sent_by_tx.pop_first() {
+                    ids.iter().for_each(|i| {
+                        self.sent.remove(i);
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Full jitter between half and all of `d`, so replicas do not reconnect in lockstep.
+fn jitter(d: Duration) -> Duration {
+    let half = d / 2;
+    half + Duration::from_micros(rand::random::<u64>() % (half.as_micros() as u64 + 1))
+}

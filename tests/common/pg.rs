@@ -1,0 +1,692 @@
+//! Private PostgreSQL clusters for integration tests.
+//!
+//! * `initdb` runs once per test process into a template directory; every
+//!   cluster is a `cp -a` of that template, so a cluster starts in a fraction
+//!   of a second.
+//! * When the tests run as root, the server binaries run as the `postgres`
+//!   user (or `nobody`), since Postgres refuses to run as root.
+//! * Every `postgres` process runs under a small `sh` watchdog whose stdin is a
+//!   pipe from the test process: when the test process exits for any reason
+//!   (even SIGKILL) the pipe hits EOF and the watchdog fast-stops postgres. A
+//!   process-wide janitor removes the temp directory the same way.
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio_postgres::NoTls;
+
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Settings appended to the template's postgresql.conf.
+const CONF: &str = "
+# --- pgsse test harness ---
+listen_addresses = '127.0.0.1'
+max_connections = 200
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+shared_buffers = 16MB
+max_wal_size = 1GB
+log_min_messages = warning
+log_connections = off
+log_disconnections = off
+logging_collector = off
+";
+
+// ---------------------------------------------------------------------------
+// Environment discovery
+// ---------------------------------------------------------------------------
+
+struct PgBins {
+    initdb: PathBuf,
+    postgres: PathBuf,
+}
+
+fn pg_bins() -> &'static PgBins {
+    static BINS: OnceLock<PgBins> = OnceLock::new();
+    BINS.get_or_init(|| {
+        let mut candidates: Vec<PathBuf> = Vec::new();
+        if let Some(path) = std::env::var_os("PATH") {
+            candidates.extend(std::env::split_paths(&path));
+        }
+        if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+            if out.status.success() {
+                let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                if !dir.is_empty() {
+                    candidates.push(PathBuf::from(dir));
+                }
+            }
+        }
+        if let Ok(rd) = fs::read_dir("/usr/lib/postgresql") {
+            let mut versions: Vec<PathBuf> = rd.flatten().map(|e| e.path().join("bin")).collect();
+            versions.sort();
+            versions.reverse();
+            candidates.extend(versions);
+        }
+        for dir in &candidates {
+            let initdb = dir.join("initdb");
+            let postgres = dir.join("postgres");
+            if initdb.is_file() && postgres.is_file() {
+                // Resolve symlinks (e.g. /usr/local/bin/initdb -> /usr/lib/postgresql/15/bin/initdb)
+                // so initdb finds its share directory next to the real binary.
+                let initdb = fs::canonicalize(&initdb).unwrap_or(initdb);
+                let postgres = fs::canonicalize(&postgres).unwrap_or(postgres);
+                return PgBins { initdb, postgres };
+            }
+        }
+        panic!(
+            "PostgreSQL server binaries (initdb, postgres) not found: searched PATH, \
+             `pg_config --bindir` and /usr/lib/postgresql/*/bin. Install the PostgreSQL \
+             server (e.g. `apt-get install postgresql`) to run the integration tests."
+        );
+    })
+}
+
+/// The (uid, gid) to run the server binaries as; `None` = the current user.
+fn run_as() -> Option<(u32, u32)> {
+    static RUN_AS: OnceLock<Option<(u32, u32)>> = OnceLock::new();
+    *RUN_AS.get_or_init(|| {
+        let euid = current_uid();
+        if euid != 0 {
+            return None;
+        }
+        let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
+        let lookup = |name: &str| -> Option<(u32, u32)> {
+            passwd.lines().find_map(|line| {
+                let f: Vec<&str> = line.split(':').collect();
+                if f.len() >= 4 && f[0] == name {
+                    Some((f[2].parse().ok()?, f[3].parse().ok()?))
+                } else {
+                    None
+                }
+            })
+        };
+        Some(lookup("postgres").or_else(|| lookup("nobody")).unwrap_or_else(|| {
+            panic!(
+                "running as root, but neither a `postgres` nor a `nobody` user exists in \
+                 /etc/passwd; PostgreSQL refuses to run as root"
+            )
+        }))
+    })
+}
+
+fn current_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    static UID: OnceLock<u32> = OnceLock::new();
+    *UID.get_or_init(|| {
+        // Effective uid from /proc/self/status ("Uid: real effective saved fs").
+        if let Ok(status) = fs::read_to_string("/proc/self/status") {
+            if let Some(euid) = status
+                .lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2))
+                .and_then(|v| v.parse().ok())
+            {
+                return euid;
+            }
+        }
+        // Fallback: the owner of a file we just created is our effective uid.
+        let probe = std::env::temp_dir().join(format!(".pgsse-uid-probe-{}", std::process::id()));
+        fs::write(&probe, b"").expect("cannot write a probe file in the temp dir");
+        let uid = fs::metadata(&probe).map(|m| m.uid()).expect("stat probe file");
+        let _ = fs::remove_file(&probe);
+        uid
+    })
+}
+
+fn chown_to_runner(path: &Path) {
+    if let Some((uid, gid)) = run_as() {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .unwrap_or_else(|e| panic!("chown {} to {uid}:{gid}: {e}", path.display()));
+    }
+}
+
+/// A `Command` that runs as the server user.
+fn server_command(program: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    if let Some((uid, gid)) = run_as() {
+        cmd.uid(uid).gid(gid);
+    }
+    for var in ["PGDATA", "PGPORT", "PGHOST", "PGUSER", "PGDATABASE", "PGOPTIONS"] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+// ---------------------------------------------------------------------------
+// Per-process temp root (with janitor) and template
+// ---------------------------------------------------------------------------
+
+struct Root {
+    dir: PathBuf,
+    // Holding the child keeps its stdin pipe open until this process exits.
+    _janitor: Mutex<Child>,
+}
+
+fn root_dir() -> &'static Path {
+    static ROOT: OnceLock<Root> = OnceLock::new();
+    &ROOT
+        .get_or_init(|| {
+            let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+            let name = format!("pgsse-{}-{:x}", std::process::id(), nanos);
+            // Prefer tmpfs: copying a data directory there takes ~50 ms instead
+            // of ~1 s on disk. PGSSE_TEST_TMPDIR overrides.
+            let mut bases: Vec<PathBuf> = Vec::new();
+            if let Some(d) = std::env::var_os("PGSSE_TEST_TMPDIR") {
+                bases.push(PathBuf::from(d));
+            }
+            if free_kib(Path::new("/dev/shm")).unwrap_or(0) >= 2 * 1024 * 1024 {
+                // Only when it has room (Docker's default /dev/shm is 64 MiB).
+                bases.push(PathBuf::from("/dev/shm"));
+            }
+            let tmp = std::env::temp_dir();
+            // Unix socket paths are limited to ~107 bytes.
+            if tmp.as_os_str().len() <= 40 {
+                bases.push(tmp);
+            }
+            bases.push(PathBuf::from("/tmp"));
+            let dir = bases
+                .iter()
+                .map(|b| b.join(&name))
+                .find(|d| d.parent().is_some_and(Path::is_dir) && fs::create_dir(d).is_ok())
+                .unwrap_or_else(|| panic!("cannot create a temp dir {name} in any of {bases:?}"));
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).ok();
+            // Janitor: when this process dies, wait (bounded) for the clusters'
+            // watchdogs to stop postgres, then remove the whole directory.
+            let janitor = Command::new("sh")
+                .arg("-c")
+                .arg(
+                    r#"read _ ; i=0
+while [ $i -lt 300 ] && ls "$1"/*/data/postmaster.pid >/dev/null 2>&1; do sleep 0.1; i=$((i+1)); done
+rm -rf "$1""#,
+                )
+                .arg("pgsse-janitor")
+                .arg(&dir)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn cleanup janitor (sh)");
+            Root { dir, _janitor: Mutex::new(janitor) }
+        })
+        .dir
+}
+
+/// Free space of the filesystem holding `dir`, in KiB (via `df`).
+fn free_kib(dir: &Path) -> Option<u64> {
+    let out = Command::new("df").arg("-Pk").arg(dir).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().nth(1)?.split_whitespace().nth(3)?.parse().ok()
+}
+
+fn template_data_dir() -> &'static Path {
+    static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        let bins = pg_bins();
+        let dir = root_dir().join("template");
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create template dir");
+        chown_to_runner(&dir);
+        let data = dir.join("data");
+        let out = server_command(&bins.initdb)
+            .current_dir(&dir)
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+                "--no-locale",
+                "-E",
+                "UTF8",
+                "--no-instructions",
+                "--wal-segsize=1",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("failed to run {}: {e}", bins.initdb.display()));
+        if !out.status.success() {
+            panic!(
+                "initdb failed ({}):\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let conf_path = data.join("postgresql.conf");
+        let mut conf = fs::read_to_string(&conf_path).expect("read postgresql.conf");
+        conf.push_str(CONF);
+        fs::write(&conf_path, conf).expect("write postgresql.conf");
+        // initdb --auth=trust already trusts local and host connections; make
+        // it explicit (and cover every address) regardless of the version.
+        fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n",
+        )
+        .expect("write pg_hba.conf");
+        data
+    })
+}
+
+// ---------------------------------------------------------------------------
+// PgCluster
+// ---------------------------------------------------------------------------
+
+/// A running postgres under its watchdog shell.
+struct Server {
+    watchdog: Child,
+}
+
+pub struct PgCluster {
+    pub port: u16,
+    pub host: String,
+    pub superuser: String,
+    dir: PathBuf,
+    data_dir: PathBuf,
+    log_file: PathBuf,
+    server: Mutex<Option<Server>>,
+}
+
+/// Outcome of one attempt to start postgres.
+enum StartError {
+    PortInUse(String),
+    Other(String),
+}
+
+impl PgCluster {
+    /// A private cluster: temp data dir, free TCP port on 127.0.0.1, unix
+    /// socket in the temp dir, fsync=off, trust auth, max_connections=200.
+    #[track_caller]
+    pub fn start() -> PgCluster {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let template = template_data_dir();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir = root_dir().join(format!("c{n}"));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        chown_to_runner(&dir);
+        let data_dir = dir.join("data");
+        let out = Command::new("cp").arg("-a").arg(template).arg(&data_dir).output().expect("run cp -a");
+        assert!(
+            out.status.success(),
+            "cp -a {} {} failed: {}",
+            template.display(),
+            data_dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let log_file = dir.join("postgres.log");
+
+        let mut last_err = String::new();
+        for _attempt in 0..10 {
+            let cluster = PgCluster {
+                port: free_port(),
+                host: "127.0.0.1".to_string(),
+                superuser: "postgres".to_string(),
+                dir: dir.clone(),
+                data_dir: data_dir.clone(),
+                log_file: log_file.clone(),
+                server: Mutex::new(None),
+            };
+            match cluster.try_start() {
+                Ok(()) => return cluster,
+                Err(StartError::PortInUse(msg)) => {
+                    last_err = msg;
+                    // Don't let Drop remove the directory; retry on a new port.
+                    std::mem::forget(cluster);
+                }
+                Err(StartError::Other(msg)) => {
+                    std::mem::forget(cluster);
+                    panic!("{msg}");
+                }
+            }
+        }
+        panic!("could not find a free port for PostgreSQL after 10 attempts:\n{last_err}");
+    }
+
+    /// "postgres://postgres@127.0.0.1:PORT/db"
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://{}@{}:{}/{}", self.superuser, self.host, self.port, db)
+    }
+
+    /// The directory holding the unix socket (`.s.PGSQL.<port>`).
+    pub fn socket_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The server's log so far (for diagnostics).
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_file).unwrap_or_default()
+    }
+
+    /// Whether the postmaster is currently running (started by this handle).
+    pub fn is_running(&self) -> bool {
+        let mut guard = self.server.lock().unwrap_or_else(|e| e.into_inner());
+        match guard.as_mut() {
+            Some(s) => matches!(s.watchdog.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Fast shutdown (SIGINT to the postmaster); returns once it is down.
+    /// A no-op if the server isn't running.
+    pub fn stop(&self) {
+        let server = self.server.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(mut server) = server else { return };
+        // Closing the watchdog's stdin makes it SIGINT postgres and wait for it.
+        drop(server.watchdog.stdin.take());
+        let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
+        loop {
+            match server.watchdog.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                _ => {
+                    // Postgres didn't stop in time: immediate shutdown, then kill.
+                    if let Some(pid) = self.postmaster_pid() {
+                        let _ = Command::new("kill").args(["-QUIT", &pid]).status();
+                        std::thread::sleep(Duration::from_secs(1));
+                        let _ = Command::new("kill").args(["-KILL", &pid]).status();
+                    }
+                    let _ = server.watchdog.kill();
+                    let _ = server.watchdog.wait();
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Start the server again on the same port and data dir; returns once it
+    /// accepts connections.
+    #[track_caller]
+    pub fn start_again(&self) {
+        if self.is_running() {
+            return;
+        }
+        match self.try_start() {
+            Ok(()) => {}
+            Err(StartError::PortInUse(msg)) | Err(StartError::Other(msg)) => panic!("{msg}"),
+        }
+    }
+
+    /// stop + start_again.
+    #[track_caller]
+    pub fn restart(&self) {
+        self.stop();
+        self.start_again();
+    }
+
+    /// Terminates every other client backend connected to `db` (simulates
+    /// dropped connections) and waits until they're gone.
+    pub fn kill_connections(&self, db: &str) {
+        let url = self.url("postgres");
+        let sql = format!(
+            "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity \
+             WHERE datname = {} AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+            quote_literal(db)
+        );
+        block_on_thread(async move { exec(&url, &sql).await });
+    }
+
+    /// CREATE DATABASE `name`; returns its url.
+    pub fn create_database(&self, name: &str) -> String {
+        let url = self.url("postgres");
+        let sql = format!("CREATE DATABASE {}", quote_ident(name));
+        block_on_thread(async move {
+            // Concurrent CREATE DATABASE from template1 can transiently fail
+            // with "source database is being accessed by other users".
+            let mut attempt = 0;
+            loop {
+                let client = connect(&url).await;
+                match client.batch_execute(&sql).await {
+                    Ok(()) => break,
+                    Err(e) if attempt < 50 && describe_pg_error(&e).contains("being accessed") => {
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(e) => panic!("{sql}: {}", describe_pg_error(&e)),
+                }
+            }
+        });
+        self.url(name)
+    }
+
+    /// CREATE ROLE `name` LOGIN (no password; trust auth).
+    pub fn create_role(&self, name: &str, superuser: bool) {
+        let url = self.url("postgres");
+        let sql =
+            format!("CREATE ROLE {} LOGIN {}", quote_ident(name), if superuser { "SUPERUSER" } else { "NOSUPERUSER" });
+        block_on_thread(async move { exec(&url, &sql).await });
+    }
+
+    fn postmaster_pid(&self) -> Option<String> {
+        let s = fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
+        s.lines().next().map(|l| l.trim().to_string())
+    }
+
+    fn log_tail(&self) -> String {
+        let mut f = match fs::File::open(&self.log_file) {
+            Ok(f) => f,
+            Err(e) => return format!("(no log file {}: {e})", self.log_file.display()),
+        };
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let start = len.saturating_sub(16 * 1024);
+        let _ = f.seek(SeekFrom::Start(start));
+        let mut buf = Vec::new();
+        let _ = f.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    fn try_start(&self) -> Result<(), StartError> {
+        let bins = pg_bins();
+        let log_offset = fs::metadata(&self.log_file).map(|m| m.len()).unwrap_or(0);
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_file)
+            .unwrap_or_else(|e| panic!("open {}: {e}", self.log_file.display()));
+        let log2 = log.try_clone().expect("dup log file");
+        // fd 3 keeps the test process' pipe; postgres gets neither it nor stdin.
+        // When the pipe hits EOF (stop(), or the test process died), the
+        // background reader SIGINTs (fast shutdown) postgres; the shell itself
+        // exits as soon as postgres exits, so Rust can observe startup failures.
+        let script = r#"exec 3<&0
+"$0" "$@" 3<&- </dev/null &
+pid=$!
+( read _ <&3; kill -INT $pid 2>/dev/null ) >/dev/null 2>&1 &
+wait $pid"#;
+        let mut cmd = server_command(Path::new("/bin/sh"));
+        cmd.current_dir(&self.dir)
+            .arg("-c")
+            .arg(script)
+            .arg(&bins.postgres)
+            .arg("-D")
+            .arg(&self.data_dir)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-k")
+            .arg(&self.dir)
+            .args(["-h", "127.0.0.1"])
+            .stdin(Stdio::piped())
+            .stdout(log)
+            .stderr(log2);
+        let watchdog = cmd.spawn().unwrap_or_else(|e| panic!("spawn postgres watchdog: {e}"));
+        *self.server.lock().unwrap_or_else(|e| e.into_inner()) = Some(Server { watchdog });
+
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        let pid_file = self.data_dir.join("postmaster.pid");
+        loop {
+            let exited = {
+                let mut guard = self.server.lock().unwrap_or_else(|e| e.into_inner());
+                let server = guard.as_mut().expect("server handle");
+                match server.watchdog.try_wait() {
+                    Ok(Some(status)) => {
+                        guard.take();
+                        Some(status.to_string())
+                    }
+                    Ok(None) => None,
+                    Err(e) => Some(format!("wait error: {e}")),
+                }
+            };
+            if let Some(status) = exited {
+                let new_log = fs::read(&self.log_file)
+                    .map(|b| String::from_utf8_lossy(&b[(log_offset as usize).min(b.len())..]).into_owned())
+                    .unwrap_or_default();
+                let msg = format!(
+                    "PostgreSQL failed to start (port {}, data dir {}), watchdog exited: {status}\n\
+                     --- postgres log ({}) ---\n{}",
+                    self.port,
+                    self.data_dir.display(),
+                    self.log_file.display(),
+                    self.log_tail()
+                );
+                if new_log.contains("could not bind")
+                    || new_log.contains("Address already in use")
+                    || new_log.contains("could not create any TCP/IP sockets")
+                {
+                    return Err(StartError::PortInUse(msg));
+                }
+                return Err(StartError::Other(msg));
+            }
+            let ready = fs::read_to_string(&pid_file)
+                .map(|s| s.lines().nth(7).map(|l| l.trim() == "ready").unwrap_or(false))
+                .unwrap_or(false);
+            if ready && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                self.stop();
+                return Err(StartError::Other(format!(
+                    "PostgreSQL did not become ready within {:?} (port {}, data dir {})\n\
+                     --- postgres log ({}) ---\n{}",
+                    STARTUP_TIMEOUT,
+                    self.port,
+                    self.data_dir.display(),
+                    self.log_file.display(),
+                    self.log_tail()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Shared cluster
+// ---------------------------------------------------------------------------
+
+/// One cluster per test process, shared by tests that don't restart Postgres.
+/// Never dropped: the watchdog stops it when the test process exits.
+pub fn shared_cluster() -> &'static PgCluster {
+    static SHARED: OnceLock<PgCluster> = OnceLock::new();
+    SHARED.get_or_init(PgCluster::start)
+}
+
+/// CREATE DATABASE t_<unique> on the shared cluster; returns its url.
+pub fn fresh_database() -> String {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    shared_cluster().create_database(&format!("t_{}_{n}", std::process::id()))
+}
+
+// ---------------------------------------------------------------------------
+// SQL helpers
+// ---------------------------------------------------------------------------
+
+/// Runs SQL (simple query protocol, several statements allowed); panics with
+/// the server's message on error.
+pub async fn exec(url: &str, sql: &str) {
+    let client = connect(url).await;
+    if let Err(e) = client.batch_execute(sql).await {
+        panic!("SQL failed on {url}: {}\n--- SQL ---\n{sql}", describe_pg_error(&e));
+    }
+}
+
+/// Connects with tokio-postgres and spawns the connection task.
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {}", describe_pg_error(&e)));
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+/// Human-readable description of a tokio-postgres error, including the
+/// server's message, detail and hint.
+pub fn describe_pg_error(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut s = format!("{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code());
+        if let Some(d) = db.detail() {
+            s.push_str(&format!("\nDETAIL: {d}"));
+        }
+        if let Some(h) = db.hint() {
+            s.push_str(&format!("\nHINT: {h}"));
+        }
+        return s;
+    }
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(inner) = src {
+        s.push_str(&format!(": {inner}"));
+        src = inner.source();
+    }
+    s
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Runs a future to completion on a fresh runtime in a new thread, so sync
+/// helpers work both inside and outside a tokio runtime.
+fn block_on_thread<F>(fut: F) -> F::Output
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handle = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("build tokio runtime").block_on(fut)
+    });
+    match handle.join() {
+        Ok(v) => v,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0 to find a free port")
+}

@@ -99,9 +99,16 @@
 --   operators used on them. For the same reason, prefer running this script
 --   as the (non-superuser) owner of the watched tables rather than as a
 --   superuser.
--- * Note that PostgreSQL lets ANY role that can connect to the database send
---   NOTIFY on any channel, so a NOTIFY on "pgsse" proves nothing by itself;
---   pgsse.events is what only the functions above can write.
+-- * PostgreSQL lets ANY role that can connect to the database send NOTIFY on
+--   any channel. So every payload pgsse sends is signed: HMAC-SHA256 with a
+--   random key generated at install time and kept in pgsse.secret, which only
+--   the installing role and the gateway's role can read. The gateway ignores
+--   (and counts) any payload on "pgsse" whose signature does not verify, so a
+--   role that can merely connect cannot push events to browsers. The gateway's
+--   role therefore also needs:
+--     -- GRANT SELECT ON pgsse.secret TO pgsse_gateway;
+--   pgsse.mark() (the gateway's horizon marker) is executable by everyone: it
+--   only ever announces a true fact (the current snapshot xmin).
 --
 -- -----------------------------------------------------------------------------
 -- NOTIFY payload (channel "pgsse")
@@ -112,7 +119,10 @@
 -- discarded if it rolls back. tx is pg_current_xact_id() of the writing
 -- transaction as a decimal string (the same value as pgsse.events.tx).
 --
---   inline, when the whole payload is at most 7900 bytes:
+-- Every payload is <signature><json>: 64 lowercase hex characters of
+-- HMAC-SHA256(pgsse.secret.key, <json>), immediately followed by the JSON.
+--
+--   inline, when the whole payload (signature included) is at most 7900 bytes:
 --     {"t":"<tx>","e":[[<id>,<user_id string or null>,"<event>",<data>], ...]}
 --     (entries ordered by id; the JSON may contain insignificant whitespace,
 --     as PostgreSQL's json/jsonb output functions write it)
@@ -121,6 +131,8 @@
 --     and the gateway reads the rows with
 --       SELECT id, user_id, event, data FROM pgsse.events
 --        WHERE tx = <tx> AND id BETWEEN <min id> AND <max id> ORDER BY id;
+--   the gateway's horizon marker (see pgsse.mark):
+--     {"m":"<snapshot xmin>","g":"<gateway instance>","n":<sequence>}
 --
 -- =============================================================================
 
@@ -178,6 +190,84 @@ COMMENT ON TABLE pgsse.meta IS
 INSERT INTO pgsse.meta DEFAULT VALUES ON CONFLICT DO NOTHING;
 
 -- -----------------------------------------------------------------------------
+-- Signing key for NOTIFY payloads: exactly one row, generated once
+-- -----------------------------------------------------------------------------
+-- key is 32 bytes from gen_random_uuid() (PostgreSQL's strong random source);
+-- ipad/opad are the key XOR-ed with HMAC's pads, so signing costs two sha256()
+-- calls. Readable only by the installing role and roles granted SELECT (the
+-- gateway). To rotate: DELETE FROM pgsse.secret; then run this script again,
+-- and restart the gateways.
+
+CREATE TABLE IF NOT EXISTS pgsse.secret (
+    id         boolean     PRIMARY KEY DEFAULT true CHECK (id),
+    key        bytea       NOT NULL,
+    ipad       bytea       NOT NULL,
+    opad       bytea       NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+
+COMMENT ON TABLE pgsse.secret IS
+    'pgsse HMAC key signing NOTIFY payloads; readable by the gateway only';
+
+REVOKE ALL ON pgsse.secret FROM PUBLIC;
+
+INSERT INTO pgsse.secret (key, ipad, opad)
+SELECT k.key,
+       pg_catalog.decode(pg_catalog.string_agg(pg_catalog.lpad(pg_catalog.to_hex(
+           (CASE WHEN i < 32 THEN pg_catalog.get_byte(k.key, i) ELSE 0 END) # 54), 2, '0'), '' ORDER BY i), 'hex'),
+       pg_catalog.decode(pg_catalog.string_agg(pg_catalog.lpad(pg_catalog.to_hex(
+           (CASE WHEN i < 32 THEN pg_catalog.get_byte(k.key, i) ELSE 0 END) # 92), 2, '0'), '' ORDER BY i), 'hex')
+  FROM (SELECT pg_catalog.decode(
+                   pg_catalog.replace(pg_catalog.gen_random_uuid()::text, '-', '')
+                || pg_catalog.replace(pg_catalog.gen_random_uuid()::text, '-', ''), 'hex') AS key) AS k,
+       pg_catalog.generate_series(0, 63) AS i
+ GROUP BY k.key
+ON CONFLICT DO NOTHING;
+
+-- -----------------------------------------------------------------------------
+-- pgsse._sign: <hex HMAC-SHA256 of body><body>
+-- -----------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION pgsse._sign(body text) RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT pg_catalog.encode(pg_catalog.sha256(s.opad OPERATOR(pg_catalog.||)
+               pg_catalog.sha256(s.ipad OPERATOR(pg_catalog.||) pg_catalog.convert_to(body, 'UTF8'))), 'hex')
+           OPERATOR(pg_catalog.||) body
+      FROM pgsse.secret AS s
+$fn$;
+
+COMMENT ON FUNCTION pgsse._sign(text) IS
+    'pgsse internal: prefixes a NOTIFY payload with its HMAC-SHA256 signature (hex)';
+
+REVOKE ALL ON FUNCTION pgsse._sign(text) FROM PUBLIC;
+
+-- -----------------------------------------------------------------------------
+-- pgsse.mark: the gateway's horizon marker
+-- -----------------------------------------------------------------------------
+-- Every transaction whose xid is below the snapshot xmin has finished, and
+-- this NOTIFY is queued after all of their NOTIFYs: when a gateway receives
+-- it, it has received every event of those transactions. SECURITY DEFINER so
+-- it can sign; safe for anyone because it only states the true xmin.
+
+CREATE OR REPLACE FUNCTION pgsse.mark(gateway text, seq bigint) RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    PERFORM pg_catalog.pg_notify('pgsse', pgsse._sign(pg_catalog.json_build_object(
+        'm', pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::text,
+        'g', pg_catalog.left(gateway, 64),
+        'n', seq)::text));
+END
+$fn$;
+
+COMMENT ON FUNCTION pgsse.mark(text, bigint) IS
+    'pgsse: sends a signed horizon marker (the current snapshot xmin) on channel pgsse';
+
+-- -----------------------------------------------------------------------------
 -- pgsse._announce: send the one NOTIFY for a batch of freshly logged rows
 -- -----------------------------------------------------------------------------
 -- n       number of rows logged (nothing is sent when 0)
@@ -197,11 +287,11 @@ BEGIN
         RETURN;
     END IF;
     payload := pg_catalog.format('{"t":"%s","e":%s}', tx, entries);
-    IF payload IS NULL OR pg_catalog.octet_length(payload) > 7900 THEN
-        -- too large to inline (NOTIFY payloads must be < 8000 bytes)
+    -- 64 bytes of signature go in front (NOTIFY payloads must be < 8000 bytes)
+    IF payload IS NULL OR pg_catalog.octet_length(payload) > 7900 - 64 THEN
         payload := pg_catalog.format('{"t":"%s","r":[%s,%s]}', tx, min_id, max_id);
     END IF;
-    PERFORM pg_catalog.pg_notify('pgsse', payload);
+    PERFORM pg_catalog.pg_notify('pgsse', pgsse._sign(payload));
 END
 $fn$;
 

@@ -42,6 +42,16 @@ pub enum RunError {
 
 /// Runs the gateway on `listener` until `shutdown` resolves, then drains and returns.
 pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    run_with(config, listener, shutdown, None).await
+}
+
+/// `run`, with extra routes mounted beside the gateway's (used by `pgsse demo`).
+pub async fn run_with(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    extra: Option<Arc<dyn http::ExtraRoutes>>,
+) -> Result<(), RunError> {
     let hub = Arc::new(hub::Hub::new(config.queue_bytes));
     let source_state = Arc::new(pg::source::SourceState::default());
     let pool = pg::pool(&config.database, config.pool_size)?;
@@ -59,7 +69,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         )),
         tokio::spawn(heartbeats(hub.clone(), source_state.clone(), config.heartbeat_interval, stop.clone())),
     ];
-    let shared = Arc::new(http::Shared { config, hub, source: source_state, pool, draining: AtomicBool::new(false) });
+    let shared =
+        Arc::new(http::Shared { config, hub, source: source_state, pool, draining: AtomicBool::new(false), extra });
     http::serve(listener, shared, shutdown).await;
     stop.cancel();
     for t in tasks {

@@ -19,10 +19,7 @@ async fn cluster_starts_fast_and_answers() {
     let elapsed = started.elapsed();
     assert_eq!(pg.host, "127.0.0.1");
     assert_eq!(pg.superuser, "postgres");
-    assert_eq!(
-        pg.url("postgres"),
-        format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port)
-    );
+    assert_eq!(pg.url("postgres"), format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port));
     let client = connect(&pg.url("postgres")).await;
     let row = client
         .query_one("SELECT current_setting('max_connections'), current_setting('fsync'), current_user::text", &[])
@@ -32,10 +29,7 @@ async fn cluster_starts_fast_and_answers() {
     assert_eq!(row.get::<_, String>(1), "off");
     assert_eq!(row.get::<_, String>(2), "postgres");
     // The unix socket lives in the cluster's temp dir.
-    assert!(pg
-        .socket_dir()
-        .join(format!(".s.PGSQL.{}", pg.port))
-        .exists());
+    assert!(pg.socket_dir().join(format!(".s.PGSQL.{}", pg.port)).exists());
     eprintln!("cluster start took {elapsed:?}");
 }
 
@@ -48,16 +42,8 @@ async fn fresh_databases_are_isolated() {
     exec(&b, "CREATE TABLE t (x int); INSERT INTO t VALUES (3);").await;
     let ca = connect(&a).await;
     let cb = connect(&b).await;
-    let na: i64 = ca
-        .query_one("SELECT count(*) FROM t", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let nb: i64 = cb
-        .query_one("SELECT count(*) FROM t", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let na: i64 = ca.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get(0);
+    let nb: i64 = cb.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get(0);
     assert_eq!((na, nb), (2, 1));
 }
 
@@ -78,10 +64,7 @@ async fn roles_and_databases() {
     let alice = format!("postgres://alice@127.0.0.1:{}/app", pg.port);
     let c = connect(&alice).await;
     let row = c
-        .query_one(
-            "SELECT current_user::text, (SELECT rolsuper FROM pg_roles WHERE rolname = 'admin')",
-            &[],
-        )
+        .query_one("SELECT current_user::text, (SELECT rolsuper FROM pg_roles WHERE rolname = 'admin')", &[])
         .await
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "alice");
@@ -98,9 +81,7 @@ async fn restart_keeps_data_and_drops_connections() {
 
     pg.stop();
     assert!(!pg.is_running());
-    assert!(tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .is_err());
+    assert!(tokio_postgres::connect(&url, tokio_postgres::NoTls).await.is_err());
     pg.stop(); // idempotent
 
     pg.start_again();
@@ -133,9 +114,7 @@ async fn kill_connections_terminates_backends() {
 #[tokio::test]
 async fn listen_notify_roundtrip() {
     let db = fresh_database();
-    let (client, mut conn) = tokio_postgres::connect(&db, tokio_postgres::NoTls)
-        .await
-        .unwrap();
+    let (client, mut conn) = tokio_postgres::connect(&db, tokio_postgres::NoTls).await.unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
@@ -150,11 +129,7 @@ async fn listen_notify_roundtrip() {
         }
     });
     client.batch_execute("LISTEN chan").await.unwrap();
-    exec(
-        &db,
-        "NOTIFY chan, 'hello'; SELECT pg_notify('chan', 'wörld');",
-    )
-    .await;
+    exec(&db, "NOTIFY chan, 'hello'; SELECT pg_notify('chan', 'wörld');").await;
     let first = tokio::time::timeout(T, rx.recv()).await.unwrap().unwrap();
     let second = tokio::time::timeout(T, rx.recv()).await.unwrap().unwrap();
     assert_eq!(first, ("chan".to_string(), "hello".to_string()));
@@ -176,10 +151,7 @@ async fn wait_until_polls() {
 /// Serves one connection: reads the request head, sends it back over `req_tx`,
 /// then writes `pieces` with a short pause between them and closes (unless
 /// `hold_open`).
-async fn scripted_server(
-    pieces: Vec<Vec<u8>>,
-    hold_open: bool,
-) -> (String, tokio::sync::oneshot::Receiver<String>) {
+async fn scripted_server(pieces: Vec<Vec<u8>>, hold_open: bool) -> (String, tokio::sync::oneshot::Receiver<String>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (req_tx, req_rx) = tokio::sync::oneshot::channel();
@@ -253,20 +225,11 @@ async fn sse_client_parses_chunked_stream() {
     let cuts: Vec<usize> = (head_len - 5..all.len()).step_by(7).collect();
     let (addr, req_rx) = scripted_server(split_at(&all, &cuts), true).await;
 
-    let mut c = SseClient::connect(&addr, "/events?channel=a", &[("Last-Event-ID", "3")])
-        .await
-        .unwrap();
+    let mut c = SseClient::connect(&addr, "/events?channel=a", &[("Last-Event-ID", "3")]).await.unwrap();
     let req = req_rx.await.unwrap();
-    assert!(
-        req.starts_with("GET /events?channel=a HTTP/1.1\r\n"),
-        "{req}"
-    );
+    assert!(req.starts_with("GET /events?channel=a HTTP/1.1\r\n"), "{req}");
     assert!(req.contains("Last-Event-ID: 3\r\n"), "{req}");
-    assert!(
-        req.to_ascii_lowercase()
-            .contains("accept: text/event-stream"),
-        "{req}"
-    );
+    assert!(req.to_ascii_lowercase().contains("accept: text/event-stream"), "{req}");
     assert_eq!(c.status, 200);
     assert_eq!(c.header("Content-Type"), Some("text/event-stream"));
     assert_eq!(c.header("transfer-encoding"), Some("chunked"));
@@ -274,12 +237,7 @@ async fn sse_client_parses_chunked_stream() {
     let e1 = c.next_event(T).await.unwrap();
     assert_eq!(
         e1,
-        SseEvent {
-            event: "greet".into(),
-            data: "hello\nworld ✓".into(),
-            id: Some("7".into()),
-            retry: None,
-        }
+        SseEvent { event: "greet".into(), data: "hello\nworld ✓".into(), id: Some("7".into()), retry: None }
     );
     assert_eq!(c.retry(), Some(1500));
     assert_eq!(c.last_event_id().as_deref(), Some("7"));
@@ -304,22 +262,15 @@ async fn sse_client_parses_chunked_stream() {
 
 #[tokio::test]
 async fn sse_client_collect_and_timeout() {
-    let head =
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-            .to_vec();
+    let head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     let mut pieces = vec![head];
     for i in 0..5 {
-        pieces.push(chunk(
-            format!(": ping\n\nevent: tick\ndata: {i}\nid: {i}\n\n").as_bytes(),
-        ));
+        pieces.push(chunk(format!(": ping\n\nevent: tick\ndata: {i}\nid: {i}\n\n").as_bytes()));
     }
     let (addr, _req) = scripted_server(pieces, true).await;
     let mut c = SseClient::connect(&addr, "/", &[]).await.unwrap();
     let got = c.collect("tick", 3, T).await;
-    assert_eq!(
-        got.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(),
-        ["0", "1", "2"]
-    );
+    assert_eq!(got.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(), ["0", "1", "2"]);
     let rest = c.collect("tick", 10, Duration::from_millis(300)).await;
     assert_eq!(rest.len(), 2);
     // Stream held open: timeout, not EOF.
@@ -332,7 +283,8 @@ async fn sse_client_collect_and_timeout() {
 
 #[tokio::test]
 async fn sse_client_close_delimited_stream() {
-    let resp = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\ndata: a\n\ndata: b\n\n".to_vec();
+    let resp = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\ndata: a\n\ndata: b\n\n"
+        .to_vec();
     let (addr, _req) = scripted_server(split_at(&resp, &[70, 80]), false).await;
     let mut c = SseClient::connect(&addr, "/", &[]).await.unwrap();
     assert_eq!(c.next_event(T).await.unwrap().data, "a");
@@ -372,8 +324,6 @@ async fn sse_client_body_text() {
 #[tokio::test]
 async fn sse_client_connect_refused() {
     let port = free_port();
-    let err = SseClient::connect(&format!("127.0.0.1:{port}"), "/", &[])
-        .await
-        .unwrap_err();
+    let err = SseClient::connect(&format!("127.0.0.1:{port}"), "/", &[]).await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
 }

@@ -99,7 +99,8 @@ async fn bulk_mark_all_as_read_is_one_notify_and_a_thousand_events() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut event_notifies = 0;
     while let Ok(p) = rx.try_recv() {
-        if !p.starts_with("{\"m\"") {
+        // Payloads are <64 hex chars of HMAC><json>; markers are {"m":...}.
+        if !p.get(64..).is_some_and(|j| j.starts_with("{\"m\"")) {
             event_notifies += 1;
         }
     }
@@ -260,5 +261,27 @@ async fn postgres_restart_makes_readyz_flap_and_delivery_resume() {
     exec(&db, "INSERT INTO notifications (user_id, title) VALUES ('r', 'after restart')").await;
     let e = s.next_named("notification", T).await.expect("delivery resumed on the old stream");
     assert_eq!(json(&e)["notification"]["title"], "after restart");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn forged_notifications_are_ignored() {
+    let db = notifications_db().await;
+    let gw = Gateway::start(&db, &[]).await;
+    let mut s = gw.stream("victim", &[]).await;
+    s.next_named("connected", T).await.expect("connected");
+    // Any role that can connect may NOTIFY; without the signature nothing reaches a browser.
+    let fake = r#"{"t":"1","e":[[1,"victim","notification",{"type":"created","notification":{"title":"phish"}}]]}"#;
+    let forged_sig = format!("{}{fake}", "0".repeat(64));
+    for p in [fake.to_string(), forged_sig, format!("{}{}", "ab".repeat(32), r#"{"m":"99999999"}"#)] {
+        let c = connect(&db).await;
+        c.execute("SELECT pg_notify('pgsse', $1)", &[&p]).await.expect("notify");
+    }
+    exec(&db, "INSERT INTO notifications (user_id, title) VALUES ('victim', 'real')").await;
+    let e = s.next_named("notification", T).await.expect("the real event");
+    assert_eq!(json(&e)["notification"]["title"], "real", "forged events never arrive");
+    let (_, ready) = gateway::readyz(&gw.addr).await.expect("readyz");
+    let horizon: u64 = ready["horizon"].as_str().and_then(|h| h.parse().ok()).expect("horizon");
+    assert!(horizon < 99_999_999, "a forged marker did not move the horizon ({horizon})");
     gw.stop().await;
 }

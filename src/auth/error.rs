@@ -59,10 +59,8 @@ impl AuthError {
 
 fn unknown_key_message(kid: Option<&str>, alg: &str) -> String {
     match kid {
-        Some(kid) => format!("no configured key has kid {kid:?} and can verify {alg} tokens"),
-        None => {
-            format!("token has no kid and no configured key without a kid can verify {alg} tokens")
-        }
+        Some(kid) => format!("unknown key id {kid:?} for {alg} tokens"),
+        None => format!("token has no kid and no key without one can verify {alg} tokens"),
     }
 }
 

@@ -91,7 +91,7 @@ impl VerifyKey {
     }
 
     pub(crate) fn accepts(&self, alg: Algorithm) -> bool {
-        self.kind.supports(alg) && self.only_alg.map_or(true, |only| only == alg)
+        self.kind.supports(alg) && self.only_alg.is_none_or(|only| only == alg)
     }
 }
 

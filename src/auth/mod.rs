@@ -1,8 +1,4 @@
 //! JWT authentication for SSE stream requests: key loading, token extraction and verification.
-//!
-//! Verification is deliberately strict: the header `alg` must be on the
-//! allow-list *and* fit the type of the key that verifies it, `exp` is
-//! required, and a token is read from exactly one place in the request.
 
 mod error;
 mod extract;
@@ -97,6 +93,10 @@ pub struct Identity {
 }
 
 /// Verifies tokens against the configured keys. Build once, share in an `Arc`.
+///
+/// Deliberately strict: the header `alg` must be on the allow-list *and* fit
+/// the type of the key that verifies it, `exp` is required, and a token is
+/// read from exactly one place in the request.
 pub struct Authenticator {
     keys: KeySet,
     allowed: Vec<Algorithm>,

@@ -36,6 +36,14 @@ pub struct Shared {
     pub source: Arc<SourceState>,
     pub pool: deadpool_postgres::Pool,
     pub draining: AtomicBool,
+    /// Routes served besides the gateway's own (the demo's page and endpoints); never set by `serve`.
+    pub extra: Option<Arc<dyn ExtraRoutes>>,
+}
+
+/// Extra routes mounted next to the stream endpoint, checked first.
+pub trait ExtraRoutes: Send + Sync + 'static {
+    fn matches(&self, method: &Method, path: &str) -> bool;
+    fn call(&self, req: Request<Incoming>) -> Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send + '_>>;
 }
 
 /// Accepts connections until `shutdown` resolves, then closes every stream and waits (up to the
@@ -88,6 +96,9 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl st
 
 async fn route(req: Request<Incoming>, shared: &Shared, peer: SocketAddr) -> Response<Body> {
     let path = req.uri().path();
+    if let Some(extra) = shared.extra.as_ref().filter(|e| e.matches(req.method(), path)) {
+        return extra.call(req).await;
+    }
     if path == shared.config.path {
         return match *req.method() {
             Method::GET => stream::open(req, shared, peer).await,
@@ -131,7 +142,7 @@ fn method_not_allowed(allow: &'static str) -> Response<Body> {
 }
 
 /// `{"error": code, "message": text}` with the given status.
-pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+pub fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
     json(status, serde_json::json!({"error": code, "message": message}))
 }
 
@@ -141,7 +152,8 @@ pub(crate) fn unavailable(code: &str, message: &str, retry_after_secs: u32) -> R
     r
 }
 
-fn json(status: StatusCode, body: serde_json::Value) -> Response<Body> {
+/// A JSON response.
+pub fn json(status: StatusCode, body: serde_json::Value) -> Response<Body> {
     let mut r = Response::new(Body::Full(Some(Bytes::from(body.to_string()))));
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -149,7 +161,15 @@ fn json(status: StatusCode, body: serde_json::Value) -> Response<Body> {
     r
 }
 
-/// Response bodies: a fixed JSON document, or an event stream.
+/// A complete response with the given content type.
+pub fn full(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Body::Full(Some(body.into())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+/// Response bodies: a fixed document, or an event stream.
 pub enum Body {
     Full(Option<Bytes>),
     Stream(Box<stream::StreamBody>),

@@ -41,6 +41,8 @@ pub struct SourceState {
     ready: AtomicBool,
     pub received: AtomicU64,
     pub dropped: AtomicU64,
+    /// Payloads on the channel whose signature did not verify (also counted in `dropped`).
+    pub forged: AtomicU64,
     pub reconnects: AtomicU64,
     pub markers: AtomicU64,
     /// Round trip of this gateway's last marker, in microseconds (LISTEN lag).
@@ -72,12 +74,15 @@ struct Payload<'a> {
     n: Option<u64>,
     /// Events: the writing transaction's id, as text.
     t: Option<String>,
-    /// Events inline: `[id, user_id, event, data]`.
+    /// Events inline.
     #[serde(borrow)]
-    e: Option<Vec<(i64, Option<String>, String, &'a RawValue)>>,
+    e: Option<Vec<InlineEvent<'a>>>,
     /// Events by reference (too large to inline): the id range to fetch.
     r: Option<(i64, i64)>,
 }
+
+/// `[id, user_id, event, data]`, data kept as the JSON text Postgres wrote.
+type InlineEvent<'a> = (i64, Option<String>, String, &'a RawValue);
 
 pub struct Source {
     db: tokio_postgres::Config,
@@ -90,6 +95,8 @@ pub struct Source {
     /// reconnect does not send them twice: tx -> ids, and the ids themselves.
     sent_by_tx: BTreeMap<u64, Vec<i64>>,
     sent: HashSet<i64>,
+    /// Verifies that a payload was produced by pgsse's SQL (anyone who can connect may NOTIFY).
+    key: Option<ring::hmac::Key>,
 }
 
 enum Msg {
@@ -113,6 +120,7 @@ impl Source {
             instance: format!("{:016x}", rand::random::<u64>()),
             sent_by_tx: BTreeMap::new(),
             sent: HashSet::new(),
+            key: None,
         }
     }
 
@@ -204,16 +212,21 @@ impl Source {
             Ok(s) => s,
             Err(e) => return End::Lost(e.into()),
         };
-        let marker = match client
-            .prepare(
-                "SELECT pg_notify($1, json_build_object('m', pg_snapshot_xmin(pg_current_snapshot())::text, \
-                 'g', $2::text, 'n', $3::bigint)::text)",
-            )
-            .await
-        {
+        let marker = match client.prepare("SELECT pgsse.mark($1::text, $2::bigint)").await {
             Ok(s) => s,
             Err(e) => return End::Lost(e.into()),
         };
+        // Read on every connect, so a rotated key is picked up after a reconnect.
+        match client.query_opt("SELECT key FROM pgsse.secret", &[]).await {
+            Ok(Some(row)) => match row.try_get::<_, Vec<u8>>(0) {
+                Ok(k) => self.key = Some(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &k)),
+                Err(e) => return End::Lost(e.into()),
+            },
+            Ok(None) => {
+                return End::Lost(PgError::Protocol("pgsse.secret is empty: run `pgsse sql install` again".into()))
+            }
+            Err(e) => return End::Lost(e.into()),
+        }
         if catch_up {
             if let Err(e) = self.catch_up(client).await {
                 return End::Lost(e);
@@ -243,7 +256,7 @@ impl Source {
                     if pending.is_none() {
                         pending = Some((seq, Instant::now()));
                     }
-                    let sent = client.execute(&marker, &[&CHANNEL, &self.instance, &(seq as i64)]).await;
+                    let sent = client.execute(&marker, &[&self.instance, &(seq as i64)]).await;
                     if let Err(e) = sent {
                         return End::Lost(e.into());
                     }
@@ -286,6 +299,15 @@ impl Source {
         payload: &str,
         pending: &mut Option<(u64, Instant)>,
     ) -> Result<(), PgError> {
+        let Some(payload) = self.verified(payload) else {
+            self.state.dropped.fetch_add(1, Ordering::Relaxed);
+            self.state.forged.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                payload_bytes = payload.len(),
+                "ignoring a NOTIFY on channel pgsse without a valid signature (sent by something other than pgsse's SQL)"
+            );
+            return Ok(());
+        };
         let p: Payload = match serde_json::from_str(payload) {
             Ok(p) => p,
             Err(e) => {
@@ -332,6 +354,17 @@ impl Source {
             tracing::warn!(tx, "ignoring a pgsse NOTIFY with neither events (\"e\") nor a reference (\"r\")");
         }
         Ok(())
+    }
+
+    /// Splits `<64 hex HMAC><json>` and checks the HMAC; `None` if absent or wrong.
+    fn verified<'p>(&self, payload: &'p str) -> Option<&'p str> {
+        let key = self.key.as_ref()?;
+        let (mac, json) = (payload.get(..64)?, payload.get(64..)?);
+        let mut tag = [0u8; 32];
+        for (i, t) in tag.iter_mut().enumerate() {
+            *t = u8::from_str_radix(mac.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        ring::hmac::verify(key, json.as_bytes(), &tag).ok().map(|()| json)
     }
 
     fn on_marker(&mut self, x: u64) {

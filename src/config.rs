@@ -73,6 +73,8 @@ pub enum Command {
     },
     /// Mint an HS256 JWT for curl and local testing.
     Token(TokenArgs),
+    /// Try pgsse in a minute: throwaway PostgreSQL, demo table and page, live gateway.
+    Demo(crate::demo::DemoArgs),
 }
 
 #[derive(Debug, Subcommand)]

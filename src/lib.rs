@@ -18,6 +18,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod demo;
 pub mod http;
 pub mod hub;
 pub mod pg;

@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         },
         Command::Sql { action } => sql(action),
         Command::Token(args) => token(args),
+        Command::Demo(args) => runtime().and_then(|rt| Ok(rt.block_on(pgsse::demo::run(args, shutdown_signal()))?)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

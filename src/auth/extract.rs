@@ -68,7 +68,7 @@ fn find_cookie<'a>(header: &'a [u8], name: &str) -> Option<&'a [u8]> {
 }
 
 /// First non-empty value of `name` in a raw (form-encoded) query string.
-fn find_query_param<'a>(query: &'a str, name: &str) -> Option<Result<Cow<'a, str>, AuthError>> {
+pub(crate) fn find_query_param<'a>(query: &'a str, name: &str) -> Option<Result<Cow<'a, str>, AuthError>> {
     query.split('&').find_map(|pair| {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         if form_decode(key).as_deref() != Some(name) || value.is_empty() {

@@ -2,6 +2,8 @@
 
 mod error;
 mod extract;
+
+pub(crate) use extract::find_query_param;
 mod jwks;
 mod jwt;
 mod keys;

@@ -16,6 +16,14 @@ use crate::hub::{Next, Subscription};
 use crate::pg::replay::{self, Replay, DEFAULT_MAX_REPLAY_EVENTS};
 use crate::sse::{self, EventId, DEFAULT_RETRY_MS};
 
+/// Query parameter accepted in place of the `Last-Event-ID` header.
+pub const LAST_EVENT_ID_PARAM: &str = "lastEventId";
+
+/// The (form-decoded) value of `name` in a query string, if present and valid UTF-8.
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    crate::auth::find_query_param(query?, name)?.ok().map(|v| v.into_owned())
+}
+
 /// The body of one open stream: first what was prepared at open (retry, `connected`, replay or
 /// `reset`), then live events from the hub minus those the replay already sent.
 pub struct StreamBody {
@@ -52,10 +60,12 @@ pub(super) async fn open(req: Request<Incoming>, shared: &Shared, peer: SocketAd
     if shared.source.horizon().is_none() {
         return unavailable("not_ready", "the gateway is not yet listening to the database; retry", 1);
     }
-    let last_event_id = req
-        .headers()
-        .get("last-event-id")
-        .map(|v| v.to_str().map_err(|_| sse::BadEventId::Malformed).and_then(EventId::parse));
+    // The header is what EventSource sends on its own reconnects; the query parameter serves
+    // clients that open a new EventSource themselves (it cannot set headers).
+    let last_event_id = match req.headers().get("last-event-id") {
+        Some(v) => Some(v.to_str().map_err(|_| sse::BadEventId::Malformed).and_then(EventId::parse)),
+        None => query_param(req.uri().query(), LAST_EVENT_ID_PARAM).map(|v| EventId::parse(&v)),
+    };
 
     // Subscribe before reading the horizon or replaying: anything committed after this point
     // arrives live, so together with the replay nothing falls between the two.

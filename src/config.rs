@@ -51,6 +51,11 @@ pub const DEFAULT_QUEUE_BYTES: &str = "1MiB";
 pub const DEFAULT_REPLAY_TIMEOUT: &str = "10s";
 pub const DEFAULT_POOL_SIZE: usize = 4;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "15s";
+pub const DEFAULT_DRAIN_PERIOD: &str = "10s";
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+pub const DEFAULT_MAX_CONNECTIONS_PER_USER: usize = 64;
+pub const DEFAULT_MAX_HEADER_BYTES: &str = "16KiB";
+pub const DEFAULT_HEADER_READ_TIMEOUT: &str = "10s";
 
 #[derive(Debug, Parser)]
 #[command(name = "pgsse", version, about = "Server-Sent Events gateway fed by PostgreSQL LISTEN/NOTIFY")]
@@ -174,9 +179,35 @@ pub struct ServeArgs {
     /// Connections in the pool used for replay and retention (the LISTEN connection is extra).
     #[arg(long, env = "PGSSE_DB_POOL_SIZE", default_value_t = DEFAULT_POOL_SIZE)]
     pub db_pool_size: usize,
-    /// How long shutdown may take before open streams are cut.
+    /// On SIGTERM/SIGINT, open streams are closed spread over this period (each first gets a
+    /// jittered `retry:`), so clients do not all reconnect at once.
+    #[arg(long, env = "PGSSE_DRAIN_PERIOD", default_value = DEFAULT_DRAIN_PERIOD)]
+    pub drain_period: String,
+    /// How long shutdown may take in all (at least the drain period) before the process exits.
     #[arg(long, env = "PGSSE_SHUTDOWN_TIMEOUT", default_value = DEFAULT_SHUTDOWN_TIMEOUT)]
     pub shutdown_timeout: String,
+    /// Open streams allowed in this process (0: no limit); beyond it 503 + Retry-After.
+    #[arg(long, env = "PGSSE_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Open streams allowed per user (0: no limit); beyond it 429.
+    #[arg(long, env = "PGSSE_MAX_CONNECTIONS_PER_USER", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_USER)]
+    pub max_connections_per_user: usize,
+    /// Largest request head accepted (431 beyond it).
+    #[arg(long, env = "PGSSE_MAX_HEADER_BYTES", default_value = DEFAULT_MAX_HEADER_BYTES)]
+    pub max_header_bytes: String,
+    /// A client must send its whole request head within this time.
+    #[arg(long, env = "PGSSE_HEADER_READ_TIMEOUT", default_value = DEFAULT_HEADER_READ_TIMEOUT)]
+    pub header_read_timeout: String,
+    /// Origins allowed to open streams cross-origin with credentials, exact (https://app.example.com);
+    /// repeat or comma-separate. Never `*`.
+    #[arg(long, env = "PGSSE_CORS_ORIGIN", value_delimiter = ',')]
+    pub cors_origin: Vec<String>,
+    /// Address for Prometheus metrics at /metrics (`off` disables). Keep it off the public port.
+    #[arg(long, env = "PGSSE_METRICS_LISTEN", default_value = crate::metrics::DEFAULT_METRICS_LISTEN)]
+    pub metrics_listen: String,
+    /// Behind a proxy: log the client address from X-Forwarded-For (used for logs only).
+    #[arg(long, env = "PGSSE_TRUST_PROXY")]
+    pub trust_proxy: bool,
 }
 
 /// Validated configuration of `pgsse serve`.
@@ -193,6 +224,15 @@ pub struct Config {
     pub replay_timeout: Duration,
     pub pool_size: usize,
     pub shutdown_timeout: Duration,
+    pub drain_period: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_user: usize,
+    pub max_header_bytes: usize,
+    pub header_read_timeout: Duration,
+    /// Exact origins allowed for CORS (no trailing slash).
+    pub cors_origins: Vec<String>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub trust_proxy: bool,
 }
 
 impl Config {
@@ -244,6 +284,51 @@ impl Config {
         let marker_interval = duration(&mut errs, "--marker-interval", &a.marker_interval, Duration::from_millis(10));
         let replay_timeout = duration(&mut errs, "--replay-timeout", &a.replay_timeout, Duration::from_millis(10));
         let shutdown_timeout = duration(&mut errs, "--shutdown-timeout", &a.shutdown_timeout, Duration::ZERO);
+        let drain_period = duration(&mut errs, "--drain-period", &a.drain_period, Duration::ZERO);
+        if let (Some(d), Some(t)) = (drain_period, shutdown_timeout) {
+            if t < d {
+                errs.push(ConfigError::new(
+                    "--shutdown-timeout",
+                    format!(
+                        "{} is shorter than --drain-period {}: streams could not all be drained",
+                        humantime::format_duration(t),
+                        humantime::format_duration(d)
+                    ),
+                ));
+            }
+        }
+        let header_read_timeout =
+            duration(&mut errs, "--header-read-timeout", &a.header_read_timeout, Duration::from_millis(100));
+        let max_header_bytes = match parse_size(&a.max_header_bytes) {
+            Some(n) if (8192..=1 << 20).contains(&n) => Some(n),
+            _ => {
+                errs.push(ConfigError::new(
+                    "--max-header-bytes",
+                    format!("{:?} is not a size between 8KiB and 1MiB", a.max_header_bytes),
+                ));
+                None
+            }
+        };
+        let mut cors_origins = Vec::new();
+        for o in a.cors_origin.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
+            match check_origin(o) {
+                Ok(o) => cors_origins.push(o),
+                Err(msg) => errs.push(ConfigError::new("--cors-origin", msg)),
+            }
+        }
+        let metrics_listen = match a.metrics_listen.trim() {
+            "" | "off" | "none" => None,
+            addr => match addr.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    errs.push(ConfigError::new(
+                        "--metrics-listen",
+                        format!("{addr:?} is not an address like 127.0.0.1:9464 (or off)"),
+                    ));
+                    None
+                }
+            },
+        };
         let queue_bytes = match parse_size(&a.max_queue_bytes) {
             Some(n) if n >= 1024 => Some(n),
             _ => {
@@ -269,6 +354,11 @@ impl Config {
             token_query_param: Some(a.token_query_param.clone()).filter(|p| !p.is_empty()),
         };
         let auth = Authenticator::new(&auth_cfg).map_err(|e| errs.extend(e)).ok();
+        let (Some(drain_period), Some(header_read_timeout), Some(max_header_bytes)) =
+            (drain_period, header_read_timeout, max_header_bytes)
+        else {
+            return Err(ConfigErrors(errs));
+        };
         match (
             database,
             listen,
@@ -302,9 +392,39 @@ impl Config {
                 replay_timeout,
                 pool_size: a.db_pool_size,
                 shutdown_timeout,
+                drain_period,
+                max_connections: a.max_connections,
+                max_connections_per_user: a.max_connections_per_user,
+                max_header_bytes,
+                header_read_timeout,
+                cors_origins,
+                metrics_listen,
+                trust_proxy: a.trust_proxy,
             }),
             _ => Err(ConfigErrors(errs)),
         }
+    }
+}
+
+/// An allowed CORS origin: `scheme://host[:port]`, compared exactly with the browser's `Origin`.
+fn check_origin(o: &str) -> Result<String, String> {
+    if o == "*" || o.contains('*') {
+        return Err("`*` is not allowed: streams are sent with credentials, so list exact origins".into());
+    }
+    let o = o.trim_end_matches('/');
+    let ok = match o.split_once("://") {
+        Some((scheme, rest)) => {
+            matches!(scheme, "http" | "https")
+                && !rest.is_empty()
+                && !rest.contains(['/', '?', '#', '@', ' '])
+                && rest.bytes().all(|b| b.is_ascii_graphic())
+        }
+        None => false,
+    };
+    if ok {
+        Ok(o.to_string())
+    } else {
+        Err(format!("{o:?} is not an origin like https://app.example.com or http://localhost:3000"))
     }
 }
 
@@ -391,6 +511,35 @@ mod tests {
         }
         let errs = Config::from_argv(["--jwt-secret", "s"]).err().expect("error");
         assert!(errs.0.iter().any(|e| e.flag == "--database-url"), "{errs}");
+    }
+
+    #[test]
+    fn cors_origins_must_be_exact() {
+        assert_eq!(check_origin("https://app.example.com/"), Ok("https://app.example.com".into()));
+        assert_eq!(check_origin("http://localhost:3000"), Ok("http://localhost:3000".into()));
+        for bad in ["*", "https://*.example.com", "app.example.com", "ftp://x", "https://a.com/path", "https://"] {
+            assert!(check_origin(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn shutdown_must_outlast_the_drain() {
+        let errs = Config::from_argv([
+            "--database-url",
+            "postgres://u@h/db",
+            "--jwt-secret",
+            "s",
+            "--drain-period",
+            "20s",
+            "--shutdown-timeout",
+            "5s",
+            "--cors-origin",
+            "*",
+        ])
+        .err()
+        .expect("errors");
+        let flags: Vec<_> = errs.0.iter().map(|e| e.flag).collect();
+        assert_eq!(flags, ["--shutdown-timeout", "--cors-origin"]);
     }
 
     #[test]

@@ -5,12 +5,15 @@
 //! its bound is closed instead, so a client that stops reading is dropped alone and everyone else
 //! keeps their latency. Locks are held only for these appends, never across a socket write.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
+use tokio::sync::Notify;
+
+use crate::metrics::Metrics;
 
 /// Default bound on bytes queued for one stream before it is closed as too slow.
 pub const DEFAULT_QUEUE_BYTES: usize = 1024 * 1024;
@@ -34,6 +37,33 @@ pub enum CloseReason {
     AuthExpired,
 }
 
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::SlowClient => "slow_client",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::AuthExpired => "auth_expired",
+        }
+    }
+}
+
+/// Why `Hub::subscribe` refused a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    /// `--max-connections` streams are open.
+    Gateway,
+    /// `--max-connections-per-user` streams of this user are open.
+    User,
+}
+
+/// Limits checked atomically with registration.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub queue_bytes: usize,
+    pub max_connections: usize,
+    pub max_per_user: usize,
+}
+
 #[derive(Default)]
 struct Queue {
     items: VecDeque<Item>,
@@ -47,6 +77,9 @@ pub struct Conn {
     id: u64,
     user: Arc<str>,
     queue: Mutex<Queue>,
+    /// Fired when the connection must be cut at once (its client stopped reading, so a graceful
+    /// end would never be written).
+    abort: Arc<Notify>,
 }
 
 impl Conn {
@@ -66,6 +99,7 @@ impl Conn {
             q.items.clear();
             q.bytes = 0;
             q.closed = Some(CloseReason::SlowClient);
+            self.abort.notify_one();
         } else {
             q.bytes += item.bytes.len();
             q.items.push_back(item.clone());
@@ -75,6 +109,12 @@ impl Conn {
             w.wake();
         }
         open
+    }
+
+    /// Queues `last` (beyond the byte bound) and closes: the stream ends after writing it.
+    pub fn finish(&self, last: &Item, reason: CloseReason) {
+        self.push(last, usize::MAX);
+        self.close(reason);
     }
 
     fn close(&self, reason: CloseReason) {
@@ -88,30 +128,26 @@ impl Conn {
     }
 }
 
-/// Counters the hub keeps (read by metrics and tests).
-#[derive(Debug, Default)]
-pub struct HubStats {
-    pub opened: AtomicU64,
-    pub closed: AtomicU64,
-    pub delivered: AtomicU64,
-    pub slow_client_closes: AtomicU64,
-}
-
 /// Routes events to streams. Cheap to share: wrap in an `Arc`.
 pub struct Hub {
     users: Mutex<HashMap<Arc<str>, Vec<Arc<Conn>>>>,
+    /// Streams to close when their credential expires: (unix seconds, stream id) -> stream.
+    expiries: Mutex<BTreeMap<(u64, u64), Weak<Conn>>>,
+    count: AtomicUsize,
     next_id: AtomicU64,
-    queue_limit: usize,
-    pub stats: HubStats,
+    limits: Limits,
+    pub metrics: Metrics,
 }
 
 impl Hub {
-    pub fn new(queue_limit: usize) -> Self {
+    pub fn new(limits: Limits, metrics: Metrics) -> Self {
         Self {
             users: Mutex::new(HashMap::new()),
+            expiries: Mutex::new(BTreeMap::new()),
+            count: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
-            queue_limit: queue_limit.max(1),
-            stats: HubStats::default(),
+            limits: Limits { queue_bytes: limits.queue_bytes.max(1), ..limits },
+            metrics,
         }
     }
 
@@ -119,17 +155,70 @@ impl Hub {
         self.users.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a stream for `user`. Events published after this call reach it; dropping the
-    /// returned `Subscription` removes it at once.
-    pub fn subscribe(self: &Arc<Self>, user: Arc<str>) -> Subscription {
+    /// Registers a stream for `user`, unless a connection limit is reached. Events published
+    /// after this call reach it; dropping the returned `Subscription` removes it at once.
+    /// `expires_at` (unix seconds) closes it with `auth_expired` then; `abort` is fired when the
+    /// connection must be cut without a graceful end.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        user: Arc<str>,
+        expires_at: Option<u64>,
+        abort: Arc<Notify>,
+    ) -> Result<Subscription, Full> {
         let conn = Arc::new(Conn {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             user: user.clone(),
             queue: Mutex::new(Queue::default()),
+            abort,
         });
-        self.users().entry(user).or_default().push(conn.clone());
-        self.stats.opened.fetch_add(1, Ordering::Relaxed);
-        Subscription { hub: self.clone(), conn }
+        {
+            let mut users = self.users();
+            if self.limits.max_connections > 0 && self.count.load(Ordering::Relaxed) >= self.limits.max_connections {
+                return Err(Full::Gateway);
+            }
+            let conns = users.entry(user).or_default();
+            if self.limits.max_per_user > 0 && conns.len() >= self.limits.max_per_user {
+                return Err(Full::User);
+            }
+            conns.push(conn.clone());
+            self.count.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(exp) = expires_at {
+            self.expiries().insert((exp, conn.id), Arc::downgrade(&conn));
+        }
+        self.metrics.connections_opened.inc();
+        self.metrics.connections_open.inc();
+        Ok(Subscription { hub: self.clone(), conn, expires_at })
+    }
+
+    fn expiries(&self) -> MutexGuard<'_, BTreeMap<(u64, u64), Weak<Conn>>> {
+        self.expiries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Closes every stream whose credential expired at or before `now` (unix seconds), after
+    /// queueing `notice` on it. Returns how many were closed.
+    pub fn expire(&self, now: u64, notice: &Item) -> usize {
+        let due = {
+            let mut exp = self.expiries();
+            let later = exp.split_off(&(now.saturating_add(1), 0));
+            std::mem::replace(&mut *exp, later)
+        };
+        let mut n = 0;
+        for conn in due.into_values().filter_map(|w| w.upgrade()) {
+            conn.finish(notice, CloseReason::AuthExpired);
+            n += 1;
+        }
+        n
+    }
+
+    /// The earliest pending credential expiry (unix seconds), if any.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.expiries().keys().next().map(|(t, _)| *t)
+    }
+
+    /// Every open stream, for draining.
+    pub fn snapshot(&self) -> Vec<Weak<Conn>> {
+        self.users().values().flatten().map(Arc::downgrade).collect()
     }
 
     /// Sends to every stream of `user`, or to every stream when `user` is `None`.
@@ -139,7 +228,7 @@ impl Hub {
         let mut n = 0;
         let mut deliver = |conns: &Vec<Arc<Conn>>| {
             for c in conns {
-                if c.push(item, self.queue_limit) {
+                if c.push(item, self.limits.queue_bytes) {
                     n += 1;
                 }
             }
@@ -152,7 +241,7 @@ impl Hub {
             }
             None => users.values().for_each(&mut deliver),
         }
-        self.stats.delivered.fetch_add(n as u64, Ordering::Relaxed);
+        self.metrics.events_delivered.inc_by(n as u64);
         n
     }
 
@@ -167,7 +256,7 @@ impl Hub {
 
     /// Open streams right now.
     pub fn connection_count(&self) -> usize {
-        self.users().values().map(Vec::len).sum()
+        self.count.load(Ordering::Relaxed)
     }
 
     /// Open streams of one user.
@@ -175,19 +264,28 @@ impl Hub {
         self.users().get(user).map_or(0, Vec::len)
     }
 
-    fn remove(&self, conn: &Arc<Conn>) {
+    fn remove(&self, conn: &Arc<Conn>, expires_at: Option<u64>) {
         let mut users = self.users();
         if let Some(conns) = users.get_mut(&conn.user) {
+            let before = conns.len();
             conns.retain(|c| c.id != conn.id);
+            if conns.len() < before {
+                self.count.fetch_sub(1, Ordering::Relaxed);
+            }
             if conns.is_empty() {
                 users.remove(&conn.user);
             }
         }
         drop(users);
-        self.stats.closed.fetch_add(1, Ordering::Relaxed);
-        if conn.lock().closed == Some(CloseReason::SlowClient) {
-            self.stats.slow_client_closes.fetch_add(1, Ordering::Relaxed);
+        if let Some(exp) = expires_at {
+            self.expiries().remove(&(exp, conn.id));
         }
+        let reason = conn.lock().closed.map_or("client", CloseReason::as_str);
+        if reason == CloseReason::SlowClient.as_str() {
+            self.metrics.slow_client_disconnects.inc();
+        }
+        self.metrics.connection_closed(reason);
+        self.metrics.connections_open.dec();
     }
 }
 
@@ -195,6 +293,7 @@ impl Hub {
 pub struct Subscription {
     hub: Arc<Hub>,
     conn: Arc<Conn>,
+    expires_at: Option<u64>,
 }
 
 /// What `Subscription::poll_next` yields.
@@ -218,6 +317,11 @@ impl Subscription {
     /// Closes this stream from outside the hub (e.g. its token expired).
     pub fn close(&self, reason: CloseReason) {
         self.conn.close(reason);
+    }
+
+    /// Queues bytes on this stream only (e.g. a drain notice), regardless of the byte bound.
+    pub fn push(&self, item: &Item) {
+        self.conn.push(item, usize::MAX);
     }
 
     /// Takes everything queued, skipping items whose `log_id` `skip` says were already sent.
@@ -260,7 +364,7 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.hub.remove(&self.conn);
+        self.hub.remove(&self.conn, self.expires_at);
     }
 }
 
@@ -271,6 +375,14 @@ mod tests {
 
     fn item(log_id: i64, s: &str) -> Item {
         Item { log_id, bytes: Bytes::copy_from_slice(s.as_bytes()) }
+    }
+
+    fn hub(queue_bytes: usize) -> Arc<Hub> {
+        Arc::new(Hub::new(Limits { queue_bytes, max_connections: 0, max_per_user: 0 }, Metrics::default()))
+    }
+
+    fn sub(hub: &Arc<Hub>, user: &str) -> Subscription {
+        hub.subscribe(user.into(), None, Arc::new(Notify::new())).expect("room")
     }
 
     fn next(sub: &Subscription) -> Poll<Next> {
@@ -286,10 +398,10 @@ mod tests {
 
     #[test]
     fn routes_by_user_and_broadcasts() {
-        let hub = Arc::new(Hub::new(1024));
-        let a1 = hub.subscribe("a".into());
-        let a2 = hub.subscribe("a".into());
-        let b = hub.subscribe("b".into());
+        let hub = hub(1024);
+        let a1 = sub(&hub, "a");
+        let a2 = sub(&hub, "a");
+        let b = sub(&hub, "b");
         assert_eq!(hub.publish(Some("a"), &item(1, "x")), 2);
         assert_eq!(hub.publish(Some("nobody"), &item(2, "y")), 0);
         assert_eq!(hub.publish(None, &item(3, "z")), 3);
@@ -301,22 +413,22 @@ mod tests {
 
     #[test]
     fn drop_unsubscribes_at_once() {
-        let hub = Arc::new(Hub::new(1024));
-        let a = hub.subscribe("a".into());
-        let a2 = hub.subscribe("a".into());
+        let hub = hub(1024);
+        let a = sub(&hub, "a");
+        let a2 = sub(&hub, "a");
         assert_eq!(hub.connection_count(), 2);
         drop(a);
         assert_eq!(hub.user_connection_count("a"), 1);
         drop(a2);
         assert_eq!(hub.connection_count(), 0);
-        assert_eq!(hub.stats.closed.load(Ordering::Relaxed), 2);
+        assert!(hub.metrics.encode().contains("pgsse_connections_closed_total{reason=\"client\"} 2"));
     }
 
     #[test]
     fn overflow_closes_only_the_slow_stream() {
-        let hub = Arc::new(Hub::new(10));
-        let slow = hub.subscribe("a".into());
-        let fast = hub.subscribe("a".into());
+        let hub = hub(10);
+        let slow = sub(&hub, "a");
+        let fast = sub(&hub, "a");
         for i in 0..5 {
             hub.publish(Some("a"), &item(i + 1, "abcd"));
             let _ = data(next(&fast));
@@ -324,21 +436,21 @@ mod tests {
         assert!(matches!(next(&slow), Poll::Ready(Next::Closed(CloseReason::SlowClient))));
         assert!(next(&fast).is_pending());
         drop(slow);
-        assert_eq!(hub.stats.slow_client_closes.load(Ordering::Relaxed), 1);
+        assert_eq!(hub.metrics.slow_client_disconnects.get(), 1);
     }
 
     #[test]
     fn one_item_larger_than_the_limit_still_goes_to_an_empty_queue() {
-        let hub = Arc::new(Hub::new(4));
-        let s = hub.subscribe("a".into());
+        let hub = hub(4);
+        let s = sub(&hub, "a");
         hub.publish(Some("a"), &item(1, "0123456789"));
         assert_eq!(data(next(&s)), "0123456789");
     }
 
     #[test]
     fn skip_filters_replayed_ids() {
-        let hub = Arc::new(Hub::new(1024));
-        let s = hub.subscribe("a".into());
+        let hub = hub(1024);
+        let s = sub(&hub, "a");
         hub.publish(Some("a"), &item(1, "a"));
         hub.publish(Some("a"), &item(2, "b"));
         hub.publish(Some("a"), &item(0, "h"));
@@ -348,11 +460,51 @@ mod tests {
 
     #[test]
     fn close_all_ends_streams_after_queued_data() {
-        let hub = Arc::new(Hub::new(1024));
-        let s = hub.subscribe("a".into());
+        let hub = hub(1024);
+        let s = sub(&hub, "a");
         hub.publish(Some("a"), &item(1, "last"));
         hub.close_all(None, CloseReason::Shutdown);
         assert_eq!(data(next(&s)), "last");
         assert!(matches!(next(&s), Poll::Ready(Next::Closed(CloseReason::Shutdown))));
+    }
+
+    #[test]
+    fn limits_are_enforced_at_registration() {
+        let hub =
+            Arc::new(Hub::new(Limits { queue_bytes: 64, max_connections: 3, max_per_user: 2 }, Metrics::default()));
+        let _a1 = sub(&hub, "a");
+        let a2 = sub(&hub, "a");
+        assert_eq!(hub.subscribe("a".into(), None, Arc::new(Notify::new())).err(), Some(Full::User));
+        let _b = sub(&hub, "b");
+        assert_eq!(hub.subscribe("c".into(), None, Arc::new(Notify::new())).err(), Some(Full::Gateway));
+        drop(a2);
+        assert!(hub.subscribe("c".into(), None, Arc::new(Notify::new())).is_ok());
+    }
+
+    #[test]
+    fn expired_streams_get_the_notice_then_close() {
+        let hub = hub(1024);
+        let s = hub.subscribe("a".into(), Some(100), Arc::new(Notify::new())).expect("room");
+        let keep = hub.subscribe("a".into(), Some(200), Arc::new(Notify::new())).expect("room");
+        assert_eq!(hub.next_expiry(), Some(100));
+        assert_eq!(hub.expire(99, &item(0, "bye")), 0);
+        assert_eq!(hub.expire(150, &item(0, "bye")), 1);
+        assert_eq!(data(next(&s)), "bye");
+        assert!(matches!(next(&s), Poll::Ready(Next::Closed(CloseReason::AuthExpired))));
+        assert!(next(&keep).is_pending());
+        drop(keep);
+        assert_eq!(hub.next_expiry(), None, "a dropped stream leaves the expiry queue");
+    }
+
+    #[test]
+    fn overflow_fires_the_abort_signal() {
+        let hub = hub(4);
+        let abort = Arc::new(Notify::new());
+        let _s = hub.subscribe("a".into(), None, abort.clone()).expect("room");
+        hub.publish(Some("a"), &item(1, "abcd"));
+        hub.publish(Some("a"), &item(2, "abcd"));
+        let fired = abort.notified();
+        tokio::pin!(fired);
+        assert!(fired.as_mut().enable(), "a permit was stored for the connection task");
     }
 }

@@ -21,6 +21,7 @@ pub mod config;
 pub mod demo;
 pub mod http;
 pub mod hub;
+pub mod metrics;
 pub mod pg;
 pub mod sse;
 
@@ -39,6 +40,8 @@ pub use config::Config;
 pub enum RunError {
     #[error(transparent)]
     Pg(#[from] pg::PgError),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(std::net::SocketAddr, std::io::Error),
 }
 
 /// Runs the gateway on `listener` until `shutdown` resolves, then drains and returns.
@@ -53,10 +56,20 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()>,
     extra: Option<Arc<dyn http::ExtraRoutes>>,
 ) -> Result<(), RunError> {
-    let hub = Arc::new(hub::Hub::new(config.queue_bytes));
+    let metrics = metrics::Metrics::default();
+    let limits = hub::Limits {
+        queue_bytes: config.queue_bytes,
+        max_connections: config.max_connections,
+        max_per_user: config.max_connections_per_user,
+    };
+    let hub = Arc::new(hub::Hub::new(limits, metrics.clone()));
     let source_state = Arc::new(pg::source::SourceState::default());
     let pool = pg::pool(&config.database, config.pool_size)?;
     let stop = CancellationToken::new();
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| RunError::Bind(addr, e))?),
+        None => None,
+    };
 
     let source =
         pg::source::Source::new(config.database.clone(), hub.clone(), source_state.clone(), config.marker_interval);
@@ -69,15 +82,42 @@ pub async fn run_with(
             stop.clone(),
         )),
         tokio::spawn(heartbeats(hub.clone(), source_state.clone(), config.heartbeat_interval, stop.clone())),
+        tokio::spawn(expiries(hub.clone(), stop.clone())),
+        tokio::spawn(pg::watch_queue_usage(pool.clone(), metrics.clone(), stop.clone())),
     ];
-    let shared =
-        Arc::new(http::Shared { config, hub, source: source_state, pool, draining: AtomicBool::new(false), extra });
+    if let Some(l) = metrics_listener {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(%addr, "metrics at /metrics");
+        }
+        tokio::spawn(http::serve_metrics(l, metrics.clone(), stop.clone()));
+    }
+    let draining = AtomicBool::new(false);
+    let shared = Arc::new(http::Shared { config, hub, source: source_state, pool, metrics, draining, extra });
     http::serve(listener, shared, shutdown).await;
     stop.cancel();
     for t in tasks {
         let _ = t.await;
     }
     Ok(())
+}
+
+/// Closes streams whose credential expired, with `event: auth-expired` first, within about a
+/// second of `exp`: one timer for all streams, not one per stream.
+async fn expiries(hub: Arc<hub::Hub>, stop: CancellationToken) {
+    let notice = hub::Item { log_id: 0, bytes: http::auth_expired() };
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if hub.next_expiry().is_some_and(|t| t <= now) {
+            let n = hub.expire(now, &notice);
+            tracing::debug!(streams = n, "closed streams whose credential expired");
+        }
+    }
 }
 
 /// One timer for all streams: each tick encodes one heartbeat and queues it everywhere.

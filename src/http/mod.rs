@@ -1,16 +1,24 @@
 //! HTTP: accepts connections, routes requests (stream, health, readiness) and drains on shutdown.
 
+mod cors;
 mod stream;
 
-pub use stream::heartbeat;
+pub use stream::{auth_expired, heartbeat};
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::field::Empty;
+use tracing::Instrument;
 
 use bytes::Bytes;
 use hyper::body::{Frame, Incoming, SizeHint};
@@ -20,14 +28,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::config::Config;
-use crate::hub::{CloseReason, Hub};
+use crate::hub::{CloseReason, Hub, Item};
+use crate::metrics::Metrics;
 use crate::pg::source::SourceState;
-
-/// A client must send its request head within this time, or the connection is closed
-/// (a slowloris client cannot hold a slot forever).
-pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest request head accepted; larger gets 431 from hyper.
-pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+use crate::sse;
 
 /// Everything a request handler needs. One per gateway.
 pub struct Shared {
@@ -35,6 +39,7 @@ pub struct Shared {
     pub hub: Arc<Hub>,
     pub source: Arc<SourceState>,
     pub pool: deadpool_postgres::Pool,
+    pub metrics: Metrics,
     pub draining: AtomicBool,
     /// Routes served besides the gateway's own (the demo's page and endpoints); never set by `serve`.
     pub extra: Option<Arc<dyn ExtraRoutes>>,
@@ -43,23 +48,33 @@ pub struct Shared {
 /// Extra routes mounted next to the stream endpoint, checked first.
 pub trait ExtraRoutes: Send + Sync + 'static {
     fn matches(&self, method: &Method, path: &str) -> bool;
-    fn call(&self, req: Request<Incoming>) -> Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send + '_>>;
+    fn call(&self, req: Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<Body>> + Send + '_>>;
 }
 
-/// Accepts connections until `shutdown` resolves, then closes every stream and waits (up to the
-/// shutdown timeout) for connections to finish.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std::future::Future<Output = ()>) {
+/// Accepts connections until `shutdown` resolves; then drains (readiness 503, new streams
+/// refused, open streams closed spread over the drain period) and waits for connections to end,
+/// all within the shutdown timeout.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(DEFAULT_HEADER_READ_TIMEOUT)
-        .max_buf_size(DEFAULT_MAX_HEADER_BYTES.max(8192))
+        .header_read_timeout(shared.config.header_read_timeout)
+        .max_buf_size(shared.config.max_header_bytes)
         .writev(false);
+    let started_drain = tokio::sync::OnceCell::new();
+    let mut drain: Option<tokio::task::JoinHandle<()>> = None;
     tokio::pin!(shutdown);
     loop {
         let (socket, peer) = tokio::select! {
-            _ = &mut shutdown => break,
+            _ = &mut shutdown, if drain.is_none() => {
+                let _ = started_drain.set(Instant::now());
+                shared.draining.store(true, Ordering::Release);
+                tracing::info!(streams = shared.hub.connection_count(), period = ?shared.config.drain_period, "draining");
+                drain = Some(tokio::spawn(drain_streams(shared.hub.clone(), shared.config.drain_period)));
+                continue;
+            }
+            _ = async { if let Some(d) = drain.as_mut() { let _ = d.await; } }, if drain.is_some() => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -71,39 +86,76 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl st
             },
         };
         let _ = socket.set_nodelay(true);
-        let shared = shared.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let shared = shared.clone();
-            async move { Ok::<_, Infallible>(route(req, &shared, peer).await) }
-        });
-        let conn = builder.serve_connection(TokioIo::new(socket), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                // Peers hanging up mid-stream is normal life for SSE.
-                tracing::debug!(%peer, error = %e, "connection ended");
+        let abort = Arc::new(Notify::new());
+        let span = tracing::info_span!("conn", %peer, client = Empty, user = Empty, stream = Empty);
+        let service = {
+            let (shared, abort) = (shared.clone(), abort.clone());
+            hyper::service::service_fn(move |req| {
+                let (shared, abort) = (shared.clone(), abort.clone());
+                async move { Ok::<_, Infallible>(route(req, &shared, peer, abort).await) }
+            })
+        };
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(socket), service));
+        tokio::spawn(
+            async move {
+                tokio::select! {
+                    r = conn => if let Err(e) = r {
+                        // Peers hanging up mid-stream is normal life for SSE.
+                        tracing::debug!(error = %e, "connection ended");
+                    },
+                    _ = abort.notified() => tracing::debug!("connection cut: client not reading"),
+                }
             }
-        });
+            .instrument(span),
+        );
     }
-    shared.draining.store(true, Ordering::Release);
-    tracing::info!(streams = shared.hub.connection_count(), "shutting down: closing streams");
-    shared.hub.close_all(None, CloseReason::Shutdown);
-    let timeout = shared.config.shutdown_timeout;
-    if tokio::time::timeout(timeout, graceful.shutdown()).await.is_err() {
-        tracing::warn!(?timeout, "shutdown timeout reached with connections still open");
+    let spent = started_drain.get().map_or(Duration::ZERO, Instant::elapsed);
+    let left = shared.config.shutdown_timeout.saturating_sub(spent);
+    if tokio::time::timeout(left, graceful.shutdown()).await.is_err() {
+        tracing::warn!(timeout = ?shared.config.shutdown_timeout, "shutdown timeout reached; cutting remaining connections");
     }
 }
 
-async fn route(req: Request<Incoming>, shared: &Shared, peer: SocketAddr) -> Response<Body> {
+/// Closes every open stream, spread evenly over `period` in random order; each first gets a
+/// `retry:` between 1 and 5 s so reconnects spread further.
+async fn drain_streams(hub: Arc<Hub>, period: Duration) {
+    use rand::seq::SliceRandom;
+    let mut conns = hub.snapshot();
+    conns.shuffle(&mut rand::thread_rng());
+    let (n, start) = (conns.len(), Instant::now());
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut done = 0;
+    while done < n {
+        tick.tick().await;
+        let due = if period.is_zero() {
+            n
+        } else {
+            ((start.elapsed().as_secs_f64() / period.as_secs_f64()) * n as f64).ceil() as usize
+        };
+        for c in conns[done..due.min(n)].iter().filter_map(|w| w.upgrade()) {
+            let retry = sse::retry(rand::thread_rng().gen_range(1000..5000));
+            c.finish(&Item { log_id: 0, bytes: retry }, CloseReason::Shutdown);
+        }
+        done = due.min(n);
+    }
+    // Streams opened while draining were refused, but close any straggler too.
+    hub.close_all(None, CloseReason::Shutdown);
+}
+
+async fn route(req: Request<Incoming>, shared: &Shared, peer: SocketAddr, abort: Arc<Notify>) -> Response<Body> {
     let path = req.uri().path();
     if let Some(extra) = shared.extra.as_ref().filter(|e| e.matches(req.method(), path)) {
         return extra.call(req).await;
     }
     if path == shared.config.path {
-        return match *req.method() {
-            Method::GET => stream::open(req, shared, peer).await,
-            _ => method_not_allowed("GET"),
+        let origin = cors::allowed_origin(&shared.config, req.headers());
+        let mut resp = match *req.method() {
+            Method::GET => stream::open(req, shared, peer, abort).await,
+            Method::OPTIONS => cors::preflight(&shared.config, req.headers(), origin.is_some()),
+            _ => method_not_allowed("GET, OPTIONS"),
         };
+        cors::decorate(&shared.config, &mut resp, origin);
+        return resp;
     }
     match path {
         "/healthz" => match *req.method() {
@@ -115,6 +167,33 @@ async fn route(req: Request<Incoming>, shared: &Shared, peer: SocketAddr) -> Res
             _ => method_not_allowed("GET, HEAD"),
         },
         _ => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+    }
+}
+
+/// Serves `/metrics` (Prometheus text) on its own listener until `stop`.
+pub async fn serve_metrics(listener: TcpListener, metrics: Metrics, stop: CancellationToken) {
+    loop {
+        let socket = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok((s, _)) => s,
+                Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue }
+            },
+        };
+        let metrics = metrics.clone();
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let resp = match (req.method(), req.uri().path()) {
+                (&Method::GET, "/metrics") => {
+                    full(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", metrics.encode())
+                }
+                _ => error(StatusCode::NOT_FOUND, "not_found", "metrics are at /metrics"),
+            };
+            async move { Ok::<_, Infallible>(resp) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(socket), service);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
     }
 }
 

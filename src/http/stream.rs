@@ -2,17 +2,19 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Request, Response, StatusCode};
+use tokio::sync::Notify;
 
 use super::{error, unavailable, Body, Shared};
 use crate::auth::AuthError;
-use crate::hub::{Next, Subscription};
+use crate::hub::{Full, Next, Subscription};
 use crate::pg::replay::{self, Replay, DEFAULT_MAX_REPLAY_EVENTS};
 use crate::sse::{self, EventId, DEFAULT_RETRY_MS};
 
@@ -49,15 +51,32 @@ impl StreamBody {
     }
 }
 
-pub(super) async fn open(req: Request<Incoming>, shared: &Shared, peer: SocketAddr) -> Response<Body> {
+pub(super) async fn open(
+    req: Request<Incoming>,
+    shared: &Shared,
+    peer: SocketAddr,
+    abort: Arc<Notify>,
+) -> Response<Body> {
+    let span = tracing::Span::current();
+    if shared.config.trust_proxy {
+        if let Some(client) = forwarded_for(req.headers()) {
+            span.record("client", tracing::field::display(client));
+        }
+    }
     let identity = match shared.config.auth.authenticate(req.headers(), req.uri().query()) {
         Ok(i) => i,
-        Err(e) => return unauthorized(&e, peer),
+        Err(e) => {
+            shared.metrics.auth_failure(e.code());
+            return unauthorized(&e, peer);
+        }
     };
+    span.record("user", &*identity.user_id);
     if shared.draining.load(std::sync::atomic::Ordering::Acquire) {
+        shared.metrics.refused("draining");
         return unavailable("draining", "the gateway is shutting down; retry", 1);
     }
     if shared.source.horizon().is_none() {
+        shared.metrics.refused("not_ready");
         return unavailable("not_ready", "the gateway is not yet listening to the database; retry", 1);
     }
     // The header is what EventSource sends on its own reconnects; the query parameter serves
@@ -69,7 +88,29 @@ pub(super) async fn open(req: Request<Incoming>, shared: &Shared, peer: SocketAd
 
     // Subscribe before reading the horizon or replaying: anything committed after this point
     // arrives live, so together with the replay nothing falls between the two.
-    let sub = shared.hub.subscribe(identity.user_id.clone());
+    let sub = match shared.hub.subscribe(identity.user_id.clone(), identity.expires_at, abort) {
+        Ok(sub) => sub,
+        Err(Full::Gateway) => {
+            shared.metrics.refused("max_connections");
+            tracing::warn!(max = shared.config.max_connections, "stream refused: --max-connections reached");
+            return unavailable("too_many_connections", "this gateway is at its connection limit; retry", 5);
+        }
+        Err(Full::User) => {
+            shared.metrics.refused("max_connections_per_user");
+            tracing::info!(
+                max = shared.config.max_connections_per_user,
+                "stream refused: too many streams for this user"
+            );
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_connections_for_user",
+                "this user has too many open streams; close some tabs",
+            );
+            r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(30u32));
+            return r;
+        }
+    };
+    span.record("stream", sub.id());
     let now = shared.source.horizon().unwrap_or(0);
     let user = identity.user_id.clone();
     let mut preamble = VecDeque::with_capacity(4);
@@ -92,7 +133,8 @@ pub(super) async fn open(req: Request<Incoming>, shared: &Shared, peer: SocketAd
     match last_event_id {
         None => preamble.push_back(connected(now, false, 0)),
         Some(Err(bad)) => {
-            tracing::debug!(conn = sub.id(), %peer, error = %bad, "unusable Last-Event-ID; sending reset");
+            tracing::debug!(error = %bad, "unusable Last-Event-ID; sending reset");
+            shared.metrics.reset("invalid_last_event_id");
             preamble.push_back(connected(now, false, 0));
             preamble.push_back(reset("invalid_last_event_id", &bad.to_string()));
         }
@@ -100,6 +142,7 @@ pub(super) async fn open(req: Request<Incoming>, shared: &Shared, peer: SocketAd
             let run = replay::replay(&shared.pool, &identity.user_id, from.horizon, DEFAULT_MAX_REPLAY_EVENTS);
             match tokio::time::timeout(shared.config.replay_timeout, run).await {
                 Ok(Ok(Replay::Events(events))) => {
+                    shared.metrics.events_replayed.inc_by(events.len() as u64);
                     preamble.push_back(connected(from.horizon, true, events.len()));
                     for ev in events {
                         let id = EventId::event(from.horizon, ev.id);
@@ -108,19 +151,24 @@ pub(super) async fn open(req: Request<Incoming>, shared: &Shared, peer: SocketAd
                     }
                 }
                 Ok(Ok(Replay::Reset(reason))) => {
-                    tracing::debug!(conn = sub.id(), reason = reason.as_str(), "resume not possible; sending reset");
+                    tracing::debug!(reason = reason.as_str(), "resume not possible; sending reset");
+                    shared.metrics.reset(reason.as_str());
                     preamble.push_back(connected(now, false, 0));
                     preamble.push_back(reset(reason.as_str(), "refetch: the missed events cannot be replayed"));
                 }
                 Ok(Err(e)) => {
+                    shared.metrics.refused("replay_failed");
                     tracing::warn!(error = %e, "replay failed");
                     return unavailable("replay_failed", "could not read missed events; retry", 1);
                 }
-                Err(_) => return unavailable("replay_timeout", "reading missed events took too long; retry", 1),
+                Err(_) => {
+                    shared.metrics.refused("replay_timeout");
+                    return unavailable("replay_timeout", "reading missed events took too long; retry", 1);
+                }
             }
         }
     }
-    tracing::debug!(conn = sub.id(), user = %identity.user_id, %peer, "stream opened");
+    tracing::debug!("stream opened");
     let mut resp = Response::new(Body::Stream(Box::new(StreamBody { preamble, replayed, sub })));
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -147,6 +195,20 @@ fn unauthorized(e: &AuthError, peer: SocketAddr) -> Response<Body> {
         r.headers_mut().insert(WWW_AUTHENTICATE, v);
     }
     r
+}
+
+/// The first address of `X-Forwarded-For` (the client as the nearest proxy saw it), if valid.
+fn forwarded_for(headers: &hyper::HeaderMap) -> Option<std::net::IpAddr> {
+    headers.get("x-forwarded-for")?.to_str().ok()?.split(',').next()?.trim().parse().ok()
+}
+
+/// The event a stream gets when its credential expires, just before it is closed.
+pub fn auth_expired() -> Bytes {
+    sse::encode(
+        "auth-expired",
+        None,
+        r#"{"reason":"token_expired","message":"the credential expired; reconnect with a fresh one"}"#,
+    )
 }
 
 /// The shared heartbeat: one timer for every stream, bytes encoded once per tick.

@@ -119,3 +119,31 @@ impl From<deadpool_postgres::PoolError> for PgError {
         }
     }
 }
+
+/// How often `pg_notification_queue_usage()` is sampled for the metrics.
+const QUEUE_USAGE_EVERY: Duration = Duration::from_secs(5);
+
+/// Samples the NOTIFY queue fill level: if it nears 1, a listener somewhere is not reading and
+/// Postgres will start refusing NOTIFY (writes fail); the gateway must be told before that.
+pub async fn watch_queue_usage(
+    pool: deadpool_postgres::Pool,
+    metrics: crate::metrics::Metrics,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut warned = false;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(QUEUE_USAGE_EVERY) => {}
+        }
+        let Ok(client) = pool.get().await else { continue };
+        if let Ok(row) = client.query_one("SELECT pg_notification_queue_usage()", &[]).await {
+            let usage: f64 = row.try_get(0).unwrap_or(0.0);
+            metrics.notify_queue_usage.set(usage);
+            if usage > 0.5 && !warned {
+                tracing::warn!(usage, "the NOTIFY queue is over half full: some listener is not keeping up");
+            }
+            warned = usage > 0.5;
+        }
+    }
+}

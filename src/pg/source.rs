@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{PgError, StoredEvent, CHANNEL, EVENT_COLUMNS};
 use crate::hub::{Hub, Item};
+use crate::metrics::Metrics;
 use crate::sse::{self, EventId};
 
 pub const DEFAULT_MARKER_INTERVAL: Duration = Duration::from_millis(250);
@@ -39,14 +40,6 @@ const MAX_REMEMBERED: usize = 1_000_000;
 pub struct SourceState {
     horizon: AtomicU64,
     ready: AtomicBool,
-    pub received: AtomicU64,
-    pub dropped: AtomicU64,
-    /// Payloads on the channel whose signature did not verify (also counted in `dropped`).
-    pub forged: AtomicU64,
-    pub reconnects: AtomicU64,
-    pub markers: AtomicU64,
-    /// Round trip of this gateway's last marker, in microseconds (LISTEN lag).
-    pub marker_lag_us: AtomicU64,
 }
 
 impl SourceState {
@@ -87,6 +80,7 @@ type InlineEvent<'a> = (i64, Option<String>, String, &'a RawValue);
 pub struct Source {
     db: tokio_postgres::Config,
     hub: Arc<Hub>,
+    metrics: Metrics,
     state: Arc<SourceState>,
     marker_interval: Duration,
     /// Identifies this gateway's own markers among other replicas'.
@@ -114,6 +108,7 @@ impl Source {
     pub fn new(db: tokio_postgres::Config, hub: Arc<Hub>, state: Arc<SourceState>, marker_interval: Duration) -> Self {
         Self {
             db,
+            metrics: hub.metrics.clone(),
             hub,
             state,
             marker_interval,
@@ -134,11 +129,12 @@ impl Source {
                 End::Shutdown => break,
                 End::Lost(e) => {
                     self.state.ready.store(false, Ordering::Release);
+                    self.metrics.pg_listening.set(0);
                     tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
                 }
             }
             connected_before |= self.state.horizon().is_some();
-            self.state.reconnects.fetch_add(1, Ordering::Relaxed);
+            self.metrics.pg_reconnects.inc();
             // A connection that lived a while resets the backoff: this is a new outage.
             if started.elapsed() > DEFAULT_BACKOFF_MAX * 2 {
                 backoff = DEFAULT_BACKOFF_MIN;
@@ -300,8 +296,8 @@ impl Source {
         pending: &mut Option<(u64, Instant)>,
     ) -> Result<(), PgError> {
         let Some(payload) = self.verified(payload) else {
-            self.state.dropped.fetch_add(1, Ordering::Relaxed);
-            self.state.forged.fetch_add(1, Ordering::Relaxed);
+            self.metrics.payloads_dropped.inc();
+            self.metrics.payloads_forged.inc();
             tracing::warn!(
                 payload_bytes = payload.len(),
                 "ignoring a NOTIFY on channel pgsse without a valid signature (sent by something other than pgsse's SQL)"
@@ -311,28 +307,28 @@ impl Source {
         let p: Payload = match serde_json::from_str(payload) {
             Ok(p) => p,
             Err(e) => {
-                self.state.dropped.fetch_add(1, Ordering::Relaxed);
+                self.metrics.payloads_dropped.inc();
                 tracing::warn!(error = %e, payload_bytes = payload.len(), "ignoring a NOTIFY on channel pgsse that is not a pgsse payload");
                 return Ok(());
             }
         };
         if let Some(m) = p.m {
             let Ok(x) = m.parse::<u64>() else {
-                self.state.dropped.fetch_add(1, Ordering::Relaxed);
+                self.metrics.payloads_dropped.inc();
                 tracing::warn!(marker = %m, "ignoring a marker whose horizon is not a transaction id");
                 return Ok(());
             };
             self.on_marker(x);
             if let (Some((seq, at)), Some(g), Some(n)) = (*pending, p.g.as_deref(), p.n) {
                 if g == self.instance && n >= seq {
-                    self.state.marker_lag_us.store(at.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    self.metrics.listen_lag_seconds.set(at.elapsed().as_secs_f64());
                     *pending = None;
                 }
             }
             return Ok(());
         }
         let Some(tx) = p.t.as_deref().and_then(|t| t.parse::<u64>().ok()) else {
-            self.state.dropped.fetch_add(1, Ordering::Relaxed);
+            self.metrics.payloads_dropped.inc();
             tracing::warn!(
                 payload_bytes = payload.len(),
                 "ignoring a pgsse NOTIFY without a valid \"t\" (transaction id)"
@@ -350,7 +346,7 @@ impl Source {
                 self.dispatch(ev.id, ev.tx, ev.user_id.as_deref(), &ev.event, &ev.data);
             }
         } else {
-            self.state.dropped.fetch_add(1, Ordering::Relaxed);
+            self.metrics.payloads_dropped.inc();
             tracing::warn!(tx, "ignoring a pgsse NOTIFY with neither events (\"e\") nor a reference (\"r\")");
         }
         Ok(())
@@ -368,7 +364,6 @@ impl Source {
     }
 
     fn on_marker(&mut self, x: u64) {
-        self.state.markers.fetch_add(1, Ordering::Relaxed);
         if self.state.horizon().is_none_or(|h| x > h) {
             self.state.horizon.store(x, Ordering::Release);
             // Events below the new horizon can never come back in a catch-up.
@@ -380,12 +375,13 @@ impl Source {
             }
         }
         if !self.state.ready.swap(true, Ordering::AcqRel) {
+            self.metrics.pg_listening.set(1);
             tracing::info!(horizon = x, "listening; ready");
         }
     }
 
     fn dispatch(&mut self, id: i64, tx: u64, user: Option<&str>, event: &str, data: &str) {
-        self.state.received.fetch_add(1, Ordering::Relaxed);
+        self.metrics.events_received.inc();
         let horizon = self.state.horizon().unwrap_or(0);
         // Before the first marker no stream exists yet (streams wait for readiness), so nobody
         // can receive an id of 0.

@@ -47,6 +47,12 @@ fn argv(db_url: &str, extra: &[&str]) -> Vec<String> {
         .iter()
         .map(|s| s.to_string())
         .collect();
+    if !extra.contains(&"--drain-period") {
+        v.extend(["--drain-period".into(), "100ms".into()]);
+    }
+    if !extra.contains(&"--metrics-listen") {
+        v.extend(["--metrics-listen".into(), "off".into()]);
+    }
     if !extra.contains(&"--marker-interval") {
         v.extend(["--marker-interval".into(), "50ms".into()]);
     }
@@ -125,6 +131,18 @@ pub async fn stream(addr: &str, user: &str, extra_headers: &[(&str, &str)]) -> s
     let c = super::SseClient::connect(addr, "/api/notifications/stream", &headers).await.expect("connect");
     assert_eq!(c.status, 200, "stream for {user}: {c:?}");
     c
+}
+
+/// Opens a stream for `user` (token in the Authorization header), resuming from `last_event_id`
+/// when given, WITHOUT checking the status (a 503 is a normal answer while a gateway starts).
+/// `Err` when the connection is refused or closed before a response head (the gateway is down).
+pub async fn try_stream(addr: &str, user: &str, last_event_id: Option<&str>) -> std::io::Result<super::SseClient> {
+    let auth = format!("Bearer {}", token(user));
+    let mut headers = vec![("Authorization", auth.as_str())];
+    if let Some(id) = last_event_id {
+        headers.push(("Last-Event-ID", id));
+    }
+    super::SseClient::connect(addr, "/api/notifications/stream", &headers).await
 }
 
 /// A plain HTTP/1.1 request; returns status, lower-cased headers and body.

@@ -7,7 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The HS256 secret every test gateway accepts.
-pub const SECRET: &str = "test-secret-0123456789";
+pub const SECRET: &str = "test-secret-0123456789-abcdefghijkl";
 
 /// A token for `user`, valid for an hour.
 pub fn token(user: &str) -> String {

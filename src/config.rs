@@ -96,7 +96,7 @@ pub struct SqlArgs {
     #[arg(long)]
     pub apply: bool,
     /// PostgreSQL URL (also DATABASE_URL).
-    #[arg(long, env = "PGSSE_DATABASE_URL")]
+    #[arg(long, env = "PGSSE_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 }
 
@@ -124,7 +124,7 @@ pub struct TokenArgs {
 #[derive(Debug, Args, Clone)]
 pub struct ServeArgs {
     /// PostgreSQL URL, e.g. postgres://pgsse@db/app (also DATABASE_URL).
-    #[arg(long, env = "PGSSE_DATABASE_URL")]
+    #[arg(long, env = "PGSSE_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Address to accept browser connections on.
     #[arg(long, env = "PGSSE_LISTEN", default_value = DEFAULT_LISTEN)]
@@ -208,6 +208,10 @@ pub struct ServeArgs {
     /// Behind a proxy: log the client address from X-Forwarded-For (used for logs only).
     #[arg(long, env = "PGSSE_TRUST_PROXY")]
     pub trust_proxy: bool,
+    /// Let several pgsse processes listen on the same address (SO_REUSEPORT); the kernel spreads
+    /// connections over them. How one machine holds more streams than one process may open files.
+    #[arg(long, env = "PGSSE_REUSE_PORT")]
+    pub reuse_port: bool,
 }
 
 /// Validated configuration of `pgsse serve`.
@@ -233,6 +237,7 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     pub metrics_listen: Option<SocketAddr>,
     pub trust_proxy: bool,
+    pub reuse_port: bool,
 }
 
 impl Config {
@@ -400,6 +405,7 @@ impl Config {
                 cors_origins,
                 metrics_listen,
                 trust_proxy: a.trust_proxy,
+                reuse_port: a.reuse_port,
             }),
             _ => Err(ConfigErrors(errs)),
         }

@@ -55,14 +55,24 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn serve(config: Config) -> anyhow::Result<()> {
     runtime()?.block_on(async {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let listener =
+            bind(config.listen, config.reuse_port).with_context(|| format!("cannot listen on {}", config.listen))?;
         tracing::info!(addr = %listener.local_addr()?, path = %config.path, "pgsse serving");
         pgsse::run(config, listener, shutdown_signal()).await?;
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+fn bind(addr: std::net::SocketAddr, reuse_port: bool) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    // A deep backlog absorbs reconnect storms (e.g. after another replica drained).
+    socket.listen(4096)
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

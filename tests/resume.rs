@@ -82,6 +82,7 @@ const CLIENTS: usize = 200;
 const WRITERS: usize = 16;
 const LOAD: Duration = Duration::from_secs(22);
 const PG_RESTART_AT: Duration = Duration::from_secs(7);
+const PG_DOWN_FOR: Duration = Duration::from_secs(1);
 const GATEWAY_KILL_AT: Duration = Duration::from_secs(14);
 /// Final drain: a client is done when no row event came for this long (after its replay).
 const QUIET: Duration = Duration::from_secs(2);
@@ -138,6 +139,8 @@ struct TxRecord {
     row: i64,
     user: String,
     large: bool,
+    /// The row's read flag after this change, when it changes it.
+    sets_read: Option<bool>,
 }
 
 struct WriterRow {
@@ -173,8 +176,11 @@ async fn writer(db: String, w: usize, users: Arc<Vec<String>>, stop: Arc<AtomicB
     let mut seq = 0u64;
     let apply = |rows: &mut Vec<WriterRow>, r: &TxRecord| match r.kind {
         Kind::Created => rows.push(WriterRow { id: r.row, user: r.user.clone(), read: false }),
-        Kind::Read => rows.iter_mut().filter(|x| x.id == r.row).for_each(|x| x.read = true),
-        Kind::Updated => {}
+        Kind::Read | Kind::Updated => {
+            if let Some(read) = r.sets_read {
+                rows.iter_mut().filter(|x| x.id == r.row).for_each(|x| x.read = read);
+            }
+        }
         Kind::Deleted => rows.retain(|x| x.id != r.row),
     };
     while !stop.load(Ordering::Acquire) {
@@ -223,6 +229,11 @@ async fn writer(db: String, w: usize, users: Arc<Vec<String>>, stop: Arc<AtomicB
             continue; // reconnect
         }
         let title = format!("w{w}-{seq}");
+        let sets_read = match &op {
+            Op::Read(_) => Some(true),
+            Op::Unread(_) => Some(false),
+            _ => None,
+        };
         let (q, kind, user, large) = match &op {
             Op::Insert { user, large } => {
                 let message = if *large {
@@ -272,7 +283,8 @@ async fn writer(db: String, w: usize, users: Arc<Vec<String>>, stop: Arc<AtomicB
         };
         tokio::time::sleep(Duration::from_millis(rng.gen_range(0..=200))).await;
         let commit_sent = Instant::now();
-        let mut rec = TxRecord { writer: w, tx, commit_sent, outcome: Outcome::NotSent, kind, row, user, large };
+        let mut rec =
+            TxRecord { writer: w, tx, commit_sent, outcome: Outcome::NotSent, kind, row, user, large, sets_read };
         if c.is_closed() {
             records.push(rec);
             continue;
@@ -551,7 +563,10 @@ async fn chaos_no_event_is_lost_across_reconnects_restarts_and_replicas() {
     tokio::time::sleep_until((load_start + PG_RESTART_AT).into()).await;
     eprintln!("[{}] restarting Postgres", stamp());
     let p = pg.clone();
-    tokio::task::spawn_blocking(move || p.restart()).await.expect("restart postgres");
+    tokio::task::spawn_blocking(move || p.stop()).await.expect("stop postgres");
+    tokio::time::sleep(PG_DOWN_FOR).await;
+    let p = pg.clone();
+    tokio::task::spawn_blocking(move || p.start_again()).await.expect("start postgres");
     eprintln!("[{}] Postgres is back", stamp());
 
     // SIGKILL gateway A and start it again on the same port.

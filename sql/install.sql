@@ -51,8 +51,16 @@
 --   pgsse.publish(user_id, data, event => 'notification') -> bigint
 --                   Logs and announces an event that is not a row change
 --                   (user_id NULL = broadcast). Returns the log id.
---   pgsse._announce(...)
---                   Internal helper building and sending the NOTIFY.
+--   pgsse.watch_sessions(tbl, token_column => 'token',
+--                        expires_column => 'expiresAt', id_column => 'id')
+--                   Optional, for cookie authentication: reports deleted
+--                   sessions and changed session tokens/expiries so the
+--                   gateways close revoked sessions' streams at once.
+--                   pgsse.unwatch_sessions(tbl) removes it.
+--   pgsse.mark(gateway, seq)
+--                   The gateway's signed horizon marker (see below).
+--   pgsse._announce(...), pgsse._sign(...)
+--                   Internal helpers building, signing and sending NOTIFYs.
 --
 -- Row changes become events (SSE event name "notification") with data:
 --   INSERT                          {"type":"created","notification":<row>}
@@ -605,5 +613,127 @@ $fn$;
 
 COMMENT ON FUNCTION pgsse.unwatch(regclass) IS
     'pgsse: drop the pgsse_insert/update/delete triggers from a table';
+
+-- -----------------------------------------------------------------------------
+-- Sessions: close a signed-out user's streams at once (optional)
+-- -----------------------------------------------------------------------------
+-- For gateways that authenticate with the app's session cookie (--auth
+-- better-auth): when a session row is deleted (sign-out, revocation) or its
+-- token or expiry changes, the gateway is told, and closes that session's
+-- streams within a second. Only a SHA-256 of the token goes over NOTIFY.
+--   SELECT pgsse.watch_sessions('session');                     -- Better Auth
+--   SELECT pgsse.watch_sessions('sessions', 'session_token', 'expires_at');
+-- Payload: {"s":[["<sha256 hex of token>", <new expiry in unix ms | null>], ...]}
+-- (signed like every payload; at most 80 entries per NOTIFY).
+
+CREATE OR REPLACE FUNCTION pgsse.capture_sessions() RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    token_col   text := TG_ARGV[0];
+    expires_col text := TG_ARGV[1];
+    id_col      text := TG_ARGV[2];
+    changes     text;
+    chunk       text;
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        changes := pg_catalog.format(
+            'SELECT pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(o.%1$I::text, ''UTF8'')), ''hex'') AS k,'
+            ' NULL::bigint AS e FROM pgsse_old AS o WHERE o.%1$I IS NOT NULL',
+            token_col);
+    ELSIF TG_OP = 'UPDATE' THEN
+        -- A changed token revokes the old one; a changed expiry is reported as is.
+        changes := pg_catalog.format(
+            'SELECT pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(o.%1$I::text, ''UTF8'')), ''hex'') AS k,'
+            ' CASE WHEN n.%3$I IS NULL OR n.%1$I IS DISTINCT FROM o.%1$I THEN NULL'
+            '      ELSE (pg_catalog.date_part(''epoch'', n.%2$I::timestamptz) * 1000)::bigint END AS e'
+            ' FROM pgsse_old AS o LEFT JOIN pgsse_new AS n ON n.%3$I = o.%3$I'
+            ' WHERE o.%1$I IS NOT NULL'
+            '   AND (n.%3$I IS NULL OR n.%1$I IS DISTINCT FROM o.%1$I OR n.%2$I IS DISTINCT FROM o.%2$I)',
+            token_col, expires_col, id_col);
+    ELSE
+        RETURN NULL;
+    END IF;
+    FOR chunk IN EXECUTE
+        'SELECT pg_catalog.json_agg(pg_catalog.json_build_array(c.k, c.e))::text'
+        ' FROM (SELECT x.k, x.e, (pg_catalog.row_number() OVER () - 1) / 80 AS g FROM (' || changes || ') AS x) AS c'
+        ' GROUP BY c.g'
+    LOOP
+        PERFORM pg_catalog.pg_notify('pgsse', pgsse._sign('{"s":' OPERATOR(pg_catalog.||) chunk OPERATOR(pg_catalog.||) '}'));
+    END LOOP;
+    RETURN NULL;
+END
+$fn$;
+
+COMMENT ON FUNCTION pgsse.capture_sessions() IS
+    'pgsse trigger function: reports deleted sessions and changed session tokens/expiries over NOTIFY';
+
+REVOKE ALL ON FUNCTION pgsse.capture_sessions() FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION pgsse.watch_sessions(
+    tbl regclass,
+    token_column name DEFAULT 'token',
+    expires_column name DEFAULT 'expiresAt',
+    id_column name DEFAULT 'id'
+) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    columns text;
+    col     text;
+    what    text;
+BEGIN
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'pgsse.watch_sessions: tbl must not be NULL';
+    END IF;
+    SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum)
+      INTO columns
+      FROM pg_catalog.pg_attribute a
+     WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped;
+    FOR col, what IN VALUES (token_column::text, 'token_column'), (expires_column::text, 'expires_column'),
+                            (id_column::text, 'id_column')
+    LOOP
+        IF col IS NULL OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                        WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped) THEN
+            RAISE EXCEPTION 'pgsse.watch_sessions: table % has no column "%" (%); its columns are: %',
+                    tbl, col, what, columns
+                USING ERRCODE = 'undefined_column',
+                      HINT = 'Better Auth''s defaults are token, "expiresAt", id; a snake_case schema may use expires_at.';
+        END IF;
+    END LOOP;
+    PERFORM pgsse.unwatch_sessions(tbl);
+    EXECUTE pg_catalog.format(
+        'CREATE TRIGGER pgsse_sessions_delete AFTER DELETE ON %s'
+        ' REFERENCING OLD TABLE AS pgsse_old'
+        ' FOR EACH STATEMENT EXECUTE FUNCTION pgsse.capture_sessions(%L, %L, %L)',
+        tbl, token_column, expires_column, id_column);
+    EXECUTE pg_catalog.format(
+        'CREATE TRIGGER pgsse_sessions_update AFTER UPDATE ON %s'
+        ' REFERENCING OLD TABLE AS pgsse_old NEW TABLE AS pgsse_new'
+        ' FOR EACH STATEMENT EXECUTE FUNCTION pgsse.capture_sessions(%L, %L, %L)',
+        tbl, token_column, expires_column, id_column);
+END
+$fn$;
+
+COMMENT ON FUNCTION pgsse.watch_sessions(regclass, name, name, name) IS
+    'pgsse: report session deletions and changes so gateways close revoked sessions'' streams';
+
+CREATE OR REPLACE FUNCTION pgsse.unwatch_sessions(tbl regclass) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF tbl IS NOT NULL THEN
+        EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS pgsse_sessions_delete ON %s', tbl);
+        EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS pgsse_sessions_update ON %s', tbl);
+    END IF;
+END
+$fn$;
+
+COMMENT ON FUNCTION pgsse.unwatch_sessions(regclass) IS
+    'pgsse: drop the session triggers from a table';
 
 COMMIT;

@@ -13,6 +13,7 @@ use std::task::{Context, Poll, Waker};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::Notify;
 
+use crate::auth::session::SessionKey;
 use crate::metrics::Metrics;
 
 /// Default bound on bytes queued for one stream before it is closed as too slow.
@@ -133,6 +134,8 @@ pub struct Hub {
     users: Mutex<HashMap<Arc<str>, Vec<Arc<Conn>>>>,
     /// Streams to close when their credential expires: (unix seconds, stream id) -> stream.
     expiries: Mutex<BTreeMap<(u64, u64), Weak<Conn>>>,
+    /// Streams opened with a session cookie, by session, so revoking a session closes them.
+    sessions: Mutex<HashMap<SessionKey, Vec<Weak<Conn>>>>,
     count: AtomicUsize,
     next_id: AtomicU64,
     limits: Limits,
@@ -144,6 +147,7 @@ impl Hub {
         Self {
             users: Mutex::new(HashMap::new()),
             expiries: Mutex::new(BTreeMap::new()),
+            sessions: Mutex::new(HashMap::new()),
             count: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             limits: Limits { queue_bytes: limits.queue_bytes.max(1), ..limits },
@@ -163,6 +167,7 @@ impl Hub {
         self: &Arc<Self>,
         user: Arc<str>,
         expires_at: Option<u64>,
+        session: Option<SessionKey>,
         abort: Arc<Notify>,
     ) -> Result<Subscription, Full> {
         let conn = Arc::new(Conn {
@@ -186,9 +191,27 @@ impl Hub {
         if let Some(exp) = expires_at {
             self.expiries().insert((exp, conn.id), Arc::downgrade(&conn));
         }
+        if let Some(key) = session {
+            self.sessions().entry(key).or_default().push(Arc::downgrade(&conn));
+        }
         self.metrics.connections_opened.inc();
         self.metrics.connections_open.inc();
-        Ok(Subscription { hub: self.clone(), conn, expires_at })
+        Ok(Subscription { hub: self.clone(), conn, expires_at, session })
+    }
+
+    fn sessions(&self) -> MutexGuard<'_, HashMap<SessionKey, Vec<Weak<Conn>>>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Closes every stream of a revoked session, after queueing `notice` on it.
+    pub fn revoke_session(&self, key: &SessionKey, notice: &Item) -> usize {
+        let conns = self.sessions().remove(key).unwrap_or_default();
+        let mut n = 0;
+        for conn in conns.iter().filter_map(Weak::upgrade) {
+            conn.finish(notice, CloseReason::AuthExpired);
+            n += 1;
+        }
+        n
     }
 
     fn expiries(&self) -> MutexGuard<'_, BTreeMap<(u64, u64), Weak<Conn>>> {
@@ -264,7 +287,7 @@ impl Hub {
         self.users().get(user).map_or(0, Vec::len)
     }
 
-    fn remove(&self, conn: &Arc<Conn>, expires_at: Option<u64>) {
+    fn remove(&self, conn: &Arc<Conn>, expires_at: Option<u64>, session: Option<SessionKey>) {
         let mut users = self.users();
         if let Some(conns) = users.get_mut(&conn.user) {
             let before = conns.len();
@@ -280,6 +303,15 @@ impl Hub {
         if let Some(exp) = expires_at {
             self.expiries().remove(&(exp, conn.id));
         }
+        if let Some(key) = session {
+            let mut sessions = self.sessions();
+            if let Some(list) = sessions.get_mut(&key) {
+                list.retain(|w| w.upgrade().is_some_and(|c| c.id != conn.id));
+                if list.is_empty() {
+                    sessions.remove(&key);
+                }
+            }
+        }
         let reason = conn.lock().closed.map_or("client", CloseReason::as_str);
         if reason == CloseReason::SlowClient.as_str() {
             self.metrics.slow_client_disconnects.inc();
@@ -294,6 +326,7 @@ pub struct Subscription {
     hub: Arc<Hub>,
     conn: Arc<Conn>,
     expires_at: Option<u64>,
+    session: Option<SessionKey>,
 }
 
 /// What `Subscription::poll_next` yields.
@@ -364,7 +397,7 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.hub.remove(&self.conn, self.expires_at);
+        self.hub.remove(&self.conn, self.expires_at, self.session);
     }
 }
 
@@ -382,7 +415,7 @@ mod tests {
     }
 
     fn sub(hub: &Arc<Hub>, user: &str) -> Subscription {
-        hub.subscribe(user.into(), None, Arc::new(Notify::new())).expect("room")
+        hub.subscribe(user.into(), None, None, Arc::new(Notify::new())).expect("room")
     }
 
     fn next(sub: &Subscription) -> Poll<Next> {
@@ -474,18 +507,18 @@ mod tests {
             Arc::new(Hub::new(Limits { queue_bytes: 64, max_connections: 3, max_per_user: 2 }, Metrics::default()));
         let _a1 = sub(&hub, "a");
         let a2 = sub(&hub, "a");
-        assert_eq!(hub.subscribe("a".into(), None, Arc::new(Notify::new())).err(), Some(Full::User));
+        assert_eq!(hub.subscribe("a".into(), None, None, Arc::new(Notify::new())).err(), Some(Full::User));
         let _b = sub(&hub, "b");
-        assert_eq!(hub.subscribe("c".into(), None, Arc::new(Notify::new())).err(), Some(Full::Gateway));
+        assert_eq!(hub.subscribe("c".into(), None, None, Arc::new(Notify::new())).err(), Some(Full::Gateway));
         drop(a2);
-        assert!(hub.subscribe("c".into(), None, Arc::new(Notify::new())).is_ok());
+        assert!(hub.subscribe("c".into(), None, None, Arc::new(Notify::new())).is_ok());
     }
 
     #[test]
     fn expired_streams_get_the_notice_then_close() {
         let hub = hub(1024);
-        let s = hub.subscribe("a".into(), Some(100), Arc::new(Notify::new())).expect("room");
-        let keep = hub.subscribe("a".into(), Some(200), Arc::new(Notify::new())).expect("room");
+        let s = hub.subscribe("a".into(), Some(100), None, Arc::new(Notify::new())).expect("room");
+        let keep = hub.subscribe("a".into(), Some(200), None, Arc::new(Notify::new())).expect("room");
         assert_eq!(hub.next_expiry(), Some(100));
         assert_eq!(hub.expire(99, &item(0, "bye")), 0);
         assert_eq!(hub.expire(150, &item(0, "bye")), 1);
@@ -500,11 +533,24 @@ mod tests {
     fn overflow_fires_the_abort_signal() {
         let hub = hub(4);
         let abort = Arc::new(Notify::new());
-        let _s = hub.subscribe("a".into(), None, abort.clone()).expect("room");
+        let _s = hub.subscribe("a".into(), None, None, abort.clone()).expect("room");
         hub.publish(Some("a"), &item(1, "abcd"));
         hub.publish(Some("a"), &item(2, "abcd"));
         let fired = abort.notified();
         tokio::pin!(fired);
         assert!(fired.as_mut().enable(), "a permit was stored for the connection task");
+    }
+
+    #[test]
+    fn revoking_a_session_closes_only_its_streams() {
+        let hub = hub(1024);
+        let s1 = hub.subscribe("a".into(), None, Some([1; 32]), Arc::new(Notify::new())).expect("room");
+        let s2 = hub.subscribe("a".into(), None, Some([2; 32]), Arc::new(Notify::new())).expect("room");
+        assert_eq!(hub.revoke_session(&[1; 32], &item(0, "bye")), 1);
+        assert_eq!(data(next(&s1)), "bye");
+        assert!(matches!(next(&s1), Poll::Ready(Next::Closed(CloseReason::AuthExpired))));
+        assert!(next(&s2).is_pending());
+        drop(s2);
+        assert_eq!(hub.revoke_session(&[2; 32], &item(0, "bye")), 0, "a closed stream left the index");
     }
 }

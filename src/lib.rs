@@ -71,8 +71,16 @@ pub async fn run_with(
         None => None,
     };
 
+    let sessions = config
+        .sessions
+        .as_ref()
+        .map(|s| Arc::new(pg::sessions::SessionStore::new(pool.clone(), &s.lookup, s.cache_ttl, s.cache_size)));
     let source =
-        pg::source::Source::new(config.database.clone(), hub.clone(), source_state.clone(), config.marker_interval);
+        pg::source::Source::new(config.database.clone(), hub.clone(), source_state.clone(), config.marker_interval)
+            .with_sessions(sessions.clone());
+    if let Some(remote) = config.jwt.as_ref().and_then(|a| a.remote()) {
+        tokio::spawn(auth::remote::keep_fresh(remote.clone(), stop.clone()));
+    }
     let tasks = [
         tokio::spawn(source.run(stop.clone())),
         tokio::spawn(pg::retention::run(
@@ -92,7 +100,7 @@ pub async fn run_with(
         tokio::spawn(http::serve_metrics(l, metrics.clone(), stop.clone()));
     }
     let draining = AtomicBool::new(false);
-    let shared = Arc::new(http::Shared { config, hub, source: source_state, pool, metrics, draining, extra });
+    let shared = Arc::new(http::Shared { config, hub, source: source_state, pool, metrics, sessions, draining, extra });
     http::serve(listener, shared, shutdown).await;
     stop.cancel();
     for t in tasks {
@@ -104,7 +112,7 @@ pub async fn run_with(
 /// Closes streams whose credential expired, with `event: auth-expired` first, within about a
 /// second of `exp`: one timer for all streams, not one per stream.
 async fn expiries(hub: Arc<hub::Hub>, stop: CancellationToken) {
-    let notice = hub::Item { log_id: 0, bytes: http::auth_expired() };
+    let notice = hub::Item { log_id: 0, bytes: sse::auth_expired("token_expired") };
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

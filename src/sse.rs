@@ -121,6 +121,17 @@ pub fn comment(text: &str) -> Bytes {
     out.freeze()
 }
 
+/// The event a stream gets just before it is closed because its credential is no longer valid
+/// (`token_expired`, `session_expired`, `session_revoked`): the client reconnects with a fresh one.
+/// No `id:`, so the client's resume position is kept.
+pub fn auth_expired(reason: &str) -> Bytes {
+    let data = serde_json::json!({
+        "reason": reason,
+        "message": "the credential is no longer valid; reconnect with a fresh one",
+    });
+    encode("auth-expired", None, &data.to_string())
+}
+
 fn put_field_value(out: &mut BytesMut, value: &str) {
     for c in value.chars() {
         if c != '\r' && c != '\n' && c != '\0' {

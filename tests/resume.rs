@@ -333,6 +333,7 @@ struct Recv {
     conn: usize,
     /// Among the first `replayed` events of a resumed connection.
     replay: bool,
+    at: Instant,
 }
 
 /// One successful stream (200 + `connected`).
@@ -468,9 +469,15 @@ async fn sse_client(idx: usize, user: String, ctx: Arc<ClientCtx>, seed: u64) ->
                             last_row_event = Instant::now();
                             let lid = ev.id.as_deref().and_then(|id| split_id(id).1);
                             match (lid, parse_change(&ev.data)) {
-                                (Some(log_id), Some((kind, row, hash))) => {
-                                    r.recv.push(Recv { log_id, kind, row, hash, conn, replay: replay_left > 0 })
-                                }
+                                (Some(log_id), Some((kind, row, hash))) => r.recv.push(Recv {
+                                    log_id,
+                                    kind,
+                                    row,
+                                    hash,
+                                    conn,
+                                    replay: replay_left > 0,
+                                    at: Instant::now(),
+                                }),
                                 _ => r.anomalies.push(format!("unexpected row event {:?} {:.200}", ev.id, ev.data)),
                             }
                             replay_left = replay_left.saturating_sub(1);
@@ -506,6 +513,32 @@ async fn sse_client(idx: usize, user: String, ctx: Arc<ClientCtx>, seed: u64) ->
     }
     let _ = &ctx.t0;
     r
+}
+
+fn rel(t0: Instant, i: Instant) -> f64 {
+    i.saturating_duration_since(t0).as_secs_f64()
+}
+
+/// A client's connections, for failure messages.
+fn timeline(t0: Instant, r: &ClientReport) -> String {
+    r.conns
+        .iter()
+        .enumerate()
+        .map(|(n, c)| {
+            format!(
+                "[#{n} {:.3}s gw{}{} from {:?} id {:?} resumed {} replayed {} ended {:?}]",
+                rel(t0, c.at),
+                c.gateway,
+                if c.final_round { " final" } else { "" },
+                c.from,
+                c.connected_id,
+                c.resumed,
+                c.replayed,
+                c.ended.map(|(i, why)| format!("{:.3}s {why}", rel(t0, i)))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A `pgsse.events` row, parsed.
@@ -714,12 +747,23 @@ async fn chaos_no_event_is_lost_across_reconnects_restarts_and_replicas() {
                     dup_in_replay += 1;
                 } else if !conn.resumed || new_live_seen.contains(&e.conn) {
                     dup_bad += 1;
+                    let earlier = r.recv.iter().find(|x| x.log_id == e.log_id).expect("first copy");
+                    let tx = log_by_id[&e.log_id].tx;
                     fail(
                         &mut failures,
                         format!(
-                            "duplicate log id {} not at a reconnect boundary (connection #{} to gateway {}, resumed {}, \
-                             replayed {}, from {:?})",
-                            e.log_id, e.conn, conn.gateway, conn.resumed, conn.replayed, conn.from
+                            "duplicate log id {} (tx {tx}, commit sent at {:.3}s) not at a reconnect boundary: first on \
+                             connection #{} at {:.3}s (replay {}), again on connection #{} at {:.3}s (replay {}); \
+                             connections: {}",
+                            e.log_id,
+                            rel(t0, by_tx[&tx].commit_sent),
+                            earlier.conn,
+                            rel(t0, earlier.at),
+                            earlier.replay,
+                            e.conn,
+                            rel(t0, e.at),
+                            e.replay,
+                            timeline(t0, r)
                         ),
                     );
                 }
@@ -741,24 +785,6 @@ async fn chaos_no_event_is_lost_across_reconnects_restarts_and_replicas() {
                 required += 1;
                 if !seen.contains(&l.id) {
                     lost += 1;
-                    let rel = |i: Instant| i.saturating_duration_since(t0).as_secs_f64();
-                    let conns: Vec<String> = r
-                        .conns
-                        .iter()
-                        .map(|c| {
-                            format!(
-                                "[{:.2}s gw{}{} from {:?} id {:?} resumed {} replayed {} ended {:?}]",
-                                rel(c.at),
-                                c.gateway,
-                                if c.final_round { " final" } else { "" },
-                                c.from,
-                                c.connected_id,
-                                c.resumed,
-                                c.replayed,
-                                c.ended.map(|(i, why)| format!("{:.2}s {why}", rel(i)))
-                            )
-                        })
-                        .collect();
                     fail(
                         &mut failures,
                         format!(
@@ -767,8 +793,8 @@ async fn chaos_no_event_is_lost_across_reconnects_restarts_and_replicas() {
                             l.tx,
                             l.kind,
                             l.row,
-                            rel(t.commit_sent),
-                            conns.join(" ")
+                            rel(t0, t.commit_sent),
+                            timeline(t0, r)
                         ),
                     );
                 }
@@ -796,6 +822,67 @@ async fn chaos_no_event_is_lost_across_reconnects_restarts_and_replicas() {
     assert!(required > 1000, "too few required deliveries: {required}");
     assert!(cross > 0 && resumed_conns > 0, "no resume happened");
     drop(pg);
+}
+
+/// The gateway's own reconnect to Postgres must not deliver an event twice: an event committed
+/// between its `LISTEN` and its catch-up query is both in the catch-up and notified live.
+/// Deterministic: a queued ACCESS EXCLUSIVE lock on `pgsse.events` holds the reconnecting gateway
+/// right after its `LISTEN` (preparing its log queries), while the writer commits.
+#[tokio::test]
+async fn an_event_committed_while_the_gateway_catches_up_arrives_once() {
+    let db = notifications_db().await;
+    let gw = Gateway::start(&db, &[]).await;
+    let mut s = gw.stream("once", &[]).await;
+    connected(&mut s).await;
+    let admin = connect(&db).await;
+    let waiting_on_lock = |pattern: &'static str| {
+        let admin = &admin;
+        move || async move {
+            let q = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                     AND wait_event_type = 'Lock' AND query LIKE $1";
+            admin.query_one(q, &[&pattern]).await.map(|r| r.get::<_, i64>(0) > 0).unwrap_or(false)
+        }
+    };
+
+    let writer = connect(&db).await;
+    writer
+        .batch_execute("BEGIN; INSERT INTO notifications (user_id, title) VALUES ('once', 'committed during catch-up')")
+        .await
+        .expect("write");
+    let locker = connect(&db).await;
+    let lock = tokio::spawn(async move {
+        locker.batch_execute("BEGIN; LOCK TABLE pgsse.events IN ACCESS EXCLUSIVE MODE").await.expect("lock");
+        locker
+    });
+    assert!(common::wait_until(T, waiting_on_lock("%LOCK TABLE pgsse.events%")).await, "lock queued behind the writer");
+
+    // Drop the gateway's LISTEN connection (the one sending markers); it reconnects, LISTENs, and
+    // waits behind the lock to prepare its queries on the log.
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() \
+             AND pid <> pg_backend_pid() AND query LIKE '%pgsse.mark%'",
+            &[],
+        )
+        .await
+        .expect("terminate the LISTEN connection");
+    let held = common::wait_until(T, waiting_on_lock("%FROM pgsse.events%")).await;
+    assert!(held, "the reconnecting gateway waits on the lock after LISTEN");
+
+    writer.batch_execute("COMMIT").await.expect("commit");
+    let locker = lock.await.expect("lock task");
+    locker.batch_execute("COMMIT").await.expect("release the lock");
+
+    let e = s.next_named("notification", T).await.expect("the event");
+    assert_eq!(json(&e)["notification"]["title"], "committed during catch-up");
+    let again = s.next_named("notification", Duration::from_secs(2)).await;
+    assert!(
+        again.is_none(),
+        "the event was delivered twice on one stream without any reconnect of the client: {:?} then {:?}",
+        e.id,
+        again.map(|a| a.id)
+    );
+    gw.stop().await;
 }
 
 // =================================================================================================

@@ -322,8 +322,8 @@ async fn install_is_idempotent_and_keeps_events() {
     );
     assert_eq!(
         count("SELECT count(*) FROM pg_proc WHERE pronamespace = 'pgsse'::regnamespace").await,
-        7,
-        "plus _sign and mark"
+        10,
+        "plus _sign, mark, capture_sessions, watch_sessions, unwatch_sessions"
     );
     assert_eq!(count("SELECT count(*) FROM pgsse.meta").await, 1);
     assert_eq!(count("SELECT count(*) FROM pgsse.secret").await, 1, "the signing key is generated once");

@@ -34,6 +34,12 @@ pub enum AuthError {
     MissingUserClaim { claim: Arc<str> },
     #[error("claim {claim:?} must be a non-empty string or an integer")]
     InvalidUserClaim { claim: Arc<str> },
+    #[error("invalid session cookie: {0}")]
+    InvalidSession(&'static str),
+    #[error("no such session (signed out or deleted)")]
+    SessionNotFound,
+    #[error("the session expired at {}", format_unix(*.exp))]
+    SessionExpired { exp: u64 },
 }
 
 impl AuthError {
@@ -53,6 +59,9 @@ impl AuthError {
             Self::InvalidAudience { .. } => "invalid_audience",
             Self::MissingUserClaim { .. } => "missing_user_claim",
             Self::InvalidUserClaim { .. } => "invalid_user_claim",
+            Self::InvalidSession(_) => "invalid_session",
+            Self::SessionNotFound => "session_not_found",
+            Self::SessionExpired { .. } => "session_expired",
         }
     }
 }

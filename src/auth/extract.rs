@@ -50,7 +50,7 @@ fn ascii_token(token: &[u8]) -> Result<&str, AuthError> {
 
 /// Value of cookie `name` from one `Cookie` header, unquoted. Empty values count
 /// as absent so that a cleared cookie does not shadow the query parameter.
-fn find_cookie<'a>(header: &'a [u8], name: &str) -> Option<&'a [u8]> {
+pub(crate) fn find_cookie<'a>(header: &'a [u8], name: &str) -> Option<&'a [u8]> {
     header.split(|b| *b == b';').find_map(|pair| {
         let pair = pair.trim_ascii();
         let eq = pair.iter().position(|b| *b == b'=')?;
@@ -81,7 +81,16 @@ pub(crate) fn find_query_param<'a>(query: &'a str, name: &str) -> Option<Result<
 /// `application/x-www-form-urlencoded` decoding: `+` is a space, `%XX` a byte.
 /// Invalid escapes are kept literally, as browsers do; `None` if the result is not UTF-8.
 fn form_decode(input: &str) -> Option<Cow<'_, str>> {
-    if !input.bytes().any(|b| b == b'%' || b == b'+') {
+    decode(input, true)
+}
+
+/// Percent-decoding only (`encodeURIComponent` output, e.g. cookie values): `+` stays `+`.
+pub(crate) fn form_decode_path(input: &str) -> Option<Cow<'_, str>> {
+    decode(input, false)
+}
+
+fn decode(input: &str, plus_is_space: bool) -> Option<Cow<'_, str>> {
+    if !input.bytes().any(|b| b == b'%' || (plus_is_space && b == b'+')) {
         return Some(Cow::Borrowed(input));
     }
     let bytes = input.as_bytes();
@@ -97,7 +106,7 @@ fn form_decode(input: &str) -> Option<Cow<'_, str>> {
                 out.push(byte);
                 i += 3;
             }
-            (b'+', None) => {
+            (b'+', None) if plus_is_space => {
                 out.push(b' ');
                 i += 1;
             }

@@ -123,7 +123,7 @@ impl ClaimRules {
             Some(Value::Number(n)) if n.is_u64() || n.is_i64() => n.to_string().into(),
             Some(_) => return Err(AuthError::InvalidUserClaim { claim: self.user_claim.clone() }),
         };
-        Ok(Identity { user_id, expires_at: Some(exp) })
+        Ok(Identity { user_id, expires_at: Some(exp), session: None })
     }
 }
 

@@ -135,6 +135,10 @@ impl KeySet {
         KeySet { keys }
     }
 
+    pub(crate) fn from_keys(keys: Vec<VerifyKey>) -> KeySet {
+        KeySet { keys }
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
@@ -185,9 +189,12 @@ impl KeySet {
 pub(crate) fn allowed_algorithms(
     names: &[String],
     keys: &KeySet,
+    remote: bool,
     check_keys: bool,
     errors: &mut Vec<ConfigError>,
 ) -> Vec<Algorithm> {
+    // A JWKS URL can serve any asymmetric key; which ones is only known at run time.
+    let fits = |alg: Algorithm| keys.supports(alg) || (remote && !KeyKind::Hmac.supports(alg));
     let names = names.iter().flat_map(|n| n.split([',', ' '])).filter(|n| !n.is_empty());
     let mut allowed = Vec::new();
     for name in names {
@@ -201,7 +208,7 @@ pub(crate) fn allowed_algorithms(
             }
             Some(alg) if allowed.contains(&alg) => {}
             Some(alg) => {
-                if check_keys && !keys.supports(alg) {
+                if check_keys && !fits(alg) {
                     errors.push(ConfigError::new(
                         "--jwt-algorithms",
                         format!("{} needs {}, and none is configured", alg_name(alg), needed_key(alg)),
@@ -212,7 +219,7 @@ pub(crate) fn allowed_algorithms(
         }
     }
     if allowed.is_empty() {
-        allowed = ALGORITHMS.into_iter().filter(|alg| keys.supports(*alg)).collect();
+        allowed = ALGORITHMS.into_iter().filter(|alg| fits(*alg)).collect();
     }
     allowed
 }

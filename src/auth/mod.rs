@@ -9,6 +9,8 @@ mod jwt;
 mod keys;
 mod mint;
 mod pem;
+pub mod remote;
+pub mod session;
 #[cfg(test)]
 mod tests;
 
@@ -52,6 +54,10 @@ pub struct AuthConfig {
     pub token_cookie: Option<String>,
     /// `--token-query-param`: query parameter to read the token from; `None` disables it.
     pub token_query_param: Option<String>,
+    /// `--jwks-url`: a JWK set fetched over HTTP(S) and refreshed.
+    pub jwks_url: Option<String>,
+    /// `--jwks-refresh`: how often the JWKS URL is refetched.
+    pub jwks_refresh: std::time::Duration,
 }
 
 impl Default for AuthConfig {
@@ -66,6 +72,8 @@ impl Default for AuthConfig {
             user_claim: DEFAULT_USER_CLAIM.to_owned(),
             token_cookie: None,
             token_query_param: Some(DEFAULT_TOKEN_QUERY_PARAM.to_owned()),
+            jwks_url: None,
+            jwks_refresh: remote::DEFAULT_JWKS_REFRESH,
         }
     }
 }
@@ -82,6 +90,7 @@ impl fmt::Debug for AuthConfig {
             .field("user_claim", &self.user_claim)
             .field("token_cookie", &self.token_cookie)
             .field("token_query_param", &self.token_query_param)
+            .field("jwks_url", &self.jwks_url)
             .finish()
     }
 }
@@ -92,6 +101,9 @@ pub struct Identity {
     pub user_id: Arc<str>,
     /// `exp` in unix seconds.
     pub expires_at: Option<u64>,
+    /// Set when a session cookie authenticated the request: the session's key, so revoking the
+    /// session closes the stream.
+    pub session: Option<session::SessionKey>,
 }
 
 /// Verifies tokens against the configured keys. Build once, share in an `Arc`.
@@ -107,6 +119,7 @@ pub struct Authenticator {
     rules: ClaimRules,
     token_cookie: Option<String>,
     token_query_param: Option<String>,
+    remote: Option<Arc<remote::RemoteJwks>>,
 }
 
 impl Authenticator {
@@ -114,16 +127,26 @@ impl Authenticator {
     pub fn new(cfg: &AuthConfig) -> Result<Authenticator, Vec<ConfigError>> {
         let mut errors = Vec::new();
         let keys = KeySet::load(cfg, &mut errors);
+        let remote = match cfg.jwks_url.as_deref().filter(|u| !u.is_empty()) {
+            Some(url) => match remote::RemoteJwks::new(url.to_owned(), cfg.jwks_refresh) {
+                Ok(r) => Some(Arc::new(r)),
+                Err(msg) => {
+                    errors.push(ConfigError::new("--jwks-url", msg));
+                    None
+                }
+            },
+            None => None,
+        };
         // After a key source failed, "no key" and "RS256 has no key" would only echo it.
         let keys_loaded = errors.is_empty();
-        if keys_loaded && keys.is_empty() {
+        if keys_loaded && keys.is_empty() && remote.is_none() {
             errors.push(ConfigError::new(
                 "--jwt-secret",
-                "no verification key configured; set --jwt-secret, --jwt-public-key-file or --jwks-file",
+                "no verification key configured; set --jwt-secret, --jwt-public-key-file, --jwks-file or --jwks-url",
             ));
         }
-        let check_keys = keys_loaded && !keys.is_empty();
-        let allowed = keys::allowed_algorithms(&cfg.algorithms, &keys, check_keys, &mut errors);
+        let check_keys = keys_loaded && (!keys.is_empty() || remote.is_some());
+        let allowed = keys::allowed_algorithms(&cfg.algorithms, &keys, remote.is_some(), check_keys, &mut errors);
 
         let non_empty = [
             ("--user-claim", Some(&cfg.user_claim)),
@@ -158,7 +181,33 @@ impl Authenticator {
             },
             token_cookie: cfg.token_cookie.clone(),
             token_query_param: cfg.token_query_param.clone(),
+            remote,
         })
+    }
+
+    /// The JWKS URL source, if configured (its refresher task is started by `run`).
+    pub fn remote(&self) -> Option<&Arc<remote::RemoteJwks>> {
+        self.remote.as_ref()
+    }
+
+    /// `authenticate`, plus one early JWKS refetch when the token names a key not seen yet
+    /// (a key rotation at the issuer must not lock users out until the next refresh).
+    pub async fn authenticate_fresh(&self, headers: &HeaderMap, query: Option<&str>) -> Result<Identity, AuthError> {
+        match self.authenticate(headers, query) {
+            Err(AuthError::UnknownKey { .. }) if self.remote.is_some() => {
+                if let Some(r) = &self.remote {
+                    r.fetch_if_allowed().await;
+                }
+                self.authenticate(headers, query)
+            }
+            other => other,
+        }
+    }
+
+    /// Whether a request carries something this authenticator would read (for choosing
+    /// between several authentication methods).
+    pub fn has_bearer(headers: &HeaderMap) -> bool {
+        headers.get(hyper::header::AUTHORIZATION).is_some()
     }
 
     /// Extracts the token (`Authorization: Bearer`, then the cookie, then the
@@ -183,11 +232,16 @@ impl Authenticator {
         };
         let message = parsed.signing_input.as_bytes();
         // `crypto::verify` errs only on input `parse` has already rejected; count it as a mismatch.
-        let verified = self
-            .keys
-            .candidates(parsed.kid.as_deref(), alg)?
-            .into_iter()
-            .any(|k| jsonwebtoken::crypto::verify(parsed.signature, message, &k.key, alg).unwrap_or(false));
+        let verify_with = |set: &KeySet| -> Result<bool, AuthError> {
+            Ok(set
+                .candidates(parsed.kid.as_deref(), alg)?
+                .into_iter()
+                .any(|k| jsonwebtoken::crypto::verify(parsed.signature, message, &k.key, alg).unwrap_or(false)))
+        };
+        let verified = match (verify_with(&self.keys), &self.remote) {
+            (Err(AuthError::UnknownKey { .. }), Some(remote)) => verify_with(&remote.current())?,
+            (result, _) => result?,
+        };
         if !verified {
             return Err(AuthError::InvalidSignature);
         }

@@ -1,6 +1,27 @@
 //! `pgsse demo`: a throwaway PostgreSQL, a demo table and page, and the gateway, in one command.
+//!
+//! Without `--database-url` it starts a private PostgreSQL ([`postgres`]), installs the pgsse SQL,
+//! creates and watches a `notifications` table, and runs the real gateway with a random HS256
+//! secret and the `pgsse_token` cookie. Beside the stream it serves a page at `/` and the
+//! demo-only endpoints under `/demo/` ([`routes`]); `pgsse serve` never has those.
+
+pub mod postgres;
+mod routes;
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{ConfigErrors, DEFAULT_PATH};
+use crate::pg::{self, PgError};
+
+/// The cookie the demo page's login sets and the gateway reads the token from.
+pub const COOKIE: &str = "pgsse_token";
+/// The users the page offers.
+pub const USERS: [&str; 3] = ["alice", "bob", "carol"];
+/// Lifetime of the tokens the demo mints.
+const TOKEN_TTL: Duration = Duration::from_secs(12 * 3600);
 
 /// Flags of `pgsse demo`.
 #[derive(Debug, clap::Args)]
@@ -15,10 +36,170 @@ pub struct DemoArgs {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
-    #[error("not implemented yet")]
-    NotImplemented,
+    #[error(
+        "PostgreSQL's server programs (initdb, postgres) were not found on PATH, via `pg_config --bindir`, \
+         or in /usr/lib/postgresql/*/bin.\n\
+         Install PostgreSQL, then run the demo again:\n  \
+         Debian/Ubuntu: sudo apt-get install postgresql\n  \
+         macOS:         brew install postgresql@16\n\
+         Or use a database you already have: pgsse demo --database-url postgres://user:password@host/db"
+    )]
+    PostgresNotFound,
+    #[error("cannot start the throwaway PostgreSQL: {0}")]
+    Postgres(String),
+    #[error(
+        "{addr} is already in use (is another pgsse demo running?). Pick another address, e.g.: \
+         pgsse demo --listen 127.0.0.1:{next}"
+    )]
+    PortInUse { addr: String, next: u16 },
+    #[error("cannot listen on {addr}: {message}")]
+    Listen { addr: String, message: String },
+    #[error("setting up the demo database: {0}")]
+    Database(#[from] PgError),
+    #[error("invalid gateway configuration:\n{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("minting a token: {0}")]
+    Token(#[from] crate::auth::MintError),
+    #[error(transparent)]
+    Run(#[from] crate::RunError),
 }
 
-pub async fn run(_args: DemoArgs, _shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
-    Err(DemoError::NotImplemented)
+/// Runs the demo until `shutdown` resolves; the throwaway PostgreSQL (if any) is stopped and its
+/// directory removed before this returns, also when startup fails or is interrupted.
+pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
+    let listener = bind(&args.listen).await?;
+    let addr =
+        listener.local_addr().map_err(|e| DemoError::Listen { addr: args.listen.clone(), message: e.to_string() })?;
+    tokio::pin!(shutdown);
+    let mut local: Option<postgres::LocalPostgres> = None;
+    let started = tokio::select! {
+        r = start(&args, &mut local) => Some(r),
+        () = &mut shutdown => None,
+    };
+    let result = match started {
+        None => Ok(()),
+        Some(Err(e)) => Err(e),
+        Some(Ok(setup)) => {
+            let local_info = local.as_ref().map(|l| (l.url(), l.dir.display().to_string()));
+            serve(setup, listener, addr, local_info, shutdown).await
+        }
+    };
+    if let Some(mut pg) = local {
+        let dir = pg.dir.display().to_string();
+        if pg.stop().await {
+            println!("Stopped the throwaway PostgreSQL and removed {dir}");
+        } else {
+            println!("Stopped the throwaway PostgreSQL; could not remove {dir} entirely");
+        }
+    }
+    result
+}
+
+async fn bind(listen: &str) -> Result<tokio::net::TcpListener, DemoError> {
+    let addr: SocketAddr = listen.parse().map_err(|_| DemoError::Listen {
+        addr: listen.to_string(),
+        message: "not an address like 127.0.0.1:8080".into(),
+    })?;
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            DemoError::PortInUse { addr: addr.to_string(), next: addr.port().checked_add(1).unwrap_or(8081) }
+        }
+        _ => DemoError::Listen { addr: addr.to_string(), message: e.to_string() },
+    })
+}
+
+/// What startup produced.
+struct Started {
+    db: tokio_postgres::Config,
+    url: String,
+    setup: pg::demo::Setup,
+}
+
+async fn start(args: &DemoArgs, local: &mut Option<postgres::LocalPostgres>) -> Result<Started, DemoError> {
+    let url = match &args.database_url {
+        Some(url) => url.clone(),
+        None => {
+            println!("Starting a throwaway PostgreSQL...");
+            let pg = local.insert(postgres::LocalPostgres::start().await?);
+            pg.url()
+        }
+    };
+    let db = pg::parse_url(&url)?;
+    let setup = pg::demo::setup(&db).await?;
+    Ok(Started { db, url, setup })
+}
+
+async fn serve(
+    started: Started,
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+    local: Option<(String, String)>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DemoError> {
+    let secret = format!("{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>());
+    let config = crate::Config::from_argv([
+        "--auth",
+        "jwt",
+        "--database-url",
+        &started.url,
+        "--listen",
+        &addr.to_string(),
+        "--jwt-secret",
+        &secret,
+        "--token-cookie",
+        COOKIE,
+        "--heartbeat-interval",
+        "15s",
+        "--shutdown-timeout",
+        "2s",
+    ])?;
+    let pool = pg::pool(&started.db, 2)?;
+    let routes = Arc::new(routes::DemoRoutes::new(pool, secret.clone(), config.path.clone()));
+    let token = crate::auth::mint_hs256(USERS[0], secret.as_bytes(), TOKEN_TTL, None, None)?;
+    print_banner(&started, addr, local.as_ref(), &token, &secret);
+    crate::run_with(config, listener, shutdown, Some(routes)).await?;
+    Ok(())
+}
+
+/// What the newcomer needs: the URL, how the page signs in, a curl line, a psql line.
+fn print_banner(started: &Started, addr: SocketAddr, local: Option<&(String, String)>, token: &str, secret: &str) {
+    let base = format!("http://{addr}");
+    let (psql_url, db_line) = match local {
+        Some((url, dir)) => (url.clone(), format!("throwaway cluster in {dir} (removed on exit)")),
+        None => (url_without_password(&started.db), "from --database-url (password not shown)".to_string()),
+    };
+    let version = &started.setup.server_version;
+    let table = if started.setup.table_created { "created" } else { "exists already; using it" };
+    println!(
+        "
+pgsse demo is running.
+
+  Open the demo page:      {base}/
+  PostgreSQL {version}:  {db_line}
+    pgsse SQL:             installed (schema pgsse)
+    table notifications:   {table}; watched with pgsse.watch('notifications', 'user_id')
+
+  Insert a row by hand and watch it arrive:
+    psql \"{psql_url}\" -c \"INSERT INTO notifications (user_id, title) VALUES ('alice', 'Hello')\"
+
+  The page signs in by setting the cookie {COOKIE} (HttpOnly). The stream with curl, as alice:
+    curl -N -H \"Authorization: Bearer {token}\" {base}{DEFAULT_PATH}
+  Tokens for other users:  pgsse token --sub bob --secret {secret}
+
+Press Ctrl-C to stop."
+    );
+}
+
+/// `postgres://user@host:port/db`, for a hint line: the password the user gave is not echoed.
+fn url_without_password(cfg: &tokio_postgres::Config) -> String {
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    let user = cfg.get_user().unwrap_or("postgres");
+    let db = cfg.get_dbname().unwrap_or(user);
+    match cfg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => format!("postgres://{user}@{h}:{port}/{db}"),
+        Some(tokio_postgres::config::Host::Unix(p)) => {
+            format!("postgres://{user}@/{db}?host={}&port={port}", p.display())
+        }
+        None => format!("postgres://{user}@localhost:{port}/{db}"),
+    }
 }

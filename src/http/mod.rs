@@ -3,7 +3,7 @@
 mod cors;
 mod stream;
 
-pub use stream::{auth_expired, heartbeat};
+pub use stream::heartbeat;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -40,6 +40,8 @@ pub struct Shared {
     pub source: Arc<SourceState>,
     pub pool: deadpool_postgres::Pool,
     pub metrics: Metrics,
+    /// Session lookups for cookie authentication (`--auth better-auth`).
+    pub sessions: Option<Arc<crate::pg::sessions::SessionStore>>,
     pub draining: AtomicBool,
     /// Routes served besides the gateway's own (the demo's page and endpoints); never set by `serve`.
     pub extra: Option<Arc<dyn ExtraRoutes>>,
@@ -210,6 +212,7 @@ fn readiness(shared: &Shared) -> Response<Body> {
             "draining": draining,
             "horizon": shared.source.horizon().map(|h| h.to_string()),
             "connections": shared.hub.connection_count(),
+            "jwks": shared.config.jwt.as_ref().and_then(|a| a.remote()).map(|r| r.describe()),
         }),
     )
 }

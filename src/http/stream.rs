@@ -13,9 +13,12 @@ use hyper::{Request, Response, StatusCode};
 use tokio::sync::Notify;
 
 use super::{error, unavailable, Body, Shared};
-use crate::auth::AuthError;
+use crate::auth::session::session_key;
+use crate::auth::{AuthError, Authenticator, Identity};
 use crate::hub::{Full, Next, Subscription};
 use crate::pg::replay::{self, Replay, DEFAULT_MAX_REPLAY_EVENTS};
+use crate::pg::sessions::Found;
+use crate::pg::PgError;
 use crate::sse::{self, EventId, DEFAULT_RETRY_MS};
 
 /// Query parameter accepted in place of the `Last-Event-ID` header.
@@ -63,11 +66,16 @@ pub(super) async fn open(
             span.record("client", tracing::field::display(client));
         }
     }
-    let identity = match shared.config.auth.authenticate(req.headers(), req.uri().query()) {
+    let identity = match authenticate(shared, &req).await {
         Ok(i) => i,
-        Err(e) => {
+        Err(Refusal::Auth(e)) => {
             shared.metrics.auth_failure(e.code());
             return unauthorized(&e, peer);
+        }
+        Err(Refusal::Lookup(e)) => {
+            shared.metrics.refused("session_lookup_failed");
+            tracing::warn!(error = %e, "session lookup failed");
+            return unavailable("session_lookup_failed", "could not check the session; retry", 1);
         }
     };
     span.record("user", &*identity.user_id);
@@ -88,7 +96,7 @@ pub(super) async fn open(
 
     // Subscribe before reading the horizon or replaying: anything committed after this point
     // arrives live, so together with the replay nothing falls between the two.
-    let sub = match shared.hub.subscribe(identity.user_id.clone(), identity.expires_at, abort) {
+    let sub = match shared.hub.subscribe(identity.user_id.clone(), identity.expires_at, identity.session, abort) {
         Ok(sub) => sub,
         Err(Full::Gateway) => {
             shared.metrics.refused("max_connections");
@@ -177,6 +185,39 @@ pub(super) async fn open(
     resp
 }
 
+enum Refusal {
+    Auth(AuthError),
+    Lookup(PgError),
+}
+
+/// Picks the method the request uses: a Bearer header means JWT; otherwise the session cookie
+/// when cookie authentication is on and the cookie is present; otherwise a JWT from the token
+/// cookie or query parameter.
+async fn authenticate(shared: &Shared, req: &Request<Incoming>) -> Result<Identity, Refusal> {
+    let headers = req.headers();
+    let jwt = shared.config.jwt.as_deref();
+    if let (Some(cookie), Some(store), false) = (
+        shared.config.sessions.as_ref().map(|s| &s.cookie),
+        shared.sessions.as_ref(),
+        jwt.is_some() && Authenticator::has_bearer(headers),
+    ) {
+        if let Some(token) = cookie.token(headers) {
+            let token = token.map_err(Refusal::Auth)?;
+            return match store.find(&token).await.map_err(Refusal::Lookup)? {
+                Found::Live(s) => {
+                    Ok(Identity { user_id: s.user_id, expires_at: s.expires_at, session: Some(session_key(&token)) })
+                }
+                Found::Expired(exp) => Err(Refusal::Auth(AuthError::SessionExpired { exp })),
+                Found::Missing => Err(Refusal::Auth(AuthError::SessionNotFound)),
+            };
+        }
+    }
+    match jwt {
+        Some(a) => a.authenticate_fresh(headers, req.uri().query()).await.map_err(Refusal::Auth),
+        None => Err(Refusal::Auth(AuthError::MissingToken)),
+    }
+}
+
 fn unauthorized(e: &AuthError, peer: SocketAddr) -> Response<Body> {
     tracing::info!(%peer, reason = e.code(), "stream refused: {e}");
     let mut r = error(StatusCode::UNAUTHORIZED, e.code(), &e.to_string());
@@ -200,15 +241,6 @@ fn unauthorized(e: &AuthError, peer: SocketAddr) -> Response<Body> {
 /// The first address of `X-Forwarded-For` (the client as the nearest proxy saw it), if valid.
 fn forwarded_for(headers: &hyper::HeaderMap) -> Option<std::net::IpAddr> {
     headers.get("x-forwarded-for")?.to_str().ok()?.split(',').next()?.trim().parse().ok()
-}
-
-/// The event a stream gets when its credential expires, just before it is closed.
-pub fn auth_expired() -> Bytes {
-    sse::encode(
-        "auth-expired",
-        None,
-        r#"{"reason":"token_expired","message":"the credential expired; reconnect with a fresh one"}"#,
-    )
 }
 
 /// The shared heartbeat: one timer for every stream, bytes encoded once per tick.

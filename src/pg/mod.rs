@@ -1,8 +1,10 @@
 //! Postgres: the only module that talks to the database (LISTEN source, replay, retention, SQL install).
 
+pub mod demo;
 pub mod install;
 pub mod replay;
 pub mod retention;
+pub mod sessions;
 pub mod source;
 
 use std::str::FromStr;

@@ -22,7 +22,9 @@ use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, NoTls, Notification};
 use tokio_util::sync::CancellationToken;
 
+use super::sessions::SessionStore;
 use super::{PgError, StoredEvent, CHANNEL, EVENT_COLUMNS};
+use crate::auth::session::SessionKey;
 use crate::hub::{Hub, Item};
 use crate::metrics::Metrics;
 use crate::sse::{self, EventId};
@@ -72,6 +74,9 @@ struct Payload<'a> {
     e: Option<Vec<InlineEvent<'a>>>,
     /// Events by reference (too large to inline): the id range to fetch.
     r: Option<(i64, i64)>,
+    /// Session changes (see `pgsse.watch_sessions`): `[sha256 of token as hex, expiry in unix
+    /// ms or null when deleted]`.
+    s: Option<Vec<(String, Option<i64>)>>,
 }
 
 /// `[id, user_id, event, data]`, data kept as the JSON text Postgres wrote.
@@ -91,6 +96,8 @@ pub struct Source {
     sent: HashSet<i64>,
     /// Verifies that a payload was produced by pgsse's SQL (anyone who can connect may NOTIFY).
     key: Option<ring::hmac::Key>,
+    /// The session cache, evicted on session changes (cookie authentication only).
+    sessions: Option<Arc<SessionStore>>,
 }
 
 enum Msg {
@@ -116,7 +123,14 @@ impl Source {
             sent_by_tx: BTreeMap::new(),
             sent: HashSet::new(),
             key: None,
+            sessions: None,
         }
+    }
+
+    /// Session changes also evict this cache.
+    pub fn with_sessions(mut self, store: Option<Arc<SessionStore>>) -> Self {
+        self.sessions = store;
+        self
     }
 
     /// Runs until `shutdown` is cancelled, reconnecting as often as needed.
@@ -312,6 +326,10 @@ impl Source {
                 return Ok(());
             }
         };
+        if let Some(changes) = p.s {
+            self.on_sessions(changes);
+            return Ok(());
+        }
         if let Some(m) = p.m {
             let Ok(x) = m.parse::<u64>() else {
                 self.metrics.payloads_dropped.inc();
@@ -363,6 +381,28 @@ impl Source {
         ring::hmac::verify(key, json.as_bytes(), &tag).ok().map(|()| json)
     }
 
+    /// A session was deleted or changed: forget its cached lookup, and close its streams if it
+    /// is gone or expired. Streams whose session was merely extended keep going (they close at
+    /// the expiry they opened with, then reconnect).
+    fn on_sessions(&self, changes: Vec<(String, Option<i64>)>) {
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        let notice = Item { log_id: 0, bytes: sse::auth_expired("session_revoked") };
+        for (hex, expires_ms) in changes {
+            let Some(key) = decode_key(&hex) else {
+                self.metrics.payloads_dropped.inc();
+                tracing::warn!("ignoring a session change whose key is not 64 hex characters");
+                continue;
+            };
+            if let Some(store) = &self.sessions {
+                store.forget(&key);
+            }
+            if expires_ms.is_none_or(|e| i128::from(e) <= now_ms as i128) {
+                let n = self.hub.revoke_session(&key, &notice);
+                tracing::debug!(streams = n, "session revoked");
+            }
+        }
+    }
+
     fn on_marker(&mut self, x: u64) {
         if self.state.horizon().is_none_or(|h| x > h) {
             self.state.horizon.store(x, Ordering::Release);
@@ -398,6 +438,14 @@ impl Source {
             }
         }
     }
+}
+
+fn decode_key(hex: &str) -> Option<SessionKey> {
+    let mut key = [0u8; 32];
+    for (i, b) in key.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    (hex.len() == 64).then_some(key)
 }
 
 /// Full jitter between half and all of `d`, so replicas do not reconnect in lockstep.

@@ -44,6 +44,16 @@ function page(id) {
   return p;
 }
 
+// The value of `expr` in `p`, or null while `p` is still navigating (tests poll until it is loaded).
+async function evaluate(p, expr) {
+  try {
+    return await p.evaluate(expr);
+  } catch (e) {
+    if (/Execution context was destroyed|navigat/i.test(String(e?.message))) return null;
+    throw e;
+  }
+}
+
 async function handle(cmd) {
   switch (cmd.op) {
     case "context": {
@@ -67,9 +77,9 @@ async function handle(cmd) {
       return resp ? resp.status() : null;
     }
     case "eval":
-      return await page(cmd.page).evaluate(cmd.expr);
+      return await evaluate(page(cmd.page), cmd.expr);
     case "evalAll":
-      return await Promise.all(cmd.pages.map((id) => page(id).evaluate(cmd.expr)));
+      return await Promise.all(cmd.pages.map((id) => evaluate(page(id), cmd.expr)));
     case "closePage":
       await page(cmd.page).close();
       pages.delete(cmd.page);

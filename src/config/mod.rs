@@ -2,13 +2,15 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::auth::{AuthConfig, Authenticator};
+use crate::auth::Authenticator;
+
+mod auth;
+pub use auth::{AuthArgs, SessionSetup};
 
 /// One problem with one flag. `Config` validation collects these and reports them all together.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,33 +138,8 @@ pub struct ServeArgs {
     #[arg(long, env = "PGSSE_HEARTBEAT_INTERVAL", default_value = DEFAULT_HEARTBEAT_INTERVAL)]
     pub heartbeat_interval: String,
 
-    /// HMAC secret for HS256/HS384/HS512 tokens.
-    #[arg(long, env = "PGSSE_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
-    /// PEM public key file (RSA, EC P-256/P-384 or Ed25519); repeat or comma-separate for several.
-    #[arg(long, env = "PGSSE_JWT_PUBLIC_KEY_FILE", value_delimiter = ',')]
-    pub jwt_public_key_file: Vec<PathBuf>,
-    /// JWK set file; the key is chosen by the token's `kid`.
-    #[arg(long, env = "PGSSE_JWKS_FILE")]
-    pub jwks_file: Option<PathBuf>,
-    /// Allowed JWT algorithms, comma-separated (default: all that fit the configured keys).
-    #[arg(long, env = "PGSSE_JWT_ALGORITHMS", value_delimiter = ',')]
-    pub jwt_algorithms: Vec<String>,
-    /// Required `iss` claim.
-    #[arg(long, env = "PGSSE_JWT_ISSUER")]
-    pub jwt_issuer: Option<String>,
-    /// Required `aud` claim.
-    #[arg(long, env = "PGSSE_JWT_AUDIENCE")]
-    pub jwt_audience: Option<String>,
-    /// Claim that holds the user id.
-    #[arg(long, env = "PGSSE_USER_CLAIM", default_value = DEFAULT_USER_CLAIM)]
-    pub user_claim: String,
-    /// Also read the token from this cookie.
-    #[arg(long, env = "PGSSE_TOKEN_COOKIE")]
-    pub token_cookie: Option<String>,
-    /// Query parameter that may carry the token (EventSource cannot set headers); empty disables.
-    #[arg(long, env = "PGSSE_TOKEN_QUERY_PARAM", default_value = DEFAULT_TOKEN_QUERY_PARAM)]
-    pub token_query_param: String,
+    #[command(flatten)]
+    pub auth: auth::AuthArgs,
 
     /// How long events stay in pgsse.events for resuming clients.
     #[arg(long, env = "PGSSE_RETENTION", default_value = DEFAULT_RETENTION)]
@@ -221,7 +198,10 @@ pub struct Config {
     pub listen: SocketAddr,
     pub path: String,
     pub heartbeat_interval: Duration,
-    pub auth: Arc<Authenticator>,
+    /// JWT verification, when `--auth` includes `jwt`.
+    pub jwt: Option<Arc<Authenticator>>,
+    /// Session-cookie authentication, when `--auth` includes `better-auth`.
+    pub sessions: Option<auth::SessionSetup>,
     pub retention: Duration,
     pub marker_interval: Duration,
     pub queue_bytes: usize,
@@ -347,18 +327,8 @@ impl Config {
         if a.db_pool_size == 0 {
             errs.push(ConfigError::new("--db-pool-size", "must be at least 1"));
         }
-        let auth_cfg = AuthConfig {
-            jwt_secret: a.jwt_secret.clone(),
-            jwt_public_key_files: a.jwt_public_key_file.clone(),
-            jwks_file: a.jwks_file.clone(),
-            algorithms: a.jwt_algorithms.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
-            issuer: a.jwt_issuer.clone(),
-            audience: a.jwt_audience.clone(),
-            user_claim: a.user_claim.clone(),
-            token_cookie: a.token_cookie.clone().filter(|c| !c.is_empty()),
-            token_query_param: Some(a.token_query_param.clone()).filter(|p| !p.is_empty()),
-        };
-        let auth = Authenticator::new(&auth_cfg).map_err(|e| errs.extend(e)).ok();
+        let auth = a.auth.build(&mut errs);
+
         let (Some(drain_period), Some(header_read_timeout), Some(max_header_bytes)) =
             (drain_period, header_read_timeout, max_header_bytes)
         else {
@@ -390,7 +360,8 @@ impl Config {
                 listen,
                 path: a.path.clone(),
                 heartbeat_interval,
-                auth: Arc::new(auth),
+                jwt: auth.jwt,
+                sessions: auth.sessions,
                 retention,
                 marker_interval,
                 queue_bytes,

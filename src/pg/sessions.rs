@@ -1,0 +1,169 @@
+//! Session lookups for cookie authentication: the app's session table (or any query), cached briefly.
+//!
+//! A reconnect storm (every tab of every user after a deploy) must not become a query storm, so
+//! positive answers are cached for a short TTL in a bounded map. Revocation (a NOTIFY from the
+//! `pgsse.watch_sessions` trigger) evicts the entry at once, so the cache never outlives it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::PgError;
+use crate::auth::session::{session_key, SessionKey};
+
+pub const DEFAULT_SESSION_TABLE: &str = "session";
+pub const DEFAULT_TOKEN_COLUMN: &str = "token";
+pub const DEFAULT_USER_COLUMN: &str = "userId";
+pub const DEFAULT_EXPIRES_COLUMN: &str = "expiresAt";
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(10);
+pub const DEFAULT_CACHE_SIZE: usize = 10_000;
+
+/// How to find a session by its token.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    /// Better Auth's shape: a table with token, user id and expiry columns (names as the app has them).
+    Table { table: String, token: String, user: String, expires: String },
+    /// Any query taking the token as `$1` and returning the user id (text) and optionally the
+    /// expiry (timestamptz) of a live session.
+    Query(String),
+}
+
+impl Lookup {
+    fn sql(&self) -> String {
+        match self {
+            Lookup::Table { table, token, user, expires } => format!(
+                "SELECT {}::text, {}::timestamptz FROM {} WHERE {} = $1",
+                ident(user),
+                ident(expires),
+                qualified(table),
+                ident(token)
+            ),
+            Lookup::Query(q) => q.clone(),
+        }
+    }
+}
+
+/// A double-quoted identifier, exactly as given (so `userId` stays camelCase).
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `schema.table` or `table`, each part quoted.
+fn qualified(name: &str) -> String {
+    name.split('.').map(ident).collect::<Vec<_>>().join(".")
+}
+
+/// A live session: whose it is and until when (unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub user_id: Arc<str>,
+    pub expires_at: Option<u64>,
+}
+
+struct Cached {
+    session: Session,
+    at: Instant,
+}
+
+pub struct SessionStore {
+    pool: deadpool_postgres::Pool,
+    sql: String,
+    ttl: Duration,
+    capacity: usize,
+    cache: Mutex<HashMap<SessionKey, Cached>>,
+}
+
+/// What a lookup found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Found {
+    Live(Session),
+    Expired(u64),
+    Missing,
+}
+
+impl SessionStore {
+    pub fn new(pool: deadpool_postgres::Pool, lookup: &Lookup, ttl: Duration, capacity: usize) -> Self {
+        Self { pool, sql: lookup.sql(), ttl, capacity, cache: Mutex::new(HashMap::new()) }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<SessionKey, Cached>> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Finds the session of `token`, from the cache when fresh.
+    pub async fn find(&self, token: &str) -> Result<Found, PgError> {
+        let key = session_key(token);
+        let now = unix_now();
+        if let Some(c) = self.cache().get(&key) {
+            let live = c.session.expires_at.is_none_or(|e| e > now);
+            if c.at.elapsed() < self.ttl && live {
+                return Ok(Found::Live(c.session.clone()));
+            }
+        }
+        let client = self.pool.get().await?;
+        let row = client.query_opt(&self.sql, &[&token]).await?;
+        let Some(row) = row else {
+            self.forget(&key);
+            return Ok(Found::Missing);
+        };
+        let user: Option<String> = row.try_get(0)?;
+        let Some(user) = user.filter(|u| !u.is_empty()) else { return Ok(Found::Missing) };
+        let expires_at = if row.len() > 1 {
+            let t: Option<SystemTime> = row.try_get(1)?;
+            t.map(|t| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+        } else {
+            None
+        };
+        if let Some(exp) = expires_at.filter(|e| *e <= now) {
+            self.forget(&key);
+            return Ok(Found::Expired(exp));
+        }
+        let session = Session { user_id: user.into(), expires_at };
+        let mut cache = self.cache();
+        if cache.len() >= self.capacity {
+            let ttl = self.ttl;
+            cache.retain(|_, c| c.at.elapsed() < ttl);
+            if cache.len() >= self.capacity {
+                // Still full of fresh entries: start over rather than track recency per hit.
+                cache.clear();
+            }
+        }
+        cache.insert(key, Cached { session: session.clone(), at: Instant::now() });
+        Ok(Found::Live(session))
+    }
+
+    /// Drops a session from the cache (it was revoked, deleted or changed).
+    pub fn forget(&self, key: &SessionKey) {
+        self.cache().remove(key);
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_lookup_quotes_names_exactly() {
+        let l = Lookup::Table {
+            table: "auth.session".into(),
+            token: "token".into(),
+            user: "userId".into(),
+            expires: "expiresAt".into(),
+        };
+        assert_eq!(
+            l.sql(),
+            r#"SELECT "userId"::text, "expiresAt"::timestamptz FROM "auth"."session" WHERE "token" = $1"#
+        );
+        let evil = Lookup::Table {
+            table: "s\"; DROP TABLE x; --".into(),
+            token: "t".into(),
+            user: "u".into(),
+            expires: "e".into(),
+        };
+        assert!(evil.sql().contains(r#""s""; DROP TABLE x; --""#));
+    }
+}

@@ -79,7 +79,7 @@ pub async fn run_with(
         pg::source::Source::new(config.database.clone(), hub.clone(), source_state.clone(), config.marker_interval)
             .with_sessions(sessions.clone());
     if let Some(remote) = config.jwt.as_ref().and_then(|a| a.remote()) {
-        tokio::spawn(auth::remote::keep_fresh(remote.clone(), stop.clone()));
+        tokio::spawn(auth::remote::keep_fresh(remote.clone(), metrics.clone(), stop.clone()));
     }
     let tasks = [
         tokio::spawn(source.run(stop.clone())),

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub pg_listening: Gauge,
     pub listen_lag_seconds: Gauge<f64, AtomicU64>,
     pub notify_queue_usage: Gauge<f64, AtomicU64>,
+    pub jwks_keys: Gauge,
+    pub jwks_fetch_failures: Gauge,
 }
 
 impl Metrics {
@@ -87,6 +89,8 @@ impl Metrics {
             "pg_notification_queue_usage() (0..1) of the database",
             self.notify_queue_usage.clone(),
         );
+        r.register("jwks_keys", "Keys currently held from --jwks-url", self.jwks_keys.clone());
+        r.register("jwks_fetch_failures", "Failed fetches of --jwks-url since start", self.jwks_fetch_failures.clone());
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &r);

@@ -19,6 +19,9 @@ const MAX_JWKS_BYTES: usize = 1 << 20;
 #[derive(Default)]
 struct Status {
     last_attempt: Option<Instant>,
+    /// When an unknown `kid` last caused a fetch (rate-limited apart from scheduled fetches, so
+    /// a rotation right after one is still picked up at once).
+    last_kid_fetch: Option<Instant>,
     last_success: Option<SystemTime>,
     last_error: Option<String>,
     failures: u64,
@@ -102,11 +105,15 @@ impl RemoteJwks {
         Ok(KeySet::from_keys(loaded.keys))
     }
 
-    /// Refetches if the last attempt is older than the rate limit. Returns whether it did.
+    /// Refetches for an unknown `kid`, at most once per `DEFAULT_JWKS_MIN_REFETCH`. Returns
+    /// whether it did.
     pub async fn fetch_if_allowed(&self) -> bool {
-        let recent = self.status().last_attempt.is_some_and(|t| t.elapsed() < DEFAULT_JWKS_MIN_REFETCH);
-        if recent {
-            return false;
+        {
+            let mut st = self.status();
+            if st.last_kid_fetch.is_some_and(|t| t.elapsed() < DEFAULT_JWKS_MIN_REFETCH) {
+                return false;
+            }
+            st.last_kid_fetch = Some(Instant::now());
         }
         if let Err(e) = self.fetch().await {
             tracing::warn!(url = %self.url, error = %e, "JWKS refetch for an unknown kid failed; keeping cached keys");
@@ -138,12 +145,18 @@ impl RemoteJwks {
 }
 
 /// Fetches at start, then every refresh period, until `stop`.
-pub async fn keep_fresh(remote: Arc<RemoteJwks>, stop: tokio_util::sync::CancellationToken) {
+pub async fn keep_fresh(
+    remote: Arc<RemoteJwks>,
+    metrics: crate::metrics::Metrics,
+    stop: tokio_util::sync::CancellationToken,
+) {
     loop {
         match remote.fetch().await {
-            Ok(n) => tracing::info!(url = %remote.url, keys = n, "JWKS fetched"),
+            Ok(n) => tracing::debug!(url = %remote.url, keys = n, "JWKS fetched"),
             Err(e) => tracing::warn!(url = %remote.url, error = %e, "JWKS fetch failed; keeping cached keys"),
         }
+        metrics.jwks_keys.set(remote.current().len() as i64);
+        metrics.jwks_fetch_failures.set(remote.failures() as i64);
         // After a failure, retry sooner than the full period.
         let wait = if remote.has_keys() && remote.status().last_error.is_none() {
             remote.refresh

@@ -128,6 +128,16 @@ mod tests {
         assert!(c.token(&headers("other=1")).is_none());
     }
 
+    /// A cookie the real Better Auth 1.7.25 set (tests/better-auth/README.md).
+    #[test]
+    fn verifies_a_cookie_from_better_auth_itself() {
+        let c = SessionCookie::new("better-auth", &["pgsse-better-auth-interop-test-secret-0123456789".into()])
+            .expect("config");
+        let value = "MVPpRffhS44YwS9qorAann2LboPdZpcE.d4r%2FJucWhFPSPgj0vEOjP0H%2Bs8rwu0ZObE4er3i%2B7%2Bg%3D";
+        let got = c.token(&headers(&format!("better-auth.session_token={value}")));
+        assert_eq!(got, Some(Ok("MVPpRffhS44YwS9qorAann2LboPdZpcE".into())));
+    }
+
     #[test]
     fn needs_a_secret() {
         let errs = SessionCookie::new("better-auth", &[]).err().expect("error");

@@ -112,7 +112,7 @@ pub async fn run_with(
 /// Closes streams whose credential expired, with `event: auth-expired` first, within about a
 /// second of `exp`: one timer for all streams, not one per stream.
 async fn expiries(hub: Arc<hub::Hub>, stop: CancellationToken) {
-    let notice = hub::Item { log_id: 0, bytes: sse::auth_expired("token_expired") };
+    let notice = hub::Item::notice(sse::auth_expired("token_expired"));
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -145,7 +145,7 @@ async fn heartbeats(
         // The horizon is read after every event below it was queued (the source stores it only
         // after dispatching them), so it is a valid resume position for every stream.
         if let Some(h) = source.horizon() {
-            hub.publish(None, &hub::Item { log_id: 0, bytes: http::heartbeat(h) });
+            hub.publish(None, &hub::Item::notice(http::heartbeat(h)));
         }
     }
 }

@@ -65,21 +65,31 @@ impl BetterAuth {
         s.write_all(req.as_bytes()).await.expect("write");
         let mut out = String::new();
         tokio::time::timeout(T, s.read_to_string(&mut out)).await.expect("in time").expect("read");
-        let json = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-        // Node answers with Content-Length here; a chunked answer would start with a size line.
-        let json = json.trim_start_matches(|c: char| c.is_ascii_hexdigit() || c == '\r' || c == '\n');
-        let json = json.trim_end_matches(|c: char| c == '0' || c == '\r' || c == '\n');
+        let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        // The body is one JSON object (chunk size lines, if any, sit outside its braces).
+        let json = match (body.find('{'), body.rfind('}')) {
+            (Some(i), Some(j)) if i < j => &body[i..=j],
+            _ => body,
+        };
         serde_json::from_str(json).unwrap_or_else(|e| panic!("{path}: {e}: {out}"))
     }
 
     async fn sign_up(&self, email: &str) -> serde_json::Value {
-        let v = self.post("/test/signup", serde_json::json!({"email": email, "password": "correct horse battery", "name": "Test"}), None).await;
+        let v = self
+            .post(
+                "/test/signup",
+                serde_json::json!({"email": email, "password": "correct horse battery", "name": "Test"}),
+                None,
+            )
+            .await;
         assert!(v["cookie"].is_string(), "{v}");
         v
     }
 
     async fn sign_in(&self, email: &str) -> serde_json::Value {
-        let v = self.post("/test/signin", serde_json::json!({"email": email, "password": "correct horse battery"}), None).await;
+        let v = self
+            .post("/test/signin", serde_json::json!({"email": email, "password": "correct horse battery"}), None)
+            .await;
         assert!(v["cookie"].is_string(), "{v}");
         v
     }
@@ -87,7 +97,8 @@ impl BetterAuth {
 
 async fn status(gw: &Gateway, headers: &[(&str, &str)]) -> (u16, String) {
     let (status, _, body) = request(&gw.addr, "GET", PATH, headers).await;
-    let code = serde_json::from_str::<serde_json::Value>(&body).ok().and_then(|v| v["error"].as_str().map(String::from));
+    let code =
+        serde_json::from_str::<serde_json::Value>(&body).ok().and_then(|v| v["error"].as_str().map(String::from));
     (status, code.unwrap_or_default())
 }
 
@@ -100,7 +111,8 @@ async fn real_better_auth_cookies_jwts_and_sign_out() {
     let user_id = alice["userId"].as_str().expect("userId").to_string();
     let cookie = alice["cookie"].as_str().expect("cookie").to_string();
     // The JWT plugin creates its first key on the first token; fetch one before pgsse starts.
-    let jwt = ba.post("/test/jwt", serde_json::json!({}), Some(&cookie)).await["jwt"].as_str().expect("jwt").to_string();
+    let jwt =
+        ba.post("/test/jwt", serde_json::json!({}), Some(&cookie)).await["jwt"].as_str().expect("jwt").to_string();
 
     let base = ba.base_url();
     let jwks = format!("{base}/api/auth/jwks");
@@ -128,14 +140,17 @@ async fn real_better_auth_cookies_jwts_and_sign_out() {
     let v: serde_json::Value = serde_json::from_str(&connected.data).expect("json");
     assert_eq!(v["userId"], user_id.as_str());
     let c = common::connect(&db).await;
-    c.execute("INSERT INTO notifications (user_id, title) VALUES ($1, 'from the app')", &[&user_id]).await.expect("insert");
+    c.execute("INSERT INTO notifications (user_id, title) VALUES ($1, 'from the app')", &[&user_id])
+        .await
+        .expect("insert");
     let e = s.next_named("notification", T).await.expect("event");
     assert!(e.data.contains("from the app"));
 
     // The real JWT from the JWT plugin, verified with its JWKS (EdDSA).
     let mut j = SseClient::connect(&gw.addr, PATH, &[("Authorization", &format!("Bearer {jwt}"))]).await.expect("c");
     assert_eq!(j.status, 200);
-    let v: serde_json::Value = serde_json::from_str(&j.next_named("connected", T).await.expect("c").data).expect("json");
+    let v: serde_json::Value =
+        serde_json::from_str(&j.next_named("connected", T).await.expect("c").data).expect("json");
     assert_eq!(v["userId"], user_id.as_str());
 
     // Tampered signature, wrong secret, expired and deleted sessions: 401.

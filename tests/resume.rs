@@ -57,7 +57,7 @@ async fn connected(s: &mut SseClient) -> (SseEvent, serde_json::Value) {
     (e, v)
 }
 
-/// `(log id, user, data)` of the log rows of `user`, in id order.
+/// The log ids of `user`'s rows in `pgsse.events`, in id order.
 async fn log_of(db: &str, user: &str) -> Vec<i64> {
     let c = connect(db).await;
     c.query("SELECT id FROM pgsse.events WHERE user_id = $1 ORDER BY id", &[&user])
@@ -367,7 +367,6 @@ struct ClientReport {
 struct ClientCtx {
     addrs: [String; 2],
     final_round: Arc<AtomicBool>,
-    t0: Instant,
 }
 
 /// A browser-like client: connects (retrying refused connections and 503s with a short backoff),
@@ -511,7 +510,6 @@ async fn sse_client(idx: usize, user: String, ctx: Arc<ClientCtx>, seed: u64) ->
             }
         }
     }
-    let _ = &ctx.t0;
     r
 }
 
@@ -570,9 +568,15 @@ async fn chaos_no_event_is_lost_across_reconnects_restarts_and_replicas() {
 
     let users: Arc<Vec<String>> = Arc::new((0..USERS).map(|i| format!("chaos-user-{i}")).collect());
     let final_round = Arc::new(AtomicBool::new(false));
-    let ctx = Arc::new(ClientCtx { addrs: addrs.clone(), final_round: final_round.clone(), t0 });
+    let ctx = Arc::new(ClientCtx { addrs: addrs.clone(), final_round: final_round.clone() });
     let seed: u64 = rand::random();
-    eprintln!("[{}] seed {seed}", stamp());
+    let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    eprintln!(
+        "[{}] seed {seed}; t0 + {:.3}s is {:.3}s after the Unix epoch",
+        stamp(),
+        rel(t0, Instant::now()),
+        wall.as_secs_f64()
+    );
     let clients: Vec<_> = (0..CLIENTS)
         .map(|i| {
             let user = users[i % USERS].clone();
@@ -721,7 +725,9 @@ async fn chaos_no_event_is_lost_across_reconnects_restarts_and_replicas() {
         delivered += r.recv.len();
         let mut seen: HashSet<i64> = HashSet::new();
         let mut new_live_seen: HashSet<usize> = HashSet::new(); // connections that had a new live event
-        let mut last_of_row: HashMap<i64, i64> = HashMap::new();
+                                                                // Per notification row: the last (log id, kind) received, duplicates left out. The writer's
+                                                                // order is the log id order (it commits each change before making the next).
+        let mut last_of_row: HashMap<i64, (i64, Kind)> = HashMap::new();
         for e in &r.recv {
             match log_by_id.get(&e.log_id) {
                 None => {
@@ -772,10 +778,16 @@ async fn chaos_no_event_is_lost_across_reconnects_restarts_and_replicas() {
             if !e.replay {
                 new_live_seen.insert(e.conn);
             }
-            if let Some(prev) = last_of_row.insert(e.row, e.log_id) {
-                if prev > e.log_id {
+            if let Some((prev, prev_kind)) = last_of_row.insert(e.row, (e.log_id, e.kind)) {
+                if prev > e.log_id || prev_kind == Kind::Deleted || e.kind == Kind::Created {
                     order_bad += 1;
-                    fail(&mut failures, format!("row {}: log id {} after {}", e.row, e.log_id, prev));
+                    fail(
+                        &mut failures,
+                        format!(
+                            "row {}: {:?} (log id {}) after {prev_kind:?} (log id {prev})",
+                            e.row, e.kind, e.log_id
+                        ),
+                    );
                 }
             }
         }
@@ -817,9 +829,9 @@ async fn chaos_no_event_is_lost_across_reconnects_restarts_and_replicas() {
     assert!(failures.is_empty(), "chaos run failed:\n{}", failures.join("\n"));
     assert_eq!((lost, misrouted, corrupted, order_bad, dup_bad, resets), (0, 0, 0, 0, 0, 0));
     // The run really exercised what it claims to.
-    assert!(log.len() > 500, "too little load to mean anything: {} events", log.len());
+    assert!(log.len() > 200, "too little load to mean anything: {} events", log.len());
     assert!(large > 0, "no event went by reference");
-    assert!(required > 1000, "too few required deliveries: {required}");
+    assert!(required > 500, "too few required deliveries: {required}");
     assert!(cross > 0 && resumed_conns > 0, "no resume happened");
     drop(pg);
 }
@@ -1057,9 +1069,9 @@ async fn a_long_transaction_delays_nobody_and_its_event_still_arrives() {
 
     exec(&db, "INSERT INTO notifications (user_id, title) VALUES ('y', 'quick')").await;
     let e =
-        y.next_named("notification", Duration::from_secs(5)).await.expect("y's event while x's transaction is open");
+        y.next_named("notification", Duration::from_secs(7)).await.expect("y's event while x's transaction is open");
     assert_eq!(json(&e)["notification"]["title"], "quick");
-    assert!(opened.elapsed() < Duration::from_secs(8), "y's event waited for x's transaction");
+    assert!(opened.elapsed() < Duration::from_secs(9), "y's event waited for x's transaction");
 
     // Positions handed out while the transaction is open never pass it.
     let hb = x2.next_named("heartbeat", T).await.expect("heartbeat");

@@ -173,7 +173,8 @@ async fn snake_case_tables_and_custom_queries_work() {
 
     let query = "SELECT user_id::text, expires_at FROM sessions WHERE token = $1 AND expires_at > now()";
     exec(&db, "INSERT INTO sessions (token, user_id, expires_at) VALUES ('tok2', 7, now() + interval '1 hour')").await;
-    let gw = Gateway::start(&db, &["--auth", "better-auth", "--better-auth-secret", SECRET, "--session-query", query]).await;
+    let gw =
+        Gateway::start(&db, &["--auth", "better-auth", "--better-auth-secret", SECRET, "--session-query", query]).await;
     let mut s = open(&gw, &cookie(SECRET, "tok2")).await;
     assert_eq!(s.status, 200);
     assert!(s.next_named("connected", T).await.expect("connected").data.contains("\"userId\":\"7\""));

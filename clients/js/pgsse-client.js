@@ -110,7 +110,7 @@ export function connectNotifications(url, handlers = {}, options = {}) {
   };
 
   const setStatus = (status, extra = {}) => {
-    info = { ...info, status, ...extra, lastEventId };
+    info = Object.freeze({ ...info, status, ...extra, lastEventId });
     call('onStatus', status, info);
   };
 

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{ConfigErrors, DEFAULT_PATH};
+use crate::config::ConfigErrors;
 use crate::pg::{self, PgError};
 
 /// The cookie the demo page's login sets and the gateway reads the token from.
@@ -54,14 +54,33 @@ pub enum DemoError {
     PortInUse { addr: String, next: u16 },
     #[error("cannot listen on {addr}: {message}")]
     Listen { addr: String, message: String },
+    // The causes below are part of the message, not `source()`s: `main` prints the whole chain.
     #[error("setting up the demo database: {0}")]
-    Database(#[from] PgError),
+    Database(PgError),
     #[error("invalid gateway configuration:\n{0}")]
-    Config(#[from] ConfigErrors),
+    Config(ConfigErrors),
     #[error("minting a token: {0}")]
-    Token(#[from] crate::auth::MintError),
+    Token(crate::auth::MintError),
     #[error(transparent)]
     Run(#[from] crate::RunError),
+}
+
+impl From<PgError> for DemoError {
+    fn from(e: PgError) -> Self {
+        DemoError::Database(e)
+    }
+}
+
+impl From<ConfigErrors> for DemoError {
+    fn from(e: ConfigErrors) -> Self {
+        DemoError::Config(e)
+    }
+}
+
+impl From<crate::auth::MintError> for DemoError {
+    fn from(e: crate::auth::MintError) -> Self {
+        DemoError::Token(e)
+    }
 }
 
 /// Runs the demo until `shutdown` resolves; the throwaway PostgreSQL (if any) is stopped and its
@@ -150,32 +169,47 @@ async fn serve(
         COOKIE,
         "--heartbeat-interval",
         "15s",
+        // No second listener to collide with another gateway on this machine.
+        "--metrics-listen",
+        "off",
+        // Ctrl-C should stop the demo at once: no drain period for a single local browser.
+        "--drain-period",
+        "0s",
         "--shutdown-timeout",
         "2s",
     ])?;
     let pool = pg::pool(&started.db, 2)?;
     let routes = Arc::new(routes::DemoRoutes::new(pool, secret.clone(), config.path.clone()));
     let token = crate::auth::mint_hs256(USERS[0], secret.as_bytes(), TOKEN_TTL, None, None)?;
-    print_banner(&started, addr, local.as_ref(), &token, &secret);
+    print_banner(&started, addr, &config.path, local.as_ref(), &token, &secret);
     crate::run_with(config, listener, shutdown, Some(routes)).await?;
     Ok(())
 }
 
 /// What the newcomer needs: the URL, how the page signs in, a curl line, a psql line.
-fn print_banner(started: &Started, addr: SocketAddr, local: Option<&(String, String)>, token: &str, secret: &str) {
+fn print_banner(
+    started: &Started,
+    addr: SocketAddr,
+    path: &str,
+    local: Option<&(String, String)>,
+    token: &str,
+    secret: &str,
+) {
     let base = format!("http://{addr}");
     let (psql_url, db_line) = match local {
         Some((url, dir)) => (url.clone(), format!("throwaway cluster in {dir} (removed on exit)")),
         None => (url_without_password(&started.db), "from --database-url (password not shown)".to_string()),
     };
-    let version = &started.setup.server_version;
+    // "15.8 (Debian 15.8-1)" -> "15.8"
+    let version = started.setup.server_version.split_whitespace().next().unwrap_or_default();
+    let pg_label = format!("PostgreSQL {version}:");
     let table = if started.setup.table_created { "created" } else { "exists already; using it" };
     println!(
         "
 pgsse demo is running.
 
   Open the demo page:      {base}/
-  PostgreSQL {version}:  {db_line}
+  {pg_label:<24} {db_line}
     pgsse SQL:             installed (schema pgsse)
     table notifications:   {table}; watched with pgsse.watch('notifications', 'user_id')
 
@@ -183,7 +217,7 @@ pgsse demo is running.
     psql \"{psql_url}\" -c \"INSERT INTO notifications (user_id, title) VALUES ('alice', 'Hello')\"
 
   The page signs in by setting the cookie {COOKIE} (HttpOnly). The stream with curl, as alice:
-    curl -N -H \"Authorization: Bearer {token}\" {base}{DEFAULT_PATH}
+    curl -N -H \"Authorization: Bearer {token}\" {base}{path}
   Tokens for other users:  pgsse token --sub bob --secret {secret}
 
 Press Ctrl-C to stop."

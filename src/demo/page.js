@@ -18,7 +18,11 @@ async function api(method, path, body) {
   const res = await fetch(`/demo/api/${path}`, {
     method,
     credentials: 'same-origin',
-    headers: body ? { 'content-type': 'application/json' } : {},
+    headers: {
+      ...(body ? { 'content-type': 'application/json' } : {}),
+      // The server refuses to act for another user than the one this tab shows.
+      ...(state.user ? { 'x-demo-user': state.user } : {}),
+    },
     body: body ? JSON.stringify(body) : undefined,
   });
   const data = await res.json().catch(() => null);

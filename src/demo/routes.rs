@@ -102,7 +102,15 @@ impl DemoRoutes {
             "/demo/api/logout" => with_cookie(json(StatusCode::OK, json!({"user": null})), ""),
             "/demo/api/me" => self.me(&req),
             p if p.starts_with("/demo/api/") => match self.user(req.headers()) {
-                Some(user) => self.api(req, &path["/demo/api/".len()..], &user).await.unwrap_or_else(|e| e),
+                // The cookie is per browser: another tab may have switched users under this one.
+                Some(user) if req.headers().get("x-demo-user").is_some_and(|u| u.as_bytes() != user.as_bytes()) => {
+                    let msg =
+                        format!("this browser is now signed in as {user} (another tab switched): reload the page");
+                    error(StatusCode::CONFLICT, "user_switched", &msg)
+                }
+                Some(user) => {
+                    self.api(req, &path["/demo/api/".len()..], &user).await.unwrap_or_else(ApiError::response)
+                }
                 None => {
                     error(StatusCode::UNAUTHORIZED, "not_signed_in", "pick a user first (/demo/api/login?user=alice)")
                 }
@@ -116,7 +124,7 @@ impl DemoRoutes {
         let Some(user) = user.filter(|u| valid_user(u)) else {
             return error(StatusCode::BAD_REQUEST, "bad_user", "?user= must be a short name like alice");
         };
-        match crate::auth::mint_hs256(&user, self.secret.as_bytes(), TOKEN_TTL, None, None) {
+        match crate::auth::mint_hs256(user, self.secret.as_bytes(), TOKEN_TTL, None, None) {
             Ok(token) => with_cookie(json(StatusCode::OK, json!({"user": user})), &token),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "mint_failed", &e.to_string()),
         }
@@ -127,8 +135,8 @@ impl DemoRoutes {
         json(StatusCode::OK, json!({"user": user, "users": USERS, "streamPath": &self.stream_path}))
     }
 
-    /// The authenticated API; `Err` carries an error response.
-    async fn api(&self, req: Request<Incoming>, route: &str, user: &str) -> Result<Response<Body>, Response<Body>> {
+    /// The authenticated API.
+    async fn api(&self, req: Request<Incoming>, route: &str, user: &str) -> Result<Response<Body>, ApiError> {
         let method = req.method().clone();
         let parts: Vec<&str> = route.split('/').collect();
         let ok = |done: bool| {
@@ -154,7 +162,7 @@ impl DemoRoutes {
                     || title.len() > 200
                     || n.message.len() > 2000
                 {
-                    return Err(error(StatusCode::BAD_REQUEST, "bad_notification", "title (1-200), message, type, to"));
+                    return Err(ApiError::bad("bad_notification", "title (1-200), message, type, to"));
                 }
                 let row = db::create(&self.pool, &to, &kind, title, &n.message).await.map_err(db_error)?;
                 let mut r = raw_json(row);
@@ -175,7 +183,7 @@ impl DemoRoutes {
                 let t: NewTitle = body(req).await?;
                 let title = t.title.trim();
                 if title.is_empty() || title.len() > 200 {
-                    return Err(error(StatusCode::BAD_REQUEST, "bad_title", "title must have 1 to 200 characters"));
+                    return Err(ApiError::bad("bad_title", "title must have 1 to 200 characters"));
                 }
                 ok(db::edit_title(&self.pool, user, id, title).await.map_err(db_error)?)
             }
@@ -202,22 +210,43 @@ fn valid_user(u: &str) -> bool {
     (1..=64).contains(&u.len()) && u.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.@-".contains(&b))
 }
 
-fn parse_id(s: &str) -> Result<i64, Response<Body>> {
-    s.parse().map_err(|_| error(StatusCode::BAD_REQUEST, "bad_id", "notification ids are numbers"))
+/// An API failure, turned into `{"error", "message"}` with its status.
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
 }
 
-async fn body<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T, Response<Body>> {
+impl ApiError {
+    fn bad(code: &'static str, message: impl Into<String>) -> Self {
+        Self { status: StatusCode::BAD_REQUEST, code, message: message.into() }
+    }
+
+    fn response(self) -> Response<Body> {
+        error(self.status, self.code, &self.message)
+    }
+}
+
+fn parse_id(s: &str) -> Result<i64, ApiError> {
+    s.parse().map_err(|_| ApiError::bad("bad_id", "notification ids are numbers"))
+}
+
+async fn body<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T, ApiError> {
     let bytes = http_body_util::Limited::new(req.into_body(), MAX_BODY)
         .collect()
         .await
-        .map_err(|_| error(StatusCode::PAYLOAD_TOO_LARGE, "bad_body", "request body too large or cut off"))?
+        .map_err(|_| ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "bad_body",
+            message: "request body too large or cut off".into(),
+        })?
         .to_bytes();
-    serde_json::from_slice(&bytes).map_err(|e| error(StatusCode::BAD_REQUEST, "bad_json", &e.to_string()))
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad("bad_json", e.to_string()))
 }
 
-fn db_error(e: PgError) -> Response<Body> {
+fn db_error(e: PgError) -> ApiError {
     tracing::warn!(error = %e, "demo API: database error");
-    error(StatusCode::INTERNAL_SERVER_ERROR, "database", &e.to_string())
+    ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, code: "database", message: e.to_string() }
 }
 
 fn raw_json(text: String) -> Response<Body> {

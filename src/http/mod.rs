@@ -136,7 +136,7 @@ async fn drain_streams(hub: Arc<Hub>, period: Duration) {
         };
         for c in conns[done..due.min(n)].iter().filter_map(|w| w.upgrade()) {
             let retry = sse::retry(rand::thread_rng().gen_range(1000..5000));
-            c.finish(&Item { log_id: 0, bytes: retry }, CloseReason::Shutdown);
+            c.finish(&Item::notice(retry), CloseReason::Shutdown);
         }
         done = due.min(n);
     }

@@ -34,6 +34,9 @@ fn query_param(query: Option<&str>, name: &str) -> Option<String> {
 pub struct StreamBody {
     preamble: VecDeque<Bytes>,
     replayed: HashSet<i64>,
+    /// The position a resumed stream came back with: every event below it was delivered on an
+    /// earlier connection, so a live copy (from a replica whose horizon lags) is dropped.
+    resumed_from: u64,
     sub: Subscription,
 }
 
@@ -42,8 +45,9 @@ impl StreamBody {
         if let Some(b) = self.preamble.pop_front() {
             return Poll::Ready(Some(b));
         }
-        let replayed = &mut self.replayed;
-        match self.sub.poll_next(cx, |id| !replayed.is_empty() && replayed.remove(&id)) {
+        let (replayed, below) = (&mut self.replayed, self.resumed_from);
+        match self.sub.poll_next(cx, |item| item.tx < below || (!replayed.is_empty() && replayed.remove(&item.log_id)))
+        {
             Poll::Ready(Next::Data(b)) => Poll::Ready(Some(b)),
             Poll::Ready(Next::Closed(reason)) => {
                 tracing::debug!(conn = self.sub.id(), ?reason, "stream closed by the gateway");
@@ -138,6 +142,7 @@ pub(super) async fn open(
         sse::encode("reset", Some(EventId::horizon(now)), &data.to_string())
     };
     let mut replayed = HashSet::new();
+    let mut resumed_from = 0;
     match last_event_id {
         None => preamble.push_back(connected(now, false, 0)),
         Some(Err(bad)) => {
@@ -151,6 +156,7 @@ pub(super) async fn open(
             match tokio::time::timeout(shared.config.replay_timeout, run).await {
                 Ok(Ok(Replay::Events(events))) => {
                     shared.metrics.events_replayed.inc_by(events.len() as u64);
+                    resumed_from = from.horizon;
                     preamble.push_back(connected(from.horizon, true, events.len()));
                     for ev in events {
                         let id = EventId::event(from.horizon, ev.id);
@@ -177,7 +183,7 @@ pub(super) async fn open(
         }
     }
     tracing::debug!("stream opened");
-    let mut resp = Response::new(Body::Stream(Box::new(StreamBody { preamble, replayed, sub })));
+    let mut resp = Response::new(Body::Stream(Box::new(StreamBody { preamble, replayed, resumed_from, sub })));
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));

@@ -386,7 +386,7 @@ impl Source {
     /// the expiry they opened with, then reconnect).
     fn on_sessions(&self, changes: Vec<(String, Option<i64>)>) {
         let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
-        let notice = Item { log_id: 0, bytes: sse::auth_expired("session_revoked") };
+        let notice = Item::notice(sse::auth_expired("session_revoked"));
         for (hex, expires_ms) in changes {
             let Some(key) = decode_key(&hex) else {
                 self.metrics.payloads_dropped.inc();
@@ -421,12 +421,17 @@ impl Source {
     }
 
     fn dispatch(&mut self, id: i64, tx: u64, user: Option<&str>, event: &str, data: &str) {
+        // After a reconnect, a commit landing between LISTEN and the catch-up query is in both;
+        // no marker can intervene, so it is still remembered here.
+        if self.sent.contains(&id) {
+            return;
+        }
         self.metrics.events_received.inc();
         let horizon = self.state.horizon().unwrap_or(0);
         // Before the first marker no stream exists yet (streams wait for readiness), so nobody
         // can receive an id of 0.
         let bytes = sse::encode(event, Some(EventId::event(horizon, id)), data);
-        self.hub.publish(user, &Item { log_id: id, bytes });
+        self.hub.publish(user, &Item { log_id: id, tx, bytes });
         if tx >= horizon && self.sent.insert(id) {
             self.sent_by_tx.entry(tx).or_default().push(id);
             if self.sent.len() > MAX_REMEMBERED {

@@ -14,21 +14,6 @@ pub fn token(user: &str) -> String {
     pgsse::auth::mint_hs256(user, SECRET.as_bytes(), Duration::from_secs(3600), None, None).expect("mint token")
 }
 
-/// The demo-shaped `notifications` table, watched by pgsse, in a database with pgsse installed.
-pub const NOTIFICATIONS_TABLE: &str = "
-CREATE TABLE notifications (
-    id serial PRIMARY KEY,
-    user_id text NOT NULL,
-    type text NOT NULL DEFAULT 'info',
-    title text NOT NULL DEFAULT '',
-    message text NOT NULL DEFAULT '',
-    read boolean NOT NULL DEFAULT false,
-    metadata jsonb,
-    created_at timestamptz NOT NULL DEFAULT now()
-);
-SELECT pgsse.watch('notifications', 'user_id');
-";
-
 /// A fresh database on the shared cluster with pgsse installed and `notifications` watched.
 pub async fn notifications_db() -> String {
     let url = super::fresh_database();
@@ -38,7 +23,9 @@ pub async fn notifications_db() -> String {
 
 pub async fn install(url: &str) {
     super::exec(url, pgsse::pg::install::INSTALL_SQL).await;
-    super::exec(url, NOTIFICATIONS_TABLE).await;
+    // The same table `pgsse demo` creates.
+    super::exec(url, pgsse::pg::demo::CREATE_TABLE_SQL).await;
+    super::exec(url, "SELECT pgsse.watch('notifications', 'user_id')").await;
 }
 
 /// Standard flags for a test gateway (fast markers, short heartbeat unless overridden).

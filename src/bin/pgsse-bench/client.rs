@@ -141,7 +141,7 @@ enum Chunk {
     Size(usize),
     SizeLine(usize),
     Data(usize),
-    DataEnd(u8),
+    DataEnd,
 }
 
 /// HTTP response + SSE parser of one connection. Holds only the bytes of an unfinished line.
@@ -210,7 +210,7 @@ impl Parser {
             };
             self.body(&bytes[..take], stats);
             if let Some(Chunk::Data(n)) = self.chunk {
-                self.chunk = Some(if n == take { Chunk::DataEnd(0) } else { Chunk::Data(n - take) });
+                self.chunk = Some(if n == take { Chunk::DataEnd } else { Chunk::Data(n - take) });
             }
             bytes = &bytes[take..];
         }
@@ -295,7 +295,7 @@ fn chunk_step(state: Chunk, b: u8) -> Chunk {
             None => Chunk::SizeLine(n),
         },
         Chunk::SizeLine(n) if b == b'\n' => size_done(n),
-        Chunk::DataEnd(_) if b == b'\n' => Chunk::Size(0),
+        Chunk::DataEnd if b == b'\n' => Chunk::Size(0),
         s => s,
     }
 }
@@ -303,7 +303,7 @@ fn chunk_step(state: Chunk, b: u8) -> Chunk {
 fn size_done(n: usize) -> Chunk {
     // A zero-size chunk ends the body; the connection then closes (counted as dropped).
     if n == 0 {
-        Chunk::DataEnd(0)
+        Chunk::DataEnd
     } else {
         Chunk::Data(n)
     }
@@ -327,8 +327,16 @@ impl Marker {
     }
 
     pub fn find(data: &[u8]) -> Option<Marker> {
-        let at = data.windows(7).position(|w| w == b"bench\"")? + 6;
-        let rest = &data[at..];
+        // The key `"bench"` followed by a colon (a value "bench" elsewhere does not count).
+        let mut from = 0;
+        let rest = loop {
+            let at = from + data[from..].windows(7).position(|w| w == b"\"bench\"")? + 7;
+            let rest = data[at..].trim_ascii_start();
+            if rest.first() == Some(&b':') {
+                break rest;
+            }
+            from = at;
+        };
         let start = rest.iter().position(|&b| b != b':' && b != b' ' && b != b'"')?;
         let rest = &rest[start..];
         let end = rest.iter().position(|&b| b == b'"')?;
@@ -359,7 +367,7 @@ mod tests {
 
     #[test]
     fn parses_chunked_sse_byte_by_byte() {
-        let body = "retry: 1000\n\nevent: connected\ndata: {}\n\nevent: notification\nid: 1\ndata: {\"n\": {\"bench\": \"3.7.5.100\"}}\n\nevent: heartbeat\ndata: {}\n\n";
+        let body = "retry: 1000\n\nevent: connected\ndata: {}\n\nevent: notification\nid: 1\ndata: {\"title\": \"bench\", \"n\": {\"bench\": \"3.7.5.100\"}}\n\nevent: heartbeat\ndata: {}\n\n";
         let mut wire = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
         for part in body.as_bytes().chunks(13) {
             wire.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());

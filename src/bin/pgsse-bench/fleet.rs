@@ -58,7 +58,7 @@ impl Fleet {
         Ok(Fleet { workers, open: 0, concurrency: 64 })
     }
 
-    pub fn len(&self) -> usize {
+    pub fn workers(&self) -> usize {
         self.workers.len()
     }
 

@@ -218,7 +218,6 @@ log_min_messages = warning
 pub struct Postgres {
     pub proc: Proc,
     pub port: u16,
-    pub dir: PathBuf,
 }
 
 impl Postgres {
@@ -264,7 +263,7 @@ impl Postgres {
         }
         .start()
         .await?;
-        let pg = Postgres { proc, port, dir: dir.to_path_buf() };
+        let pg = Postgres { proc, port };
         let deadline = Instant::now() + Duration::from_secs(60);
         while tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls).await.is_err() {
             if Instant::now() > deadline {

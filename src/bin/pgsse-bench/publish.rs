@@ -129,11 +129,21 @@ impl Publisher {
                     (Publisher::Sql(c), Some(st), _) => {
                         c[l as usize].execute(st, &[&name, &marker]).await.map(|_| ()).map_err(Into::into)
                     }
-                    (Publisher::Http { .. }, _, Some(s)) => {
+                    (Publisher::Http { addr, .. }, _, Some(s)) => {
                         let body = format!(
                             "{{\"type\":\"created\",\"notification\":{{\"user_id\":\"{name}\",\"title\":\"bench\",\"metadata\":{{\"bench\":\"{marker}\"}}}}}}"
                         );
-                        match post(s, &mut buf, &format!("/pub/{name}"), &body).await {
+                        let path = format!("/pub/{name}");
+                        let mut r = post(s, &mut buf, &path, &body).await;
+                        if r.is_err() {
+                            // The server closed the keep-alive connection: reconnect once.
+                            if let Ok(fresh) = TcpStream::connect(addr).await {
+                                let _ = fresh.set_nodelay(true);
+                                *s = fresh;
+                                r = post(s, &mut buf, &path, &body).await;
+                            }
+                        }
+                        match r {
                             Ok(st) if st < 300 => Ok(()),
                             Ok(st) => Err(anyhow::anyhow!("status {st}")),
                             Err(e) => Err(e.into()),

@@ -32,6 +32,7 @@ pub struct Results {
     pub big: Option<Big>,
     pub variants: Vec<Variant>,
     pub heaptrack: Option<String>,
+    pub no_heartbeat: Option<Lat>,
     pub total_secs: f64,
 }
 
@@ -46,7 +47,7 @@ fn sh(cmd: &str) -> String {
 pub fn machine(pg_bin_version: String) -> Machine {
     Machine {
         date: sh("date -u '+%Y-%m-%d %H:%M UTC'"),
-        nproc: sh("nproc"),
+        nproc: sh("nproc --all"),
         cpu: sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-"),
         kernel: sh("uname -sr"),
         memory: sh("free -g | awk '/Mem:/ {print $2 \" GiB\"}'"),
@@ -125,8 +126,8 @@ pub fn markdown(r: &Results) -> String {
     if let Some(b) = &r.big {
         let _ = writeln!(
             o,
-            "| {} streams held over {} pgsse processes | - | - | yes: {:.2} KiB/stream, idle CPU {:.2}% of one core with {}s heartbeats |",
-            b.conns, b.replicas, b.per_conn_kib, b.idle_cpu_pct, 10
+            "| {} streams held over {} pgsse processes | - | - | yes: {:.2} KiB/stream, idle CPU {:.2}% of one core with 30 s heartbeats |",
+            b.conns, b.replicas, b.per_conn_kib, b.idle_cpu_pct
         );
     }
     o += "\npublish = SQL INSERT (autocommit) into the watched table for pgsse and Node; HTTP POST to nchan (no database).\n";
@@ -155,6 +156,11 @@ pub fn markdown(r: &Results) -> String {
             o += &lat_row(&s.system, l);
         }
     }
+    if let Some(l) = &r.no_heartbeat {
+        o += &lat_row("pgsse, heartbeat 1h", l);
+    }
+    o += "\nEach window is 30 s and so holds one heartbeat burst (pgsse, Node) / ping (nchan) to every stream; \
+          the last row is pgsse with heartbeats pushed out of the window.\n";
     let _ = writeln!(
         o,
         "\n### Broadcast fan-out (one event to every stream; {} runs each)\n",
@@ -207,7 +213,7 @@ pub fn markdown(r: &Results) -> String {
         );
         let _ = writeln!(
             o,
-            "- idle {} s with 10 s heartbeats: gateways used {:.2}% of one core in total ({} heartbeats received; load generators {:.1}%)",
+            "- idle {} s with the default 30 s heartbeats: gateways used {:.2}% of one core in total ({} heartbeats received; load generators {:.1}%)",
             b.idle_secs, b.idle_cpu_pct, b.heartbeats, b.loadgen_idle_cpu_pct
         );
         let _ = writeln!(
@@ -270,29 +276,34 @@ fn lat_row(name: &str, l: &Lat) -> String {
     )
 }
 
-/// Keeps heaptrack's peak section and totals, with long symbol lines shortened.
+/// Keeps heaptrack's totals and, for each peak consumer, its size and first frames that are
+/// not allocator plumbing.
 fn trim_heaptrack(h: &str) -> String {
+    let plumbing = ["alloc::", "_RNv", "RawVec", "raw_vec", "finish_grow", "__rust", "bytes::bytes_mut", "core::"];
     let mut out = Vec::new();
-    let mut keep = false;
+    let mut frames = 0;
     for line in h.lines() {
-        if line.starts_with("PEAK MEMORY CONSUMERS") {
-            keep = true;
-        }
-        if line.starts_with("total runtime") || line.starts_with("peak heap memory") || line.starts_with("peak RSS") {
-            out.push(line.to_string());
-            continue;
-        }
-        if keep && out.len() < 160 {
-            let mut l = line.to_string();
-            if l.len() > 160 {
-                let mut cut = 157;
+        let t = line.trim_start();
+        if t.starts_with("total runtime") || t.starts_with("peak heap memory") || t.starts_with("peak RSS") {
+            out.push(t.to_string());
+        } else if t.contains(" consumed over ") || t.contains(" peak memory consumed over ") {
+            out.push(t.to_string());
+            frames = 0;
+        } else if frames < 3 && !t.starts_with("at ") && !t.starts_with("in ") && !t.is_empty() {
+            if out.is_empty() || plumbing.iter().any(|p| t.starts_with(p)) {
+                continue;
+            }
+            let mut l = t.to_string();
+            if l.len() > 110 {
+                let mut cut = 107;
                 while !l.is_char_boundary(cut) {
                     cut -= 1;
                 }
                 l.truncate(cut);
                 l.push_str("...");
             }
-            out.push(l);
+            out.push(format!("    {l}"));
+            frames += 1;
         }
     }
     out.join("\n")

@@ -20,6 +20,8 @@ pub struct Env {
     pub nchan_conf: PathBuf,
     pub db_url: String,
     pub dir: PathBuf,
+    /// Where files worth keeping after the run go (the heaptrack profile).
+    pub keep_dir: PathBuf,
     /// `taskset -c` list for servers (None: no pinning).
     pub server_cpus: Option<String>,
 }
@@ -177,10 +179,6 @@ impl System {
 
     pub fn cpu_ticks(&self) -> u64 {
         self.measured.iter().filter_map(|p| procs::cpu_ticks(*p)).sum()
-    }
-
-    pub fn logs(&self) -> Vec<PathBuf> {
-        self.procs.iter().map(|p| p.log.clone()).collect()
     }
 
     pub async fn stop(self) {

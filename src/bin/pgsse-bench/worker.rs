@@ -9,7 +9,8 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use std::io::{BufRead, Write};
+use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio::task::AbortHandle;
 
@@ -71,15 +72,23 @@ pub fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     let state = Rc::new(RefCell::new(State { stats: SharedStats::default(), conns: BTreeMap::new() }));
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    let mut out = tokio::io::stdout();
-    while let Some(line) = lines.next_line().await? {
+    // Commands arrive rarely: a plain thread reads stdin so the runtime needs no io-std.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut out = std::io::stdout();
+    while let Some(line) = rx.recv().await {
         let cmd: Cmd = serde_json::from_str(&line)?;
         let reply = handle(cmd, &state).await;
         let mut text = serde_json::to_string(&reply)?;
         text.push('\n');
-        out.write_all(text.as_bytes()).await?;
-        out.flush().await?;
+        out.write_all(text.as_bytes())?;
+        out.flush()?;
     }
     Ok(())
 }
@@ -154,7 +163,7 @@ async fn connect(
         todo.push((i, user, src, client::request(kind, &name, &token)));
     }
     let started = Instant::now();
-    let permits = Rc::new(Semaphore::new(concurrency.max(1)));
+    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Result<(), String>>();
     let n = todo.len();
     for (i, user, src, req) in todo {

@@ -38,13 +38,14 @@ impl Plan {
             bcast_sizes: vec![18000, 10000],
             bcasts: 10,
             latency: vec![(10000, 1000), (2000, 500)],
-            latency_secs: 10.0,
+            // 30 s: every window holds exactly one 30 s heartbeat burst, as in production.
+            latency_secs: 30.0,
             ingest_conns: 2000,
             ingest_rates: vec![1000, 2000, 3000, 4000, 6000, 8000],
             ingest_secs: 5.0,
             big: 100_000,
             replicas: 6,
-            idle_secs: 30,
+            idle_secs: 60,
             variants: true,
             heaptrack_conns: 2000,
         }
@@ -142,6 +143,7 @@ pub struct Big {
     pub broadcast: Bcast,
     pub latency: Lat,
     pub dropped: u64,
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -372,9 +374,16 @@ pub async fn broadcasts(ctx: &mut Ctx, sys: &System, publisher: &Publisher, conn
 /// pgsse at `plan.big` streams over `plan.replicas` processes sharing one port.
 pub async fn big(ctx: &mut Ctx) -> anyhow::Result<Big> {
     let plan = ctx.plan.clone();
-    let opts = PgsseOpts { replicas: plan.replicas, heartbeat: Some("10s".into()), ..PgsseOpts::default() };
+    // The default 30 s heartbeat: the idle window sees two heartbeats on every stream.
+    let opts = PgsseOpts { replicas: plan.replicas, ..PgsseOpts::default() };
     let sys = start(ctx, Kind::Pgsse, &opts, "big").await?;
-    let mut r = Big { conns: plan.big, replicas: plan.replicas, rss0_kib: sys.rss_each(), ..Big::default() };
+    let mut r = Big {
+        conns: plan.big,
+        replicas: plan.replicas,
+        rss0_kib: sys.rss_each(),
+        workers: ctx.fleet.workers(),
+        ..Big::default()
+    };
     let c = ctx.fleet.grow(Kind::Pgsse, sys.addr, plan.big, 2).await?;
     check_connected(&c, "100k streams")?;
     r.connect_secs = c.secs;
@@ -401,6 +410,22 @@ pub async fn big(ctx: &mut Ctx) -> anyhow::Result<Big> {
     ctx.fleet.shrink(0).await?;
     sys.stop().await;
     Ok(r)
+}
+
+/// pgsse at `conns` streams and `rate` events/s with heartbeats pushed out of the window
+/// (`--heartbeat-interval 1h`): what the per-user path costs without the heartbeat burst.
+pub async fn without_heartbeats(ctx: &mut Ctx, conns: u64, rate: u64) -> anyhow::Result<Lat> {
+    let opts = PgsseOpts { replicas: 1, heartbeat: Some("1h".into()), ..PgsseOpts::default() };
+    let sys = start(ctx, Kind::Pgsse, &opts, "quiet").await?;
+    check_connected(&ctx.fleet.grow(Kind::Pgsse, sys.addr, conns, 2).await?, "streams without heartbeats")?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let publisher = ctx.publisher(Kind::Pgsse, 8).await?;
+    let secs = ctx.plan.latency_secs;
+    let l = latency(ctx, &sys, &publisher, conns, 2, rate, secs).await?;
+    eprintln!("  pgsse without heartbeats, {conns} streams at {rate}/s: p99 {:.2} ms", l.p99_ms);
+    ctx.fleet.shrink(0).await?;
+    sys.stop().await;
+    Ok(l)
 }
 
 /// pgsse's idle memory at 10k streams under other allocators / THP / log levels.
@@ -457,6 +482,8 @@ pub async fn heaptrack(ctx: &mut Ctx, conns: u64) -> anyhow::Result<String> {
         .map(|e| e.path())
         .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("heaptrack.pgsse")))
         .ok_or_else(|| anyhow::anyhow!("heaptrack wrote no file"))?;
+    let kept = ctx.env.keep_dir.join("pgsse-bench-heaptrack.zst");
+    let _ = std::fs::copy(&file, &kept);
     let o = std::process::Command::new("heaptrack_print")
         .arg("-f")
         .arg(&file)

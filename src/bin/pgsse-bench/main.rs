@@ -122,6 +122,7 @@ async fn all(args: AllArgs) -> anyhow::Result<()> {
         nchan_conf: systems::default_nchan_conf(&root),
         db_url,
         dir: dir.clone(),
+        keep_dir: root.join("target"),
         server_cpus,
     };
     let plan = match args.quick {
@@ -164,6 +165,11 @@ async fn all(args: AllArgs) -> anyhow::Result<()> {
         }
     }
     if with_pgsse && plan.variants && !args.skip_variants {
+        eprintln!("== pgsse without heartbeats");
+        match workloads::without_heartbeats(&mut ctx, 10_000, 1000).await {
+            Ok(l) => results.no_heartbeat = Some(l),
+            Err(e) => results.errors.push(format!("without heartbeats: {e:#}")),
+        }
         eprintln!("== pgsse memory variants");
         match workloads::variants(&mut ctx, 10_000).await {
             Ok(v) => results.variants = v,

@@ -1,0 +1,150 @@
+//! Unit tests of the hub.
+use super::*;
+use std::task::Waker;
+
+fn item(log_id: i64, s: &str) -> Item {
+    Item { log_id, tx: 0, bytes: Bytes::copy_from_slice(s.as_bytes()) }
+}
+
+fn hub(queue_bytes: usize) -> Arc<Hub> {
+    Arc::new(Hub::new(Limits { queue_bytes, max_connections: 0, max_per_user: 0 }, Metrics::default()))
+}
+
+fn sub(hub: &Arc<Hub>, user: &str) -> Subscription {
+    hub.subscribe(user.into(), None, None, Arc::new(Notify::new())).expect("room")
+}
+
+fn next(sub: &Subscription) -> Poll<Next> {
+    sub.poll_next(&mut Context::from_waker(Waker::noop()), |_: &Item| false)
+}
+
+fn data(p: Poll<Next>) -> String {
+    match p {
+        Poll::Ready(Next::Data(b)) => String::from_utf8(b.to_vec()).expect("utf8"),
+        other => panic!("expected data, got {other:?}"),
+    }
+}
+
+#[test]
+fn routes_by_user_and_broadcasts() {
+    let hub = hub(1024);
+    let a1 = sub(&hub, "a");
+    let a2 = sub(&hub, "a");
+    let b = sub(&hub, "b");
+    assert_eq!(hub.publish(Some("a"), &item(1, "x")), 2);
+    assert_eq!(hub.publish(Some("nobody"), &item(2, "y")), 0);
+    assert_eq!(hub.publish(None, &item(3, "z")), 3);
+    assert_eq!(data(next(&a1)), "xz");
+    assert_eq!(data(next(&a2)), "xz");
+    assert_eq!(data(next(&b)), "z");
+    assert!(next(&b).is_pending());
+}
+
+#[test]
+fn drop_unsubscribes_at_once() {
+    let hub = hub(1024);
+    let a = sub(&hub, "a");
+    let a2 = sub(&hub, "a");
+    assert_eq!(hub.connection_count(), 2);
+    drop(a);
+    assert_eq!(hub.user_connection_count("a"), 1);
+    drop(a2);
+    assert_eq!(hub.connection_count(), 0);
+    assert!(hub.metrics.encode().contains("pgsse_connections_closed_total{reason=\"client\"} 2"));
+}
+
+#[test]
+fn overflow_closes_only_the_slow_stream() {
+    let hub = hub(10);
+    let slow = sub(&hub, "a");
+    let fast = sub(&hub, "a");
+    for i in 0..5 {
+        hub.publish(Some("a"), &item(i + 1, "abcd"));
+        let _ = data(next(&fast));
+    }
+    assert!(matches!(next(&slow), Poll::Ready(Next::Closed(CloseReason::SlowClient))));
+    assert!(next(&fast).is_pending());
+    drop(slow);
+    assert_eq!(hub.metrics.slow_client_disconnects.get(), 1);
+}
+
+#[test]
+fn one_item_larger_than_the_limit_still_goes_to_an_empty_queue() {
+    let hub = hub(4);
+    let s = sub(&hub, "a");
+    hub.publish(Some("a"), &item(1, "0123456789"));
+    assert_eq!(data(next(&s)), "0123456789");
+}
+
+#[test]
+fn skip_filters_replayed_ids() {
+    let hub = hub(1024);
+    let s = sub(&hub, "a");
+    hub.publish(Some("a"), &item(1, "a"));
+    hub.publish(Some("a"), &item(2, "b"));
+    hub.publish(Some("a"), &item(0, "h"));
+    let p = s.poll_next(&mut Context::from_waker(Waker::noop()), |item| item.log_id == 1);
+    assert_eq!(data(p), "bh");
+}
+
+#[test]
+fn close_all_ends_streams_after_queued_data() {
+    let hub = hub(1024);
+    let s = sub(&hub, "a");
+    hub.publish(Some("a"), &item(1, "last"));
+    hub.close_all(None, CloseReason::Shutdown);
+    assert_eq!(data(next(&s)), "last");
+    assert!(matches!(next(&s), Poll::Ready(Next::Closed(CloseReason::Shutdown))));
+}
+
+#[test]
+fn limits_are_enforced_at_registration() {
+    let hub = Arc::new(Hub::new(Limits { queue_bytes: 64, max_connections: 3, max_per_user: 2 }, Metrics::default()));
+    let _a1 = sub(&hub, "a");
+    let a2 = sub(&hub, "a");
+    assert_eq!(hub.subscribe("a".into(), None, None, Arc::new(Notify::new())).err(), Some(Full::User));
+    let _b = sub(&hub, "b");
+    assert_eq!(hub.subscribe("c".into(), None, None, Arc::new(Notify::new())).err(), Some(Full::Gateway));
+    drop(a2);
+    assert!(hub.subscribe("c".into(), None, None, Arc::new(Notify::new())).is_ok());
+}
+
+#[test]
+fn expired_streams_get_the_notice_then_close() {
+    let hub = hub(1024);
+    let s = hub.subscribe("a".into(), Some(100), None, Arc::new(Notify::new())).expect("room");
+    let keep = hub.subscribe("a".into(), Some(200), None, Arc::new(Notify::new())).expect("room");
+    assert_eq!(hub.next_expiry(), Some(100));
+    assert_eq!(hub.expire(99, &item(0, "bye")), 0);
+    assert_eq!(hub.expire(150, &item(0, "bye")), 1);
+    assert_eq!(data(next(&s)), "bye");
+    assert!(matches!(next(&s), Poll::Ready(Next::Closed(CloseReason::AuthExpired))));
+    assert!(next(&keep).is_pending());
+    drop(keep);
+    assert_eq!(hub.next_expiry(), None, "a dropped stream leaves the expiry queue");
+}
+
+#[test]
+fn overflow_fires_the_abort_signal() {
+    let hub = hub(4);
+    let abort = Arc::new(Notify::new());
+    let _s = hub.subscribe("a".into(), None, None, abort.clone()).expect("room");
+    hub.publish(Some("a"), &item(1, "abcd"));
+    hub.publish(Some("a"), &item(2, "abcd"));
+    let fired = abort.notified();
+    tokio::pin!(fired);
+    assert!(fired.as_mut().enable(), "a permit was stored for the connection task");
+}
+
+#[test]
+fn revoking_a_session_closes_only_its_streams() {
+    let hub = hub(1024);
+    let s1 = hub.subscribe("a".into(), None, Some([1; 32]), Arc::new(Notify::new())).expect("room");
+    let s2 = hub.subscribe("a".into(), None, Some([2; 32]), Arc::new(Notify::new())).expect("room");
+    assert_eq!(hub.revoke_session(&[1; 32], &item(0, "bye")), 1);
+    assert_eq!(data(next(&s1)), "bye");
+    assert!(matches!(next(&s1), Poll::Ready(Next::Closed(CloseReason::AuthExpired))));
+    assert!(next(&s2).is_pending());
+    drop(s2);
+    assert_eq!(hub.revoke_session(&[2; 32], &item(0, "bye")), 0, "a closed stream left the index");
+}

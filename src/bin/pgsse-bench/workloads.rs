@@ -182,6 +182,20 @@ impl Ctx {
     }
 }
 
+/// Waits until the server is idle again (under 5% of a core over 500 ms, at most 15 s), so
+/// that work left over from opening or closing streams does not land in the next measurement.
+pub async fn quiesce(ctx: &Ctx, sys: &System) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let t0 = sys.cpu_ticks();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let busy = (sys.cpu_ticks() - t0) as f64 / ctx.hz / 0.5;
+        if busy < 0.05 || Instant::now() > deadline {
+            return;
+        }
+    }
+}
+
 pub async fn start(ctx: &mut Ctx, kind: Kind, opts: &PgsseOpts, label: &str) -> anyhow::Result<System> {
     let sys = match kind {
         Kind::Pgsse => System::pgsse(&ctx.env, opts, label).await?,
@@ -224,14 +238,14 @@ pub async fn system(ctx: &mut Ctx, kind: Kind) -> anyhow::Result<SystemResult> {
     let publisher = ctx.publisher(kind, 8).await?;
     for n in ctx.plan.bcast_sizes.clone() {
         ctx.fleet.shrink(n).await?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        quiesce(ctx, &sys).await;
         let b = broadcasts(ctx, &sys, &publisher, n).await?;
         eprintln!("  {}: broadcast to {n}: median {:.1} ms", kind.name(), b.median_ms);
         r.broadcasts.push(b);
     }
     for (n, rate) in ctx.plan.latency.clone() {
         ctx.fleet.shrink(n).await?;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        quiesce(ctx, &sys).await;
         let l = latency(ctx, &sys, &publisher, n, 2, rate, ctx.plan.latency_secs).await?;
         eprintln!("  {}: {n} streams at {rate}/s: p99 {:.2} ms, lost {}", kind.name(), l.p99_ms, l.lost);
         r.latency.push(l);
@@ -241,6 +255,7 @@ pub async fn system(ctx: &mut Ctx, kind: Kind) -> anyhow::Result<SystemResult> {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let n = ctx.plan.ingest_conns;
         check_connected(&ctx.fleet.grow(kind, sys.addr, n, 1).await?, "ingest streams")?;
+        quiesce(ctx, &sys).await;
         let fast = ctx.publisher(kind, 32).await?;
         let base = r.latency.last().map_or(1.0, |l| l.p99_ms).max(1.0);
         r.ingest_stop = "all rates sustained".into();
@@ -387,7 +402,7 @@ pub async fn big(ctx: &mut Ctx) -> anyhow::Result<Big> {
     let c = ctx.fleet.grow(Kind::Pgsse, sys.addr, plan.big, 2).await?;
     check_connected(&c, "100k streams")?;
     r.connect_secs = c.secs;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    quiesce(ctx, &sys).await;
     r.rss_kib = sys.rss_each();
     r.per_conn_kib =
         (r.rss_kib.iter().sum::<u64>().saturating_sub(r.rss0_kib.iter().sum::<u64>())) as f64 / plan.big as f64;
@@ -405,6 +420,7 @@ pub async fn big(ctx: &mut Ctx) -> anyhow::Result<Big> {
     let publisher = ctx.publisher(Kind::Pgsse, 8).await?;
     r.broadcast = broadcasts(ctx, &sys, &publisher, plan.big).await?;
     eprintln!("  broadcast to {}: median {:.1} ms", plan.big, r.broadcast.median_ms);
+    quiesce(ctx, &sys).await;
     r.latency = latency(ctx, &sys, &publisher, plan.big, 2, 1000, plan.latency_secs).await?;
     r.dropped = ctx.fleet.stats().await?.0.dropped;
     ctx.fleet.shrink(0).await?;
@@ -418,7 +434,7 @@ pub async fn without_heartbeats(ctx: &mut Ctx, conns: u64, rate: u64) -> anyhow:
     let opts = PgsseOpts { replicas: 1, heartbeat: Some("1h".into()), ..PgsseOpts::default() };
     let sys = start(ctx, Kind::Pgsse, &opts, "quiet").await?;
     check_connected(&ctx.fleet.grow(Kind::Pgsse, sys.addr, conns, 2).await?, "streams without heartbeats")?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    quiesce(ctx, &sys).await;
     let publisher = ctx.publisher(Kind::Pgsse, 8).await?;
     let secs = ctx.plan.latency_secs;
     let l = latency(ctx, &sys, &publisher, conns, 2, rate, secs).await?;

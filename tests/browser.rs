@@ -99,18 +99,7 @@ impl Script {
 /// Reads the demo's stdout until its banner is complete; returns (page URL, whole banner).
 async fn demo_banner(child: &mut Child) -> (String, String) {
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut banner = String::new();
-    let read = async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            banner.push_str(&line);
-            banner.push('\n');
-            if line.starts_with("Press Ctrl-C") {
-                return true;
-            }
-        }
-        false
-    };
-    let complete = tokio::time::timeout(Duration::from_secs(60), read).await.unwrap_or(false);
+    let (complete, banner) = gateway::read_until_line(&mut lines, "Press Ctrl-C", Duration::from_secs(60)).await;
     assert!(complete, "the demo did not print its banner:\n{banner}");
     // Keep draining stdout so the demo never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });

@@ -44,18 +44,7 @@ impl Demo {
             .spawn()
             .expect("spawn pgsse demo");
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let mut banner = String::new();
-        let read = async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                banner.push_str(&line);
-                banner.push('\n');
-                if line.starts_with("Press Ctrl-C") {
-                    return true;
-                }
-            }
-            false
-        };
-        let complete = tokio::time::timeout(Duration::from_secs(90), read).await.unwrap_or(false);
+        let (complete, banner) = gateway::read_until_line(&mut lines, "Press Ctrl-C", Duration::from_secs(90)).await;
         assert!(complete, "no complete banner:\n{banner}");
         // The rest of stdout (the goodbye line) is collected by `stop`.
         let rest = tokio::spawn(async move {

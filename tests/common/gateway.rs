@@ -219,3 +219,25 @@ impl GatewayProcess {
         tokio::time::timeout(timeout, self.child.wait()).await.ok()?.ok()
     }
 }
+
+/// Reads lines until one starts with `prefix` (e.g. the end of `pgsse demo`'s banner); returns
+/// whether it came within `timeout`, and everything read.
+pub async fn read_until_line<R: tokio::io::AsyncBufRead + Unpin>(
+    lines: &mut tokio::io::Lines<R>,
+    prefix: &str,
+    timeout: Duration,
+) -> (bool, String) {
+    let mut text = String::new();
+    let read = async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            text.push_str(&line);
+            text.push('\n');
+            if line.starts_with(prefix) {
+                return true;
+            }
+        }
+        false
+    };
+    let found = tokio::time::timeout(timeout, read).await.unwrap_or(false);
+    (found, text)
+}

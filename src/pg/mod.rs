@@ -22,7 +22,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum PgError {
     #[error("invalid database URL: {0}")]
     Url(String),
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", describe(.0))]
     Db(#[from] tokio_postgres::Error),
     #[error("connection pool: {0}")]
     Pool(String),
@@ -30,6 +30,14 @@ pub enum PgError {
     Protocol(String),
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+}
+
+/// `db error` alone says nothing: add the server's message (or the I/O cause) behind it.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
 }
 
 /// Parses and completes a connection URL: sets `application_name` and a connect timeout unless

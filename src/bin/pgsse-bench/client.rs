@@ -105,12 +105,7 @@ pub async fn open(
 
 /// Reads until the connection ends; counts it as dropped unless it is aborted first.
 pub async fn live(mut stream: TcpStream, mut p: Parser, stats: SharedStats) {
-    loop {
-        match read_some(&mut stream, &mut p, &stats).await {
-            Ok(true) => {}
-            _ => break,
-        }
-    }
+    while let Ok(true) = read_some(&mut stream, &mut p, &stats).await {}
     stats.borrow_mut().dropped += 1;
 }
 

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod extras;
 mod fleet;
 mod procs;
 mod publish;
@@ -36,6 +37,13 @@ enum Cmd {
     All(AllArgs),
     /// A load-generator process (JSON commands on stdin); started by `all`.
     Worker,
+    /// Re-render the Markdown of a saved `--json` result into a report file.
+    Report {
+        /// A results file written by `all --json`.
+        json: PathBuf,
+        /// The Markdown file whose results section is replaced.
+        report: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -79,6 +87,11 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Worker => worker::main(),
+        Cmd::Report { json, report } => {
+            let r: report::Results = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
+            report::write_into(&report, &report::markdown(&r))?;
+            Ok(())
+        }
         Cmd::All(args) => {
             let _ = rlimit::increase_nofile_limit(u64::MAX);
             if !args.no_pin {
@@ -166,18 +179,18 @@ async fn all(args: AllArgs) -> anyhow::Result<()> {
     }
     if with_pgsse && plan.variants && !args.skip_variants {
         eprintln!("== pgsse without heartbeats");
-        match workloads::without_heartbeats(&mut ctx, 10_000, 1000).await {
+        match extras::without_heartbeats(&mut ctx, 10_000, 1000).await {
             Ok(l) => results.no_heartbeat = Some(l),
             Err(e) => results.errors.push(format!("without heartbeats: {e:#}")),
         }
         eprintln!("== pgsse memory variants");
-        match workloads::variants(&mut ctx, 10_000).await {
+        match extras::variants(&mut ctx, 10_000).await {
             Ok(v) => results.variants = v,
             Err(e) => results.errors.push(format!("variants: {e:#}")),
         }
         if plan.heaptrack_conns > 0 && which("heaptrack") {
             eprintln!("== pgsse under heaptrack");
-            match workloads::heaptrack(&mut ctx, plan.heaptrack_conns).await {
+            match extras::heaptrack(&mut ctx, plan.heaptrack_conns).await {
                 Ok(h) => results.heaptrack = Some(h),
                 Err(e) => results.errors.push(format!("heaptrack: {e:#}")),
             }

@@ -133,6 +133,11 @@ pub fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
+/// System (kernel) CPU ticks only.
+pub fn sys_ticks(pid: u32) -> Option<u64> {
+    stat_fields(pid)?.1.get(12)?.parse().ok()
+}
+
 pub fn clock_ticks_per_sec() -> f64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")

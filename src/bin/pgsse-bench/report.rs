@@ -4,14 +4,14 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::workloads::{Big, Lat, Plan, SystemResult, Variant};
 
 pub const BEGIN: &str = "<!-- results:begin (written by pgsse-bench; do not edit by hand) -->";
 pub const END: &str = "<!-- results:end -->";
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Machine {
     pub date: String,
     pub nproc: String,
@@ -22,7 +22,7 @@ pub struct Machine {
     pub versions: Vec<(String, String)>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Results {
     pub command: String,
     pub machine: Machine,
@@ -166,18 +166,19 @@ pub fn markdown(r: &Results) -> String {
         "\n### Broadcast fan-out (one event to every stream; {} runs each)\n",
         r.plan.as_ref().map_or(0, |p| p.bcasts)
     );
-    o += "| system | streams | median to last delivery | max | server CPU per delivery | deliveries/s per core |\n|---|---|---|---|---|---|\n";
+    o += "| system | streams | median to last delivery | max | server CPU per delivery | of which kernel | deliveries/s per core |\n|---|---|---|---|---|---|---|\n";
     for s in &r.systems {
         for b in &s.broadcasts {
             let _ = writeln!(
                 o,
-                "| {} | {} | {:.1} ms | {:.1} ms{} | {:.2} µs | {:.0} |",
+                "| {} | {} | {:.1} ms | {:.1} ms{} | {:.2} µs | {:.0}% | {:.0} |",
                 s.system,
                 b.conns,
                 b.median_ms,
                 b.max_ms,
                 if b.incomplete > 0 { format!(" ({} incomplete)", b.incomplete) } else { String::new() },
                 b.cpu_us_per_delivery,
+                100.0 * b.kernel_share,
                 b.deliveries_per_core_sec
             );
         }
@@ -196,9 +197,7 @@ pub fn markdown(r: &Results) -> String {
         let _ = writeln!(
             o,
             "\n### {} streams over {} pgsse processes (SO_REUSEPORT), {} load processes\n",
-            b.conns,
-            b.replicas,
-            r.plan.as_ref().map_or(0, |_| 0).max(0)
+            b.conns, b.replicas, b.workers
         );
         let _ = writeln!(
             o,
@@ -218,8 +217,13 @@ pub fn markdown(r: &Results) -> String {
         );
         let _ = writeln!(
             o,
-            "- broadcast to all {}: median {:.1} ms, max {:.1} ms to the last delivery ({} incomplete); {:.2} µs CPU per delivery",
-            b.conns, b.broadcast.median_ms, b.broadcast.max_ms, b.broadcast.incomplete, b.broadcast.cpu_us_per_delivery
+            "- broadcast to all {}: median {:.1} ms, max {:.1} ms to the last delivery ({} incomplete); {:.2} µs CPU per delivery, {:.0}% of it in the kernel",
+            b.conns,
+            b.broadcast.median_ms,
+            b.broadcast.max_ms,
+            b.broadcast.incomplete,
+            b.broadcast.cpu_us_per_delivery,
+            100.0 * b.broadcast.kernel_share
         );
         o += &format!("\n{LAT_HEAD}");
         o += &lat_row("pgsse x6", &b.latency);
@@ -246,6 +250,7 @@ pub fn markdown(r: &Results) -> String {
             "\n### heaptrack: pgsse's heap at its peak ({} idle streams)\n",
             r.plan.as_ref().map_or(0, |p| p.heaptrack_conns)
         );
+        o += "heaptrack's units are decimal (K = 10^3, M = 10^6 bytes); frames are the first non-allocator ones.\n\n";
         o += "```text\n";
         o += &trim_heaptrack(h);
         o += "\n```\n";

@@ -181,6 +181,10 @@ impl System {
         self.measured.iter().filter_map(|p| procs::cpu_ticks(*p)).sum()
     }
 
+    pub fn sys_ticks(&self) -> u64 {
+        self.measured.iter().filter_map(|p| procs::sys_ticks(*p)).sum()
+    }
+
     pub async fn stop(self) {
         // Under a wrapper (heaptrack) pgsse itself gets the signal so it exits normally.
         if self.kind == Kind::Pgsse {

@@ -78,11 +78,11 @@ async fn bulk_mark_all_as_read_is_one_notify_and_a_thousand_events() {
     tokio::spawn(async move {
         while let Some(Ok(m)) = std::future::poll_fn(|cx| conn.poll_message(cx)).await.map(Some).unwrap_or(None) {
             if let tokio_postgres::AsyncMessage::Notification(n) = m {
-                let _ = tx.send(n.payload().to_string());
+                let _ = tx.send((n.channel().to_string(), n.payload().to_string()));
             }
         }
     });
-    client.batch_execute("LISTEN pgsse").await.expect("listen");
+    client.batch_execute("LISTEN pgsse; LISTEN fence").await.expect("listen");
     exec(&db, "UPDATE notifications SET read = true WHERE user_id = 'bulk' AND NOT read").await;
 
     let events = s.collect("notification", 1000, Duration::from_secs(30)).await;
@@ -96,9 +96,14 @@ async fn bulk_mark_all_as_read_is_one_notify_and_a_thousand_events() {
         })
         .collect();
     assert_eq!(ids.len(), 1000, "every row exactly once");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A fence: notifications arrive in commit order, so once it is here every earlier one is.
+    exec(&db, "NOTIFY fence").await;
     let mut event_notifies = 0;
-    while let Ok(p) = rx.try_recv() {
+    loop {
+        let (channel, p) = tokio::time::timeout(T, rx.recv()).await.expect("fence in time").expect("listener");
+        if channel == "fence" {
+            break;
+        }
         // Payloads are <64 hex chars of HMAC><json>; markers are {"m":...}.
         if !p.get(64..).is_some_and(|j| j.starts_with("{\"m\"")) {
             event_notifies += 1;

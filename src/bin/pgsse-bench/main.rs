@@ -232,19 +232,8 @@ async fn setup_db(pg: &procs::Postgres, pgsse_bin: &std::path::Path) -> anyhow::
     anyhow::ensure!(out.status.success(), "pgsse sql install failed: {}", String::from_utf8_lossy(&out.stderr));
     let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
-    c.batch_execute(
-        "CREATE TABLE notifications (
-            id serial PRIMARY KEY,
-            user_id text NOT NULL,
-            type text NOT NULL DEFAULT 'info',
-            title text NOT NULL DEFAULT '',
-            message text NOT NULL DEFAULT '',
-            read boolean NOT NULL DEFAULT false,
-            metadata jsonb,
-            created_at timestamptz NOT NULL DEFAULT now()
-        );
-        SELECT pgsse.watch('notifications', 'user_id');",
-    )
-    .await?;
+    // The table `pgsse demo` creates, watched the same way.
+    c.batch_execute(pgsse::pg::demo::CREATE_TABLE_SQL).await?;
+    c.batch_execute("SELECT pgsse.watch('notifications', 'user_id')").await?;
     Ok(url)
 }

@@ -112,15 +112,6 @@ pub fn retry(ms: u64) -> Bytes {
     Bytes::from(format!("retry: {ms}\n\n"))
 }
 
-/// A comment line: ignored by clients, used to keep proxies from timing out a quiet stream.
-pub fn comment(text: &str) -> Bytes {
-    let mut out = BytesMut::with_capacity(text.len() + 4);
-    out.put_slice(b": ");
-    put_field_value(&mut out, text);
-    out.put_slice(b"\n\n");
-    out.freeze()
-}
-
 /// The event a stream gets just before it is closed because its credential is no longer valid
 /// (`token_expired`, `session_expired`, `session_revoked`): the client reconnects with a fresh one.
 /// No `id:`, so the client's resume position is kept.
@@ -264,12 +255,5 @@ mod tests {
             assert_eq!(EventId::parse(bad), Err(BadEventId::Malformed), "{bad}");
         }
         assert_eq!(EventId::parse(&"9".repeat(65)), Err(BadEventId::TooLong { max: 64 }));
-    }
-
-    #[test]
-    fn comments_are_ignored_by_parsers() {
-        let b = comment("keep\nalive");
-        assert_eq!(&b[..], b": keepalive\n\n");
-        assert!(parse(std::str::from_utf8(&b).expect("utf8")).is_empty());
     }
 }

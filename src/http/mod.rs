@@ -145,7 +145,7 @@ async fn drain_streams(hub: Arc<Hub>, period: Duration) {
         done = due.min(n);
     }
     // Streams opened while draining were refused, but close any straggler too.
-    hub.close_all(None, CloseReason::Shutdown);
+    hub.close_all(CloseReason::Shutdown);
 }
 
 async fn route(req: Request<Incoming>, shared: &Shared, peer: SocketAddr, abort: Arc<Notify>) -> Response<Body> {

@@ -16,9 +16,6 @@ use tokio::sync::Notify;
 use crate::auth::session::SessionKey;
 use crate::metrics::Metrics;
 
-/// Default bound on bytes queued for one stream before it is closed as too slow.
-pub const DEFAULT_QUEUE_BYTES: usize = 1024 * 1024;
-
 /// One encoded event on its way to a stream. `log_id` and `tx` are the event's
 /// `pgsse.events.id` and transaction (0 for what is not in the log, such as heartbeats), so a
 /// resuming stream can skip what its replay or its earlier connection already delivered.
@@ -277,23 +274,14 @@ impl Hub {
         n
     }
 
-    /// Closes every stream (shutdown), or only `user`'s streams.
-    pub fn close_all(&self, user: Option<&str>, reason: CloseReason) {
-        let users = self.users();
-        match user {
-            Some(u) => users.get(u).into_iter().flatten().for_each(|c| c.close(reason)),
-            None => users.values().flatten().for_each(|c| c.close(reason)),
-        }
+    /// Closes every stream (shutdown).
+    pub fn close_all(&self, reason: CloseReason) {
+        self.users().values().flatten().for_each(|c| c.close(reason));
     }
 
     /// Open streams right now.
     pub fn connection_count(&self) -> usize {
         self.count.load(Ordering::Relaxed)
-    }
-
-    /// Open streams of one user.
-    pub fn user_connection_count(&self, user: &str) -> usize {
-        self.users().get(user).map_or(0, Vec::len)
     }
 
     fn remove(&self, conn: &Arc<Conn>, expires_at: Option<u64>, session: Option<SessionKey>) {
@@ -350,20 +338,6 @@ pub enum Next {
 impl Subscription {
     pub fn id(&self) -> u64 {
         self.conn.id
-    }
-
-    pub fn user(&self) -> &Arc<str> {
-        &self.conn.user
-    }
-
-    /// Closes this stream from outside the hub (e.g. its token expired).
-    pub fn close(&self, reason: CloseReason) {
-        self.conn.close(reason);
-    }
-
-    /// Queues bytes on this stream only (e.g. a drain notice), regardless of the byte bound.
-    pub fn push(&self, item: &Item) {
-        self.conn.push(item, usize::MAX);
     }
 
     /// Takes everything queued, skipping log events that `skip` says were already sent.

@@ -42,11 +42,22 @@ async fn sigterm_drains_streams_spread_out_and_exits_zero() {
     assert_eq!(c.status, 503, "new streams are refused while draining");
     assert!(c.header("retry-after").is_some());
 
+    // Watch every stream at once, so each close is timed when it happens.
+    let watchers: Vec<_> = streams
+        .into_iter()
+        .map(|mut s| {
+            tokio::spawn(async move {
+                let closed = s.wait_closed(Duration::from_secs(5)).await;
+                (closed, term_at.elapsed(), s.retry())
+            })
+        })
+        .collect();
     let mut closed_at = Vec::new();
-    for s in &mut streams {
-        assert!(s.wait_closed(Duration::from_secs(5)).await, "every stream is closed by the drain");
-        closed_at.push(term_at.elapsed());
-        let retry = s.retry().expect("a retry: before closing");
+    for w in watchers {
+        let (closed, at, retry) = w.await.expect("watcher");
+        assert!(closed, "every stream is closed by the drain");
+        closed_at.push(at);
+        let retry = retry.expect("a retry: before closing");
         assert!((1000..5000).contains(&retry), "jittered retry {retry}");
     }
     let status = exit.await.expect("join").expect("exited within the shutdown timeout");

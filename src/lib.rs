@@ -26,7 +26,6 @@ pub mod pg;
 pub mod sse;
 
 use std::future::Future;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -99,7 +98,7 @@ pub async fn run_with(
         }
         tokio::spawn(http::serve_metrics(l, metrics.clone(), stop.clone()));
     }
-    let draining = AtomicBool::new(false);
+    let draining = CancellationToken::new();
     let shared = Arc::new(http::Shared { config, hub, source: source_state, pool, metrics, sessions, draining, extra });
     http::serve(listener, shared, shutdown).await;
     stop.cancel();

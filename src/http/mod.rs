@@ -1,6 +1,8 @@
 //! HTTP: accepts connections, routes requests (stream, health, readiness) and drains on shutdown.
 
 mod cors;
+mod front;
+mod pump;
 mod stream;
 
 pub use stream::heartbeat;
@@ -9,7 +11,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -42,7 +43,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Session lookups for cookie authentication (`--auth better-auth`).
     pub sessions: Option<Arc<crate::pg::sessions::SessionStore>>,
-    pub draining: AtomicBool,
+    /// Cancelled when the drain starts: streams are refused and idle connections closed.
+    pub draining: CancellationToken,
     /// Routes served besides the gateway's own (the demo's page and endpoints); never set by `serve`.
     pub extra: Option<Arc<dyn ExtraRoutes>>,
 }
@@ -57,13 +59,10 @@ pub trait ExtraRoutes: Send + Sync + 'static {
 /// refused, open streams closed spread over the drain period) and waits for connections to end,
 /// all within the shutdown timeout.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
+    // Every connection task holds a watcher, so shutdown waits for streams and hyper's
+    // connections alike; hyper's are also told to finish after their current request.
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(shared.config.header_read_timeout)
-        .max_buf_size(shared.config.max_header_bytes)
-        .writev(false);
+    let hyper_conn = Arc::new(HyperConn::new(&shared.config));
     let started_drain = tokio::sync::OnceCell::new();
     let mut drain: Option<tokio::task::JoinHandle<()>> = None;
     tokio::pin!(shutdown);
@@ -71,7 +70,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
         let (socket, peer) = tokio::select! {
             _ = &mut shutdown, if drain.is_none() => {
                 let _ = started_drain.set(Instant::now());
-                shared.draining.store(true, Ordering::Release);
+                shared.draining.cancel();
                 tracing::info!(streams = shared.hub.connection_count(), period = ?shared.config.drain_period, "draining");
                 drain = Some(tokio::spawn(drain_streams(shared.hub.clone(), shared.config.drain_period)));
                 continue;
@@ -88,37 +87,61 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
             },
         };
         let _ = socket.set_nodelay(true);
-        let abort = Arc::new(Notify::new());
         let span = tracing::info_span!("conn", %peer, client = Empty, user = Empty, stream = Empty);
-        let service = {
-            let (shared, abort) = (shared.clone(), abort.clone());
-            hyper::service::service_fn(move |req| {
-                let (shared, abort) = (shared.clone(), abort.clone());
-                // Boxed: hyper keeps the service future's slot for the connection's whole life, and
-                // unboxed it is as large as `route` (about 4 KiB per idle stream, measured).
-                let fut: Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>> =
-                    Box::pin(async move { Ok::<_, Infallible>(route(req, &shared, peer, abort).await) });
-                fut
-            })
-        };
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(socket), service));
-        tokio::spawn(
-            async move {
-                tokio::select! {
-                    r = conn => if let Err(e) = r {
-                        // Peers hanging up mid-stream is normal life for SSE.
-                        tracing::debug!(error = %e, "connection ended");
-                    },
-                    _ = abort.notified() => tracing::debug!("connection cut: client not reading"),
-                }
-            }
-            .instrument(span),
-        );
+        let conn = front::serve(socket, peer, shared.clone(), hyper_conn.clone(), graceful.watcher());
+        tokio::spawn(conn.instrument(span));
     }
     let spent = started_drain.get().map_or(Duration::ZERO, Instant::elapsed);
     let left = shared.config.shutdown_timeout.saturating_sub(spent);
     if tokio::time::timeout(left, graceful.shutdown()).await.is_err() {
         tracing::warn!(timeout = ?shared.config.shutdown_timeout, "shutdown timeout reached; cutting remaining connections");
+    }
+}
+
+/// Serves connections with hyper from wherever the front left them: every request that is not
+/// a plain stream GET (health, readiness, preflight, the demo's routes), and all later requests
+/// on that connection, streams included.
+pub(crate) struct HyperConn {
+    builder: hyper::server::conn::http1::Builder,
+}
+
+impl HyperConn {
+    fn new(config: &Config) -> Self {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.header_read_timeout)
+            .max_buf_size(config.max_header_bytes.max(8192))
+            .writev(false);
+        Self { builder }
+    }
+
+    async fn serve(
+        &self,
+        io: TokioIo<front::Rewound>,
+        peer: SocketAddr,
+        shared: Arc<Shared>,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) {
+        let abort = Arc::new(Notify::new());
+        let service = {
+            let abort = abort.clone();
+            hyper::service::service_fn(move |req| {
+                let (shared, abort) = (shared.clone(), abort.clone());
+                // Boxed: hyper keeps the service future's slot for the connection's whole life.
+                let fut: Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>> =
+                    Box::pin(async move { Ok::<_, Infallible>(route(req, &shared, peer, abort).await) });
+                fut
+            })
+        };
+        let conn = watcher.watch(self.builder.serve_connection(io, service));
+        tokio::select! {
+            r = conn => if let Err(e) = r {
+                // Peers hanging up mid-stream is normal life for SSE.
+                tracing::debug!(error = %e, "connection ended");
+            },
+            _ = abort.notified() => tracing::debug!("connection cut: client not reading"),
+        }
     }
 }
 
@@ -154,14 +177,8 @@ async fn route(req: Request<Incoming>, shared: &Shared, peer: SocketAddr, abort:
         return extra.call(req).await;
     }
     if path == shared.config.path {
-        let origin = cors::allowed_origin(&shared.config, req.headers());
-        let mut resp = match *req.method() {
-            Method::GET => stream::open(req, shared, peer, abort).await,
-            Method::OPTIONS => cors::preflight(&shared.config, req.headers(), origin.is_some()),
-            _ => method_not_allowed("GET, OPTIONS"),
-        };
-        cors::decorate(&shared.config, &mut resp, origin);
-        return resp;
+        let (parts, _body) = req.into_parts();
+        return stream_endpoint(Request::from_parts(parts, ()), shared, peer, Some(abort)).await;
     }
     match path {
         "/healthz" => match *req.method() {
@@ -174,6 +191,23 @@ async fn route(req: Request<Incoming>, shared: &Shared, peer: SocketAddr, abort:
         },
         _ => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
     }
+}
+
+/// The stream path: GET opens a stream, OPTIONS answers a CORS preflight.
+async fn stream_endpoint(
+    req: Request<()>,
+    shared: &Shared,
+    peer: SocketAddr,
+    abort: Option<Arc<Notify>>,
+) -> Response<Body> {
+    let origin = cors::allowed_origin(&shared.config, req.headers());
+    let mut resp = match *req.method() {
+        Method::GET => stream::open(req, shared, peer, abort).await,
+        Method::OPTIONS => cors::preflight(&shared.config, req.headers(), origin.is_some()),
+        _ => method_not_allowed("GET, OPTIONS"),
+    };
+    cors::decorate(&shared.config, &mut resp, origin);
+    resp
 }
 
 /// Serves `/metrics` (Prometheus text) on its own listener until `stop`.
@@ -205,7 +239,7 @@ pub async fn serve_metrics(listener: TcpListener, metrics: Metrics, stop: Cancel
 
 fn readiness(shared: &Shared) -> Response<Body> {
     let listening = shared.source.is_ready();
-    let draining = shared.draining.load(Ordering::Acquire);
+    let draining = shared.draining.is_cancelled();
     let ready = listening && !draining;
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     json(

@@ -7,7 +7,6 @@ use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Request, Response, StatusCode};
 use tokio::sync::Notify;
@@ -41,9 +40,21 @@ pub struct StreamBody {
 }
 
 impl StreamBody {
+    /// Ready when the hub cut this stream because its client stopped reading.
+    pub(super) fn poll_cut(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.sub.poll_cut(cx)
+    }
+
     pub(super) fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
-        if let Some(b) = self.preamble.pop_front() {
-            return Poll::Ready(Some(b));
+        if !self.preamble.is_empty() {
+            // One write for the whole preamble, and its queue's buffer freed for the stream's life.
+            let mut all = std::mem::take(&mut self.preamble);
+            if all.len() == 1 {
+                return Poll::Ready(all.pop_front());
+            }
+            let mut joined = bytes::BytesMut::with_capacity(all.iter().map(Bytes::len).sum());
+            all.iter().for_each(|b| joined.extend_from_slice(b));
+            return Poll::Ready(Some(joined.freeze()));
         }
         let (replayed, below) = (&mut self.replayed, self.resumed_from);
         match self.sub.poll_next(cx, |item| item.tx < below || (!replayed.is_empty() && replayed.remove(&item.log_id)))
@@ -58,11 +69,13 @@ impl StreamBody {
     }
 }
 
+/// Opens a stream for `req` (a GET on the stream path; its body, if any, is not read). `abort` is
+/// fired when the hub cuts a client that stopped reading (hyper-written streams only).
 pub(super) async fn open(
-    req: Request<Incoming>,
+    req: Request<()>,
     shared: &Shared,
     peer: SocketAddr,
-    abort: Arc<Notify>,
+    abort: Option<Arc<Notify>>,
 ) -> Response<Body> {
     let span = tracing::Span::current();
     if shared.config.trust_proxy {
@@ -83,7 +96,7 @@ pub(super) async fn open(
         }
     };
     span.record("user", &*identity.user_id);
-    if shared.draining.load(std::sync::atomic::Ordering::Acquire) {
+    if shared.draining.is_cancelled() {
         shared.metrics.refused("draining");
         return unavailable("draining", "the gateway is shutting down; retry", 1);
     }
@@ -199,7 +212,7 @@ enum Refusal {
 /// Picks the method the request uses: a Bearer header means JWT; otherwise the session cookie
 /// when cookie authentication is on and the cookie is present; otherwise a JWT from the token
 /// cookie or query parameter.
-async fn authenticate(shared: &Shared, req: &Request<Incoming>) -> Result<Identity, Refusal> {
+async fn authenticate(shared: &Shared, req: &Request<()>) -> Result<Identity, Refusal> {
     let headers = req.headers();
     let jwt = shared.config.jwt.as_deref();
     if let (Some(cookie), Some(store), false) = (

@@ -85,8 +85,9 @@ pub struct Conn {
     user: Arc<str>,
     queue: Mutex<Queue>,
     /// Fired when the connection must be cut at once (its client stopped reading, so a graceful
-    /// end would never be written).
-    abort: Arc<Notify>,
+    /// end would never be written). Streams written by their own task watch the queue instead
+    /// (`Subscription::poll_cut`) and pass `None`.
+    abort: Option<Arc<Notify>>,
 }
 
 impl Conn {
@@ -106,7 +107,9 @@ impl Conn {
             q.items.clear();
             q.bytes = 0;
             q.closed = Some(CloseReason::SlowClient);
-            self.abort.notify_one();
+            if let Some(abort) = &self.abort {
+                abort.notify_one();
+            }
         } else {
             q.bytes += item.bytes.len();
             q.items.push_back(item.clone());
@@ -174,7 +177,7 @@ impl Hub {
         user: Arc<str>,
         expires_at: Option<u64>,
         session: Option<SessionKey>,
-        abort: Arc<Notify>,
+        abort: Option<Arc<Notify>>,
     ) -> Result<Subscription, Full> {
         let conn = Arc::new(Conn {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -370,11 +373,26 @@ impl Subscription {
         if let Some(reason) = q.closed {
             return Poll::Ready(Next::Closed(reason));
         }
+        Self::register(&mut q, cx);
+        Poll::Pending
+    }
+
+    /// Ready once the hub has cut this stream because its client stopped reading; polled while
+    /// a write to that client is pending, so the write is abandoned instead of awaited.
+    pub fn poll_cut(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut q = self.conn.lock();
+        if q.closed == Some(CloseReason::SlowClient) {
+            return Poll::Ready(());
+        }
+        Self::register(&mut q, cx);
+        Poll::Pending
+    }
+
+    fn register(q: &mut Queue, cx: &mut Context<'_>) {
         match &q.waker {
             Some(w) if w.will_wake(cx.waker()) => {}
             _ => q.waker = Some(cx.waker().clone()),
         }
-        Poll::Pending
     }
 }
 

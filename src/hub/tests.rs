@@ -11,7 +11,7 @@ fn hub(queue_bytes: usize) -> Arc<Hub> {
 }
 
 fn sub(hub: &Arc<Hub>, user: &str) -> Subscription {
-    hub.subscribe(user.into(), None, None, Arc::new(Notify::new())).expect("room")
+    hub.subscribe(user.into(), None, None, None).expect("room")
 }
 
 fn next(sub: &Subscription) -> Poll<Next> {
@@ -102,18 +102,18 @@ fn limits_are_enforced_at_registration() {
     let hub = Arc::new(Hub::new(Limits { queue_bytes: 64, max_connections: 3, max_per_user: 2 }, Metrics::default()));
     let _a1 = sub(&hub, "a");
     let a2 = sub(&hub, "a");
-    assert_eq!(hub.subscribe("a".into(), None, None, Arc::new(Notify::new())).err(), Some(Full::User));
+    assert_eq!(hub.subscribe("a".into(), None, None, None).err(), Some(Full::User));
     let _b = sub(&hub, "b");
-    assert_eq!(hub.subscribe("c".into(), None, None, Arc::new(Notify::new())).err(), Some(Full::Gateway));
+    assert_eq!(hub.subscribe("c".into(), None, None, None).err(), Some(Full::Gateway));
     drop(a2);
-    assert!(hub.subscribe("c".into(), None, None, Arc::new(Notify::new())).is_ok());
+    assert!(hub.subscribe("c".into(), None, None, None).is_ok());
 }
 
 #[test]
 fn expired_streams_get_the_notice_then_close() {
     let hub = hub(1024);
-    let s = hub.subscribe("a".into(), Some(100), None, Arc::new(Notify::new())).expect("room");
-    let keep = hub.subscribe("a".into(), Some(200), None, Arc::new(Notify::new())).expect("room");
+    let s = hub.subscribe("a".into(), Some(100), None, None).expect("room");
+    let keep = hub.subscribe("a".into(), Some(200), None, None).expect("room");
     assert_eq!(hub.next_expiry(), Some(100));
     assert_eq!(hub.expire(99, &item(0, "bye")), 0);
     assert_eq!(hub.expire(150, &item(0, "bye")), 1);
@@ -128,7 +128,7 @@ fn expired_streams_get_the_notice_then_close() {
 fn overflow_fires_the_abort_signal() {
     let hub = hub(4);
     let abort = Arc::new(Notify::new());
-    let _s = hub.subscribe("a".into(), None, None, abort.clone()).expect("room");
+    let _s = hub.subscribe("a".into(), None, None, Some(abort.clone())).expect("room");
     hub.publish(Some("a"), &item(1, "abcd"));
     hub.publish(Some("a"), &item(2, "abcd"));
     let fired = abort.notified();
@@ -137,10 +137,30 @@ fn overflow_fires_the_abort_signal() {
 }
 
 #[test]
+fn poll_cut_wakes_the_writer_when_the_queue_overflows() {
+    struct Flag(std::sync::atomic::AtomicBool);
+    impl std::task::Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let hub = hub(4);
+    let s = sub(&hub, "a");
+    let flag = Arc::new(Flag(false.into()));
+    let waker = Waker::from(flag.clone());
+    let mut cx = Context::from_waker(&waker);
+    hub.publish(Some("a"), &item(1, "abcd"));
+    assert!(s.poll_cut(&mut cx).is_pending(), "a full queue alone is not a cut");
+    hub.publish(Some("a"), &item(2, "abcd"));
+    assert!(flag.0.load(Ordering::SeqCst), "the overflow woke the pending writer");
+    assert!(s.poll_cut(&mut cx).is_ready());
+}
+
+#[test]
 fn revoking_a_session_closes_only_its_streams() {
     let hub = hub(1024);
-    let s1 = hub.subscribe("a".into(), None, Some([1; 32]), Arc::new(Notify::new())).expect("room");
-    let s2 = hub.subscribe("a".into(), None, Some([2; 32]), Arc::new(Notify::new())).expect("room");
+    let s1 = hub.subscribe("a".into(), None, Some([1; 32]), None).expect("room");
+    let s2 = hub.subscribe("a".into(), None, Some([2; 32]), None).expect("room");
     assert_eq!(hub.revoke_session(&[1; 32], &item(0, "bye")), 1);
     assert_eq!(data(next(&s1)), "bye");
     assert!(matches!(next(&s1), Poll::Ready(Next::Closed(CloseReason::AuthExpired))));

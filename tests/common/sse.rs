@@ -92,7 +92,13 @@ impl SseClient {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
         req.push_str("\r\n");
-        stream.write_all(req.as_bytes()).await?;
+        Self::send(stream, req.as_bytes()).await
+    }
+
+    /// Sends `request` (raw bytes, as they are) on an open connection and reads the response head.
+    pub async fn send(mut stream: TcpStream, request: &[u8]) -> io::Result<SseClient> {
+        let addr = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+        stream.write_all(request).await?;
         stream.flush().await?;
 
         let mut raw = BytesMut::with_capacity(8192);
@@ -171,19 +177,27 @@ impl SseClient {
 
     /// The whole (decoded) body, for non-streaming responses. Gives up after
     /// 10 s and returns what arrived.
-    pub async fn body_text(mut self) -> String {
+    pub async fn body_text(self) -> String {
+        self.finish().await.0
+    }
+
+    /// Reads the rest of a non-streaming response and returns its body and the connection, for
+    /// another request on it.
+    pub async fn finish(mut self) -> (String, TcpStream) {
         let deadline = Instant::now() + BODY_TEXT_TIMEOUT;
         let mut out = Vec::new();
         loop {
             self.decode(&mut out);
-            if self.body == Body::Done || self.eof {
-                break;
-            }
-            if !self.read_more(deadline).await {
+            if self.body == Body::Done || self.eof || !self.read_more(deadline).await {
                 break;
             }
         }
-        String::from_utf8_lossy(&out).into_owned()
+        (String::from_utf8_lossy(&out).into_owned(), self.stream)
+    }
+
+    /// Writes bytes on the connection as they are (after the request).
+    pub async fn write_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
     }
 
     /// The next complete event, or `None` on timeout or end of stream.

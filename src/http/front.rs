@@ -1,0 +1,281 @@
+//! One connection's front: reads the request head itself, writes event streams with the lean
+//! writer ([`super::pump`]) and hands every other request, bytes already read included, to hyper.
+//!
+//! Why not hyper for streams too: hyper keeps an 8 KiB read and an 8 KiB write buffer for a
+//! connection's whole life, which is most of what an idle stream costs. A stream needs neither:
+//! its request is read once, and every event is already encoded in shared bytes.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Buf, Bytes, BytesMut};
+use hyper::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::{error, pump, Body, Shared};
+
+/// Header fields parsed per request head, as in hyper.
+const MAX_HEADERS: usize = 100;
+/// The first read's size: a browser's stream request (cookies included) usually fits.
+const FIRST_READ_BYTES: usize = 2048;
+
+/// What the head of the next request turned out to be.
+enum Head {
+    /// A request for the lean path, and whether the connection may serve another after it.
+    Stream(Request<()>, bool),
+    /// Anything else: hyper serves the connection from here, starting with these bytes.
+    Other,
+    /// No request: the peer closed, or sent nothing before the timeout.
+    None,
+    /// Answered here (400, 431) and closed.
+    Refused(Response<Body>),
+}
+
+/// Serves one accepted connection until it ends.
+pub(super) async fn serve(
+    mut socket: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    hyper_conn: Arc<super::HyperConn>,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    let mut buf = BytesMut::new();
+    let mut served = false;
+    loop {
+        let idle = served && buf.is_empty();
+        let read = tokio::time::timeout(shared.config.header_read_timeout, read_head(&mut socket, &mut buf, &shared));
+        let head = tokio::select! {
+            r = read => match r {
+                Ok(Ok(head)) => head,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "connection ended before a request");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("request head not received within --header-read-timeout");
+                    return;
+                }
+            },
+            // An idle keep-alive connection is closed when the drain starts; a new one still
+            // gets its answer (503 for a stream).
+            _ = shared.draining.cancelled(), if idle => return,
+        };
+        served = true;
+        match head {
+            Head::None => return,
+            Head::Refused(resp) => {
+                let _ = respond(&mut socket, resp, Version::HTTP_11, false).await;
+                return linger_close(socket).await;
+            }
+            // Boxed: a hyper connection's state is large, and this task's size is what every
+            // idle stream pays.
+            Head::Other => {
+                let io = hyper_io(buf.freeze(), socket);
+                return Box::pin(hyper_conn.serve(io, peer, shared, watcher)).await;
+            }
+            Head::Stream(req, keep_alive) => {
+                let version = req.version();
+                let resp = Box::pin(super::stream_endpoint(req, &shared, peer, None)).await;
+                let (parts, body) = resp.into_parts();
+                match body {
+                    Body::Stream(body) => {
+                        let resp = Response::from_parts(parts, Body::Full(None));
+                        let chunked = version == Version::HTTP_11;
+                        let head = encode_head(&resp, version, if chunked { Framing::Chunked } else { Framing::Close });
+                        let ended = pump::Pump::new(socket, Bytes::from(head), body, chunked).await;
+                        tracing::debug!(?ended, "stream ended");
+                        return;
+                    }
+                    full => {
+                        let keep_alive = keep_alive && !shared.draining.is_cancelled();
+                        let resp = Response::from_parts(parts, full);
+                        if respond(&mut socket, resp, version, keep_alive).await.is_err() {
+                            return;
+                        }
+                        if !keep_alive {
+                            return linger_close(socket).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How long a closing connection keeps reading what the client still sends.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Closes after a final response without losing it: closing with unread request bytes would
+/// make the kernel send a reset, which can destroy the response before the client reads it. So
+/// the write side is shut first and the rest is read and discarded, briefly.
+async fn linger_close(mut socket: TcpStream) {
+    if socket.shutdown().await.is_err() {
+        return;
+    }
+    let mut scratch = [0u8; 512];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(n) = socket.read(&mut scratch).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Reads until `buf` holds a complete request head, and decides who serves it.
+async fn read_head(socket: &mut TcpStream, buf: &mut BytesMut, shared: &Shared) -> io::Result<Head> {
+    let limit = shared.config.max_header_bytes;
+    loop {
+        if !buf.is_empty() {
+            let too_large = || {
+                let msg = format!("the request head is larger than --max-header-bytes ({limit} bytes)");
+                Head::Refused(error(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request_header_fields_too_large", &msg))
+            };
+            match parse(buf, shared) {
+                Ok(Some((_, len))) if len > limit => return Ok(too_large()),
+                Ok(Some((head, _))) => return Ok(head),
+                Ok(None) if buf.len() >= limit => return Ok(too_large()),
+                Ok(None) => {}
+                Err(msg) => return Ok(Head::Refused(error(StatusCode::BAD_REQUEST, "bad_request", &msg))),
+            }
+        }
+        buf.reserve(FIRST_READ_BYTES);
+        if socket.read_buf(buf).await? == 0 {
+            return Ok(Head::None);
+        }
+    }
+}
+
+/// The head and its length, or `Ok(None)` while it is not complete.
+fn parse(buf: &mut BytesMut, shared: &Shared) -> Result<Option<(Head, usize)>, String> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(format!("more than {MAX_HEADERS} header fields")),
+        Err(e) => return Err(format!("malformed request head: {e}")),
+    };
+    let (Some(method), Some(path)) = (req.method, req.path) else {
+        return Err("malformed request line".into());
+    };
+    let method = Method::from_bytes(method.as_bytes()).map_err(|_| "malformed method".to_string())?;
+    let uri_path = path.split('?').next().unwrap_or(path);
+    let extra = shared.extra.as_ref().is_some_and(|e| e.matches(&method, uri_path));
+    if method != Method::GET || uri_path != shared.config.path || extra {
+        return Ok(Some((Head::Other, len)));
+    }
+    let version = if req.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+    let mut builder = Request::builder().method(method).uri(path).version(version);
+    let mut keep_alive = version == Version::HTTP_11;
+    for h in req.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| format!("malformed header name {:?}", h.name))?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| format!("malformed value of header {name}"))?;
+        // A GET with a body is unusual enough to leave to hyper, which knows how to skip it.
+        if name == TRANSFER_ENCODING || (name == CONTENT_LENGTH && value.as_bytes() != b"0") {
+            return Ok(Some((Head::Other, len)));
+        }
+        if name == CONNECTION {
+            let tokens = value.to_str().unwrap_or("");
+            if tokens.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")) {
+                keep_alive = false;
+            }
+        }
+        builder = builder.header(name, value);
+    }
+    let req = builder.body(()).map_err(|e| format!("malformed request target: {e}"))?;
+    if len <= shared.config.max_header_bytes {
+        buf.advance(len);
+    }
+    Ok(Some((Head::Stream(req, keep_alive), len)))
+}
+
+/// How a response body is delimited.
+enum Framing {
+    Length(usize),
+    Chunked,
+    Close,
+}
+
+/// Status line and header fields, as hyper would write them.
+fn encode_head(resp: &Response<Body>, version: Version, framing: Framing) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    let status = resp.status();
+    let proto = if version == Version::HTTP_10 { "HTTP/1.0" } else { "HTTP/1.1" };
+    out.extend_from_slice(
+        format!("{proto} {} {}\r\n", status.as_str(), status.canonical_reason().unwrap_or("")).as_bytes(),
+    );
+    for (name, value) in resp.headers() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        Framing::Length(n) => out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes()),
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Close => out.extend_from_slice(b"connection: close\r\n"),
+    }
+    out.extend_from_slice(format!("date: {}\r\n\r\n", httpdate::fmt_http_date(SystemTime::now())).as_bytes());
+    out
+}
+
+/// Writes a complete (non-stream) response.
+async fn respond(socket: &mut TcpStream, resp: Response<Body>, version: Version, keep_alive: bool) -> io::Result<()> {
+    let (mut parts, body) = resp.into_parts();
+    let body = match body {
+        Body::Full(b) => b.unwrap_or_default(),
+        Body::Stream(_) => Bytes::new(),
+    };
+    if !keep_alive && version == Version::HTTP_11 {
+        parts.headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    let mut out = encode_head(&Response::from_parts(parts, Body::Full(None)), version, Framing::Length(body.len()));
+    out.extend_from_slice(&body);
+    socket.write_all(&out).await?;
+    socket.flush().await
+}
+
+/// The socket, with the bytes the front already read put back in front of it.
+pub(super) struct Rewound {
+    pub(super) read: Bytes,
+    pub(super) socket: TcpStream,
+}
+
+impl AsyncRead for Rewound {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.read.is_empty() {
+            let n = self.read.len().min(out.remaining());
+            out.put_slice(&self.read.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.socket).poll_read(cx, out)
+    }
+}
+
+impl AsyncWrite for Rewound {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.socket).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.socket).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.socket).poll_shutdown(cx)
+    }
+}
+
+/// Lets hyper drive a `Rewound` socket.
+pub(super) fn hyper_io(read: Bytes, socket: TcpStream) -> TokioIo<Rewound> {
+    TokioIo::new(Rewound { read, socket })
+}

@@ -127,11 +127,7 @@ async fn malformed_and_oversized_heads_get_json_errors() {
             431,
             "request_header_fields_too_large",
         ),
-        (
-            format!("GET {PATH} HTTP/1.1\r\n{}\r\n", "X-A: 1\r\n".repeat(120)).into_bytes(),
-            400,
-            "bad_request",
-        ),
+        (format!("GET {PATH} HTTP/1.1\r\n{}\r\n", "X-A: 1\r\n".repeat(120)).into_bytes(), 400, "bad_request"),
     ];
     for (req, status, code) in cases {
         let sock = TcpStream::connect(&gw.addr).await.expect("connect");

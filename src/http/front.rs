@@ -40,12 +40,32 @@ enum Head {
 
 /// Serves one accepted connection until it ends.
 pub(super) async fn serve(
-    mut socket: TcpStream,
+    socket: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
     hyper_conn: Arc<super::HyperConn>,
     watcher: hyper_util::server::graceful::Watcher,
 ) {
+    // Everything before the stream is boxed and freed once it opens: this task's size is what
+    // every idle stream pays for its whole life, so only the pump (and the watcher that makes
+    // shutdown wait for it) stays.
+    let Some((pump, watcher)) = Box::pin(open(socket, peer, shared, hyper_conn, watcher)).await else {
+        return;
+    };
+    let ended = pump.await;
+    tracing::debug!(?ended, "stream ended");
+    drop(watcher);
+}
+
+/// Reads requests until one opens a stream (returned, ready to write), hyper takes the
+/// connection, or it ends.
+async fn open(
+    mut socket: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    hyper_conn: Arc<super::HyperConn>,
+    watcher: hyper_util::server::graceful::Watcher,
+) -> Option<(pump::Pump, hyper_util::server::graceful::Watcher)> {
     let mut buf = BytesMut::new();
     let mut served = false;
     loop {
@@ -56,51 +76,49 @@ pub(super) async fn serve(
                 Ok(Ok(head)) => head,
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "connection ended before a request");
-                    return;
+                    return None;
                 }
                 Err(_) => {
                     tracing::debug!("request head not received within --header-read-timeout");
-                    return;
+                    return None;
                 }
             },
             // An idle keep-alive connection is closed when the drain starts; a new one still
             // gets its answer (503 for a stream).
-            _ = shared.draining.cancelled(), if idle => return,
+            _ = shared.draining.cancelled(), if idle => return None,
         };
         served = true;
         match head {
-            Head::None => return,
+            Head::None => return None,
             Head::Refused(resp) => {
                 let _ = respond(&mut socket, resp, Version::HTTP_11, false).await;
-                return linger_close(socket).await;
+                linger_close(socket).await;
+                return None;
             }
-            // Boxed: a hyper connection's state is large, and this task's size is what every
-            // idle stream pays.
             Head::Other => {
                 let io = hyper_io(buf.freeze(), socket);
-                return Box::pin(hyper_conn.serve(io, peer, shared, watcher)).await;
+                hyper_conn.serve(io, peer, shared, watcher).await;
+                return None;
             }
             Head::Stream(req, keep_alive) => {
                 let version = req.version();
-                let resp = Box::pin(super::stream_endpoint(req, &shared, peer, None)).await;
-                let (parts, body) = resp.into_parts();
+                let (parts, body) = super::stream_endpoint(req, &shared, peer, None).await.into_parts();
                 match body {
                     Body::Stream(body) => {
-                        let resp = Response::from_parts(parts, Body::Full(None));
                         let chunked = version == Version::HTTP_11;
-                        let head = encode_head(&resp, version, if chunked { Framing::Chunked } else { Framing::Close });
-                        let ended = pump::Pump::new(socket, Bytes::from(head), body, chunked).await;
-                        tracing::debug!(?ended, "stream ended");
-                        return;
+                        let framing = if chunked { Framing::Chunked } else { Framing::Close };
+                        let head = encode_head(&Response::from_parts(parts, Body::Full(None)), version, framing);
+                        return Some((pump::Pump::new(socket, Bytes::from(head), body, chunked), watcher));
                     }
                     full => {
                         let keep_alive = keep_alive && !shared.draining.is_cancelled();
                         let resp = Response::from_parts(parts, full);
                         if respond(&mut socket, resp, version, keep_alive).await.is_err() {
-                            return;
+                            return None;
                         }
                         if !keep_alive {
-                            return linger_close(socket).await;
+                            linger_close(socket).await;
+                            return None;
                         }
                     }
                 }
@@ -137,7 +155,11 @@ async fn read_head(socket: &mut TcpStream, buf: &mut BytesMut, shared: &Shared) 
         if !buf.is_empty() {
             let too_large = || {
                 let msg = format!("the request head is larger than --max-header-bytes ({limit} bytes)");
-                Head::Refused(error(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request_header_fields_too_large", &msg))
+                Head::Refused(error(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "request_header_fields_too_large",
+                    &msg,
+                ))
             };
             match parse(buf, shared) {
                 Ok(Some((_, len))) if len > limit => return Ok(too_large()),
@@ -177,7 +199,8 @@ fn parse(buf: &mut BytesMut, shared: &Shared) -> Result<Option<(Head, usize)>, S
     let mut builder = Request::builder().method(method).uri(path).version(version);
     let mut keep_alive = version == Version::HTTP_11;
     for h in req.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| format!("malformed header name {:?}", h.name))?;
+        let name =
+            HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| format!("malformed header name {:?}", h.name))?;
         let value = HeaderValue::from_bytes(h.value).map_err(|_| format!("malformed value of header {name}"))?;
         // A GET with a body is unusual enough to leave to hyper, which knows how to skip it.
         if name == TRANSFER_ENCODING || (name == CONTENT_LENGTH && value.as_bytes() != b"0") {

@@ -75,7 +75,7 @@ impl SseClient {
     /// the extra `headers`, and reads the response head. `Host` and
     /// `Accept: text/event-stream` are added unless given.
     pub async fn connect(addr: &str, path_and_query: &str, headers: &[(&str, &str)]) -> io::Result<SseClient> {
-        let mut stream = tokio::time::timeout(HEAD_TIMEOUT, TcpStream::connect(addr))
+        let stream = tokio::time::timeout(HEAD_TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connect {addr}")))??;
         stream.set_nodelay(true)?;

@@ -127,15 +127,25 @@ async fn expiries(hub: Arc<hub::Hub>, stop: CancellationToken) {
     }
 }
 
-/// One timer for all streams: each tick encodes one heartbeat and queues it everywhere.
+/// Heartbeat ticks per interval at most. Each stream still gets one heartbeat per interval, but
+/// a tick writes to 1/64 of the streams, so live events never wait behind a write to every stream
+/// (at 10k streams on one core that burst took ~200 ms).
+const HEARTBEAT_SLICES: u64 = 64;
+/// Shortest time between two heartbeat ticks (short intervals use fewer slices).
+const HEARTBEAT_MIN_TICK: Duration = Duration::from_millis(50);
+
+/// One timer for all streams: each tick encodes one heartbeat and queues it on one slice of them.
 async fn heartbeats(
     hub: Arc<hub::Hub>,
     source: Arc<pg::source::SourceState>,
     every: Duration,
     stop: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let slices = (every.as_millis() / HEARTBEAT_MIN_TICK.as_millis()).clamp(1, u128::from(HEARTBEAT_SLICES)) as u64;
+    let period = every / slices as u32;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut slice = 0;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -144,8 +154,9 @@ async fn heartbeats(
         // The horizon is read after every event below it was queued (the source stores it only
         // after dispatching them), so it is a valid resume position for every stream.
         if let Some(h) = source.horizon() {
-            hub.publish(None, &hub::Item::notice(http::heartbeat(h)));
+            hub.publish_slice(slice, slices, &hub::Item::notice(http::heartbeat(h)));
         }
+        slice = (slice + 1) % slices;
     }
 }
 

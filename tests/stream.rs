@@ -209,6 +209,39 @@ async fn heartbeats_come_at_the_interval_and_closed_clients_leave_the_hub() {
     gw.stop().await;
 }
 
+/// Heartbeats are spread over the interval: each stream gets one per interval, but not all at
+/// the same moment (that burst would delay live events on a busy gateway).
+#[tokio::test]
+async fn heartbeats_are_spread_over_the_interval() {
+    let db = notifications_db().await;
+    let gw = Gateway::start(&db, &["--heartbeat-interval", "800ms"]).await;
+    let mut watchers = Vec::new();
+    for i in 0..16 {
+        let mut s = gw.stream(&format!("spread{i}"), &[]).await;
+        s.next_named("connected", T).await.expect("connected");
+        watchers.push(tokio::spawn(async move {
+            let mut at = Vec::new();
+            for _ in 0..3 {
+                s.next_named("heartbeat", Duration::from_secs(3)).await.expect("heartbeat");
+                at.push(std::time::Instant::now());
+            }
+            at
+        }));
+    }
+    let mut firsts = Vec::new();
+    for w in watchers {
+        let at = w.await.expect("watcher");
+        for pair in at.windows(2) {
+            let gap = pair[1] - pair[0];
+            assert!(gap >= Duration::from_millis(600) && gap <= Duration::from_millis(1200), "gap {gap:?}");
+        }
+        firsts.push(at[0]);
+    }
+    let spread = *firsts.iter().max().expect("some") - *firsts.iter().min().expect("some");
+    assert!(spread >= Duration::from_millis(200), "heartbeats of 16 streams all came within {spread:?}");
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn bad_credentials_get_401_and_the_gateway_keeps_serving() {
     let db = notifications_db().await;

@@ -257,22 +257,21 @@ impl Hub {
     /// Returns how many streams it was queued for.
     pub fn publish(&self, user: Option<&str>, item: &Item) -> usize {
         let users = self.users();
-        let mut n = 0;
-        let mut deliver = |conns: &Vec<Arc<Conn>>| {
-            for c in conns {
-                if c.push(item, self.limits.queue_bytes) {
-                    n += 1;
-                }
-            }
-        };
         match user {
-            Some(u) => {
-                if let Some(conns) = users.get(u) {
-                    deliver(conns);
-                }
-            }
-            None => users.values().for_each(&mut deliver),
+            Some(u) => self.deliver(users.get(u).into_iter().flatten(), item),
+            None => self.deliver(users.values().flatten(), item),
         }
+    }
+
+    /// Sends to the streams in `slice` (of `slices`, by stream id): a heartbeat goes to one
+    /// slice per tick, so the cost is spread over the interval instead of landing at once.
+    pub fn publish_slice(&self, slice: u64, slices: u64, item: &Item) -> usize {
+        let users = self.users();
+        self.deliver(users.values().flatten().filter(|c| c.id % slices.max(1) == slice), item)
+    }
+
+    fn deliver<'a>(&self, conns: impl Iterator<Item = &'a Arc<Conn>>, item: &Item) -> usize {
+        let n = conns.filter(|c| c.push(item, self.limits.queue_bytes)).count();
         self.metrics.events_delivered.inc_by(n as u64);
         n
     }

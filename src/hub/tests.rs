@@ -168,3 +168,25 @@ fn revoking_a_session_closes_only_its_streams() {
     drop(s2);
     assert_eq!(hub.revoke_session(&[2; 32], &item(0, "bye")), 0, "a closed stream left the index");
 }
+
+#[test]
+fn slices_cover_every_stream_exactly_once() {
+    let hub = hub(1 << 20);
+    let subs: Vec<_> = (0..50).map(|i| sub(&hub, &format!("u{}", i % 7))).collect();
+    let slices = 8;
+    let total: usize = (0..slices).map(|k| hub.publish_slice(k, slices, &item(0, "hb"))).sum();
+    assert_eq!(total, subs.len());
+    for s in &subs {
+        assert_eq!(data(next(s)), "hb", "one heartbeat per stream per round");
+        assert!(next(s).is_pending());
+    }
+    assert_eq!(hub.publish_slice(0, 0, &item(0, "all")), subs.len(), "zero slices means one");
+}
+
+#[test]
+fn a_shutdown_is_not_a_cut() {
+    let hub = hub(1024);
+    let s = sub(&hub, "a");
+    hub.close_all(CloseReason::Shutdown);
+    assert!(s.poll_cut(&mut Context::from_waker(Waker::noop())).is_pending(), "pending writes still finish");
+}

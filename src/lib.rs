@@ -127,10 +127,11 @@ async fn expiries(hub: Arc<hub::Hub>, stop: CancellationToken) {
     }
 }
 
-/// Heartbeat ticks per interval at most. Each stream still gets one heartbeat per interval, but
-/// a tick writes to 1/64 of the streams, so live events never wait behind a write to every stream
-/// (at 10k streams on one core that burst took ~200 ms).
-const HEARTBEAT_SLICES: u64 = 64;
+/// Heartbeat ticks per interval at most. Each stream still gets one heartbeat per interval, but a
+/// tick writes to one slice of the streams, so live events never wait behind a write to every
+/// stream (at 10k streams on one core that burst took ~200 ms; with the default 30 s interval a
+/// tick now writes to 1/600 of them).
+const HEARTBEAT_MAX_SLICES: u64 = 1024;
 /// Shortest time between two heartbeat ticks (short intervals use fewer slices).
 const HEARTBEAT_MIN_TICK: Duration = Duration::from_millis(50);
 
@@ -141,7 +142,7 @@ async fn heartbeats(
     every: Duration,
     stop: CancellationToken,
 ) {
-    let slices = (every.as_millis() / HEARTBEAT_MIN_TICK.as_millis()).clamp(1, u128::from(HEARTBEAT_SLICES)) as u64;
+    let slices = (every.as_millis() / HEARTBEAT_MIN_TICK.as_millis()).clamp(1, u128::from(HEARTBEAT_MAX_SLICES)) as u64;
     let period = every / slices as u32;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -29,6 +29,8 @@ pub struct Sent {
     pub secs: f64,
     /// How late the most delayed event was sent (publisher saturation).
     pub behind_ms: f64,
+    /// Each publish call's round trip (µs): for SQL, INSERT + trigger + commit as the app sees it.
+    pub call_us: Vec<u64>,
 }
 
 impl Sent {
@@ -125,6 +127,7 @@ impl Publisher {
                 let user = pick(k ^ (stage as u64) << 40, users);
                 let marker = Marker::text(stage, k as u32, Some(user), now_us());
                 let name = format!("u{user}");
+                let called = Instant::now();
                 let r: anyhow::Result<()> = match (self, stmt.as_ref(), http.as_mut()) {
                     (Publisher::Sql(c), Some(st), _) => {
                         c[l as usize].execute(st, &[&name, &marker]).await.map(|_| ()).map_err(Into::into)
@@ -151,6 +154,7 @@ impl Publisher {
                     }
                     _ => Err(anyhow::anyhow!("publisher lane not ready")),
                 };
+                out.call_us.push(called.elapsed().as_micros() as u64);
                 match r {
                     Ok(()) => out.sent += 1,
                     Err(e) => {
@@ -168,6 +172,7 @@ impl Publisher {
             total_sent.sent += r.sent;
             total_sent.errors += r.errors;
             total_sent.behind_ms = total_sent.behind_ms.max(r.behind_ms);
+            total_sent.call_us.extend(r.call_us);
             if total_sent.first_error.is_none() {
                 total_sent.first_error = r.first_error;
             }

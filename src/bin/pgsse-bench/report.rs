@@ -159,8 +159,10 @@ pub fn markdown(r: &Results) -> String {
     if let Some(l) = &r.no_heartbeat {
         o += &lat_row("pgsse, heartbeat 1h", l);
     }
-    o += "\nEach window is 30 s and so holds one heartbeat burst (pgsse, Node) / ping (nchan) to every stream; \
-          the last row is pgsse with heartbeats pushed out of the window.\n";
+    o += "\nTimes in ms. Each window is 30 s and so holds one heartbeat to every stream (pgsse: spread over \
+          the interval; Node: one burst) / one nchan ping; the last row is pgsse with heartbeats pushed out of \
+          the window. \"publish call\" is the publisher's own round trip (pgsse, Node: the INSERT with its \
+          trigger and commit; nchan: the POST), which the event cannot beat.\n";
     let _ = writeln!(
         o,
         "\n### Broadcast fan-out (one event to every stream; {} runs each)\n",
@@ -258,11 +260,11 @@ pub fn markdown(r: &Results) -> String {
     o
 }
 
-const LAT_HEAD: &str = "| system | streams | users | target ev/s | achieved | sent | lost | misrouted | p50 | p90 | p99 | p99.9 | max | server CPU | postgres CPU | load gen CPU |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+const LAT_HEAD: &str = "| system | streams | users | target ev/s | achieved | sent | lost | misrouted | p50 | p90 | p99 | p99.9 | max | publish call p50 / p99 | server CPU | postgres CPU | load gen CPU |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
 
 fn lat_row(name: &str, l: &Lat) -> String {
     format!(
-        "| {name} | {} | {} | {} | {:.0} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0}% | {:.0}% | {:.0}% |\n",
+        "| {name} | {} | {} | {} | {:.0} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} / {:.2} | {:.0}% | {:.0}% | {:.0}% |\n",
         l.conns,
         l.users,
         l.target_rate,
@@ -275,6 +277,8 @@ fn lat_row(name: &str, l: &Lat) -> String {
         l.p99_ms,
         l.p999_ms,
         l.max_ms,
+        l.call_p50_ms,
+        l.call_p99_ms,
         l.server_cpu_pct,
         l.pg_cpu_pct,
         l.loadgen_cpu_pct

@@ -112,6 +112,12 @@ pub struct Lat {
     pub p999_ms: f64,
     pub max_ms: f64,
     pub behind_ms: f64,
+    /// The publish call's own round trip (SQL: INSERT + trigger + commit), the part no gateway
+    /// can shorten.
+    #[serde(default)]
+    pub call_p50_ms: f64,
+    #[serde(default)]
+    pub call_p99_ms: f64,
     pub server_cpu_pct: f64,
     pub pg_cpu_pct: f64,
     pub loadgen_cpu_pct: f64,
@@ -322,6 +328,8 @@ pub async fn latency(
     let stats = ctx.fleet.settle(expected, Duration::from_secs(2), Duration::from_secs(20)).await?;
     let mut lat = stats.lat_us;
     lat.sort_unstable();
+    let mut calls = sent.call_us.clone();
+    calls.sort_unstable();
     let pct = |t: u64| 100.0 * t as f64 / ctx.hz / el.as_secs_f64();
     Ok(Lat {
         conns,
@@ -341,6 +349,8 @@ pub async fn latency(
         p999_ms: percentile(&lat, 99.9),
         max_ms: lat.last().map_or(0.0, |m| *m as f64 / 1000.0),
         behind_ms: sent.behind_ms,
+        call_p50_ms: percentile(&calls, 50.0),
+        call_p99_ms: percentile(&calls, 99.0),
         server_cpu_pct: pct(s1 - s0),
         pg_cpu_pct: pct(p1 - p0),
         loadgen_cpu_pct: pct(l1 - l0),

@@ -30,7 +30,7 @@ pub struct Sent {
     /// How late the most delayed event was sent (publisher saturation).
     pub behind_ms: f64,
     /// Each publish call's round trip (µs): for SQL, INSERT + trigger + commit as the app sees it.
-    pub call_us: Vec<u64>,
+    pub call_us: Vec<u32>,
 }
 
 impl Sent {
@@ -154,7 +154,7 @@ impl Publisher {
                     }
                     _ => Err(anyhow::anyhow!("publisher lane not ready")),
                 };
-                out.call_us.push(called.elapsed().as_micros() as u64);
+                out.call_us.push(called.elapsed().as_micros().min(u32::MAX as u128) as u32);
                 match r {
                     Ok(()) => out.sent += 1,
                     Err(e) => {

@@ -60,6 +60,7 @@ pub async fn run_with(
         queue_bytes: config.queue_bytes,
         max_connections: config.max_connections,
         max_per_user: config.max_connections_per_user,
+        heartbeat_slices: heartbeat_slices(config.heartbeat_interval),
     };
     let hub = Arc::new(hub::Hub::new(limits, metrics.clone()));
     let source_state = Arc::new(pg::source::SourceState::default());
@@ -130,10 +131,14 @@ async fn expiries(hub: Arc<hub::Hub>, stop: CancellationToken) {
 /// Heartbeat ticks per interval at most. Each stream still gets one heartbeat per interval, but a
 /// tick writes to one slice of the streams, so live events never wait behind a write to every
 /// stream (at 10k streams on one core that burst took ~200 ms; with the default 30 s interval a
-/// tick now writes to 1/600 of them).
-const HEARTBEAT_MAX_SLICES: u64 = 1024;
+/// tick writes to 1/300 of them).
+const HEARTBEAT_MAX_SLICES: usize = 1024;
 /// Shortest time between two heartbeat ticks (short intervals use fewer slices).
-const HEARTBEAT_MIN_TICK: Duration = Duration::from_millis(50);
+const HEARTBEAT_MIN_TICK: Duration = Duration::from_millis(100);
+
+fn heartbeat_slices(every: Duration) -> usize {
+    (every.as_millis() / HEARTBEAT_MIN_TICK.as_millis()).clamp(1, HEARTBEAT_MAX_SLICES as u128) as usize
+}
 
 /// One timer for all streams: each tick encodes one heartbeat and queues it on one slice of them.
 async fn heartbeats(
@@ -142,7 +147,7 @@ async fn heartbeats(
     every: Duration,
     stop: CancellationToken,
 ) {
-    let slices = (every.as_millis() / HEARTBEAT_MIN_TICK.as_millis()).clamp(1, u128::from(HEARTBEAT_MAX_SLICES)) as u64;
+    let slices = hub.slices();
     let period = every / slices as u32;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -155,7 +160,7 @@ async fn heartbeats(
         // The horizon is read after every event below it was queued (the source stores it only
         // after dispatching them), so it is a valid resume position for every stream.
         if let Some(h) = source.horizon() {
-            hub.publish_slice(slice, slices, &hub::Item::notice(http::heartbeat(h)));
+            hub.publish_slice(slice, &hub::Item::notice(http::heartbeat(h)));
         }
         slice = (slice + 1) % slices;
     }

@@ -69,6 +69,9 @@ pub struct Limits {
     pub queue_bytes: usize,
     pub max_connections: usize,
     pub max_per_user: usize,
+    /// Heartbeat slices: streams are kept in this many groups (by stream id) so one heartbeat
+    /// tick touches only its group.
+    pub heartbeat_slices: usize,
 }
 
 #[derive(Default)]
@@ -138,9 +141,22 @@ impl Conn {
     }
 }
 
+/// Every open stream, by user and by heartbeat slice, under one lock.
+struct Streams {
+    by_user: HashMap<Arc<str>, Vec<Arc<Conn>>>,
+    slices: Vec<Vec<Arc<Conn>>>,
+}
+
+impl Streams {
+    fn slice(&mut self, id: u64) -> &mut Vec<Arc<Conn>> {
+        let n = self.slices.len() as u64;
+        &mut self.slices[(id % n) as usize]
+    }
+}
+
 /// Routes events to streams. Cheap to share: wrap in an `Arc`.
 pub struct Hub {
-    users: Mutex<HashMap<Arc<str>, Vec<Arc<Conn>>>>,
+    streams: Mutex<Streams>,
     /// Streams to close when their credential expires: (unix seconds, stream id) -> stream.
     expiries: Mutex<BTreeMap<(u64, u64), Weak<Conn>>>,
     /// Streams opened with a session cookie, by session, so revoking a session closes them.
@@ -154,7 +170,10 @@ pub struct Hub {
 impl Hub {
     pub fn new(limits: Limits, metrics: Metrics) -> Self {
         Self {
-            users: Mutex::new(HashMap::new()),
+            streams: Mutex::new(Streams {
+                by_user: HashMap::new(),
+                slices: (0..limits.heartbeat_slices.max(1)).map(|_| Vec::new()).collect(),
+            }),
             expiries: Mutex::new(BTreeMap::new()),
             sessions: Mutex::new(HashMap::new()),
             count: AtomicUsize::new(0),
@@ -164,8 +183,8 @@ impl Hub {
         }
     }
 
-    fn users(&self) -> MutexGuard<'_, HashMap<Arc<str>, Vec<Arc<Conn>>>> {
-        self.users.lock().unwrap_or_else(|e| e.into_inner())
+    fn streams(&self) -> MutexGuard<'_, Streams> {
+        self.streams.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Registers a stream for `user`, unless a connection limit is reached. Events published
@@ -186,15 +205,16 @@ impl Hub {
             abort,
         });
         {
-            let mut users = self.users();
+            let mut streams = self.streams();
             if self.limits.max_connections > 0 && self.count.load(Ordering::Relaxed) >= self.limits.max_connections {
                 return Err(Full::Gateway);
             }
-            let conns = users.entry(user).or_default();
+            let conns = streams.by_user.entry(user).or_default();
             if self.limits.max_per_user > 0 && conns.len() >= self.limits.max_per_user {
                 return Err(Full::User);
             }
             conns.push(conn.clone());
+            streams.slice(conn.id).push(conn.clone());
             self.count.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(exp) = expires_at {
@@ -250,24 +270,29 @@ impl Hub {
 
     /// Every open stream, for draining.
     pub fn snapshot(&self) -> Vec<Weak<Conn>> {
-        self.users().values().flatten().map(Arc::downgrade).collect()
+        self.streams().by_user.values().flatten().map(Arc::downgrade).collect()
     }
 
     /// Sends to every stream of `user`, or to every stream when `user` is `None`.
     /// Returns how many streams it was queued for.
     pub fn publish(&self, user: Option<&str>, item: &Item) -> usize {
-        let users = self.users();
+        let streams = self.streams();
         match user {
-            Some(u) => self.deliver(users.get(u).into_iter().flatten(), item),
-            None => self.deliver(users.values().flatten(), item),
+            Some(u) => self.deliver(streams.by_user.get(u).into_iter().flatten(), item),
+            None => self.deliver(streams.by_user.values().flatten(), item),
         }
     }
 
-    /// Sends to the streams in `slice` (of `slices`, by stream id): a heartbeat goes to one
-    /// slice per tick, so the cost is spread over the interval instead of landing at once.
-    pub fn publish_slice(&self, slice: u64, slices: u64, item: &Item) -> usize {
-        let users = self.users();
-        self.deliver(users.values().flatten().filter(|c| c.id % slices.max(1) == slice), item)
+    /// How many heartbeat slices the streams are kept in.
+    pub fn slices(&self) -> usize {
+        self.streams().slices.len()
+    }
+
+    /// Sends to the streams of one heartbeat slice (`slice` modulo `slices()`): a heartbeat goes
+    /// to one slice per tick, so its cost is spread over the interval instead of landing at once.
+    pub fn publish_slice(&self, slice: usize, item: &Item) -> usize {
+        let streams = self.streams();
+        self.deliver(streams.slices[slice % streams.slices.len()].iter(), item)
     }
 
     fn deliver<'a>(&self, conns: impl Iterator<Item = &'a Arc<Conn>>, item: &Item) -> usize {
@@ -278,7 +303,7 @@ impl Hub {
 
     /// Closes every stream (shutdown).
     pub fn close_all(&self, reason: CloseReason) {
-        self.users().values().flatten().for_each(|c| c.close(reason));
+        self.streams().by_user.values().flatten().for_each(|c| c.close(reason));
     }
 
     /// Open streams right now.
@@ -287,18 +312,19 @@ impl Hub {
     }
 
     fn remove(&self, conn: &Arc<Conn>, expires_at: Option<u64>, session: Option<SessionKey>) {
-        let mut users = self.users();
-        if let Some(conns) = users.get_mut(&conn.user) {
+        let mut streams = self.streams();
+        if let Some(conns) = streams.by_user.get_mut(&conn.user) {
             let before = conns.len();
             conns.retain(|c| c.id != conn.id);
             if conns.len() < before {
                 self.count.fetch_sub(1, Ordering::Relaxed);
             }
             if conns.is_empty() {
-                users.remove(&conn.user);
+                streams.by_user.remove(&conn.user);
             }
         }
-        drop(users);
+        streams.slice(conn.id).retain(|c| c.id != conn.id);
+        drop(streams);
         if let Some(exp) = expires_at {
             self.expiries().remove(&(exp, conn.id));
         }

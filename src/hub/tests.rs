@@ -7,7 +7,12 @@ fn item(log_id: i64, s: &str) -> Item {
 }
 
 fn hub(queue_bytes: usize) -> Arc<Hub> {
-    Arc::new(Hub::new(Limits { queue_bytes, max_connections: 0, max_per_user: 0 }, Metrics::default()))
+    sliced(queue_bytes, 1)
+}
+
+fn sliced(queue_bytes: usize, heartbeat_slices: usize) -> Arc<Hub> {
+    let limits = Limits { queue_bytes, max_connections: 0, max_per_user: 0, heartbeat_slices };
+    Arc::new(Hub::new(limits, Metrics::default()))
 }
 
 fn sub(hub: &Arc<Hub>, user: &str) -> Subscription {
@@ -99,7 +104,10 @@ fn close_all_ends_streams_after_queued_data() {
 
 #[test]
 fn limits_are_enforced_at_registration() {
-    let hub = Arc::new(Hub::new(Limits { queue_bytes: 64, max_connections: 3, max_per_user: 2 }, Metrics::default()));
+    let hub = Arc::new(Hub::new(
+        Limits { queue_bytes: 64, max_connections: 3, max_per_user: 2, heartbeat_slices: 1 },
+        Metrics::default(),
+    ));
     let _a1 = sub(&hub, "a");
     let a2 = sub(&hub, "a");
     assert_eq!(hub.subscribe("a".into(), None, None, None).err(), Some(Full::User));
@@ -171,16 +179,19 @@ fn revoking_a_session_closes_only_its_streams() {
 
 #[test]
 fn slices_cover_every_stream_exactly_once() {
-    let hub = hub(1 << 20);
-    let subs: Vec<_> = (0..50).map(|i| sub(&hub, &format!("u{}", i % 7))).collect();
-    let slices = 8;
-    let total: usize = (0..slices).map(|k| hub.publish_slice(k, slices, &item(0, "hb"))).sum();
+    let hub = sliced(1 << 20, 8);
+    assert_eq!(hub.slices(), 8);
+    let mut subs: Vec<_> = (0..50).map(|i| sub(&hub, &format!("u{}", i % 7))).collect();
+    let total: usize = (0..8).map(|k| hub.publish_slice(k, &item(0, "hb"))).sum();
     assert_eq!(total, subs.len());
     for s in &subs {
         assert_eq!(data(next(s)), "hb", "one heartbeat per stream per round");
         assert!(next(s).is_pending());
     }
-    assert_eq!(hub.publish_slice(0, 0, &item(0, "all")), subs.len(), "zero slices means one");
+    subs.truncate(10);
+    let total: usize = (0..8).map(|k| hub.publish_slice(k, &item(0, "hb"))).sum();
+    assert_eq!(total, 10, "closed streams left their slices");
+    assert_eq!(sliced(16, 0).slices(), 1, "zero slices means one");
 }
 
 #[test]

@@ -60,6 +60,10 @@ struct AllArgs {
     /// Do not pin servers to CPU 0 and load generators to CPU 1.
     #[arg(long)]
     no_pin: bool,
+    /// Leave loopback receive processing where the kernel puts it (in the sender's system call,
+    /// so on the server's core) instead of steering it to the load generators' core with RPS.
+    #[arg(long)]
+    no_rps: bool,
     /// The pgsse binary (default: next to this one).
     #[arg(long)]
     pgsse_bin: Option<PathBuf>,
@@ -121,6 +125,16 @@ async fn all(args: AllArgs) -> anyhow::Result<()> {
     );
     let dir = procs::scratch_dir();
     let server_cpus = (!args.no_pin).then(|| "0".to_string());
+    let _rps = match args.no_pin || args.no_rps {
+        true => None,
+        false => match procs::LoopbackRps::steer("2") {
+            Ok(g) => Some(g),
+            Err(e) => {
+                eprintln!("pgsse-bench: loopback receive processing stays on the sender's core ({e}); run as root");
+                None
+            }
+        },
+    };
     eprintln!("pgsse-bench: scratch dir {}", dir.display());
     let pg = procs::Postgres::start(&dir.join("pg"), (!args.no_pin).then_some("0,1")).await?;
     let db_url = setup_db(&pg, &pgsse_bin).await?;
@@ -146,7 +160,7 @@ async fn all(args: AllArgs) -> anyhow::Result<()> {
     let hz = procs::clock_ticks_per_sec();
     let mut ctx = workloads::Ctx { env, pg, fleet, plan: plan.clone(), hz, stage: 0, nchan: None };
     let mut results = report::Results { command: args.command.clone(), plan: Some(plan.clone()), ..Default::default() };
-    results.machine = report::machine(pg_version);
+    results.machine = report::machine(pg_version, procs::LoopbackRps::current());
 
     for name in &args.systems {
         let kind = match name.as_str() {

@@ -311,3 +311,49 @@ fn shm_free_gib() -> u64 {
         .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().nth(1)?.split_whitespace().nth(3)?.parse::<u64>().ok())
         .map_or(0, |k| k / (1024 * 1024))
 }
+
+/// Steers the loopback interface's receive processing (RPS) to other CPUs for as long as it
+/// lives, and puts the old setting back when dropped.
+///
+/// Without it, a loopback packet is received in the sender's own system call: the clients' TCP
+/// receive path and their ACKs are charged to the server's core, work that runs on the clients'
+/// machines in production. With the servers pinned to CPU 0, steering to CPU 1 puts that work on
+/// the load generators' core. Applies to every system alike.
+pub struct LoopbackRps {
+    path: PathBuf,
+    old: String,
+}
+
+impl LoopbackRps {
+    const PATH: &'static str = "/sys/class/net/lo/queues/rx-0/rps_cpus";
+
+    /// `mask` is a hex CPU mask ("2" = CPU 1). Fails when the setting cannot be written (not
+    /// root, or a read-only /sys).
+    pub fn steer(mask: &str) -> anyhow::Result<Self> {
+        let path = PathBuf::from(Self::PATH);
+        let old = fs::read_to_string(&path)?.trim().to_string();
+        fs::write(&path, mask)?;
+        Ok(Self { path, old })
+    }
+
+    /// The setting now in force, e.g. "2" (CPU 1) or "0" (off: received by the sender's CPU).
+    pub fn current() -> String {
+        fs::read_to_string(Self::PATH).map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+    }
+}
+
+impl Drop for LoopbackRps {
+    fn drop(&mut self) {
+        let _ = fs::write(&self.path, &self.old);
+    }
+}
+
+/// Busy time of one CPU so far, in clock ticks (everything but idle and iowait, from
+/// /proc/stat), including interrupt work that no process is charged for.
+pub fn cpu_busy_ticks(cpu: usize) -> u64 {
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let name = format!("cpu{cpu}");
+    let Some(line) = stat.lines().find(|l| l.split_whitespace().next() == Some(name.as_str())) else { return 0 };
+    let f: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    f.iter().enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).take(8).sum()
+}

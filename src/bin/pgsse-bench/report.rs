@@ -19,6 +19,9 @@ pub struct Machine {
     pub kernel: String,
     pub memory: String,
     pub thp: String,
+    /// The loopback's RPS CPU mask during the run ("0": receive work on the sender's core).
+    #[serde(default)]
+    pub loopback_rps: String,
     pub versions: Vec<(String, String)>,
 }
 
@@ -44,7 +47,7 @@ fn sh(cmd: &str) -> String {
         .unwrap_or_default()
 }
 
-pub fn machine(pg_bin_version: String) -> Machine {
+pub fn machine(pg_bin_version: String, loopback_rps: String) -> Machine {
     Machine {
         date: sh("date -u '+%Y-%m-%d %H:%M UTC'"),
         nproc: sh("nproc --all"),
@@ -52,6 +55,7 @@ pub fn machine(pg_bin_version: String) -> Machine {
         kernel: sh("uname -sr"),
         memory: sh("free -g | awk '/Mem:/ {print $2 \" GiB\"}'"),
         thp: sh("cat /sys/kernel/mm/transparent_hugepage/enabled"),
+        loopback_rps,
         versions: vec![
             ("PostgreSQL".into(), pg_bin_version),
             ("node".into(), sh("node --version")),
@@ -78,19 +82,28 @@ fn lat_at(s: &SystemResult, n: u64) -> Option<&Lat> {
     s.latency.iter().find(|l| l.conns == n)
 }
 
+fn rps_words(mask: &str) -> String {
+    match mask {
+        "" | "unknown" => "loopback RPS not recorded".into(),
+        "0" => "loopback receive work on the sending core (RPS off)".into(),
+        m => format!("loopback receive work steered to CPU mask {m} (RPS)"),
+    }
+}
+
 pub fn markdown(r: &Results) -> String {
     let mut o = String::new();
     let m = &r.machine;
     let _ = writeln!(
         o,
-        "Measured {} on {} × {} ({} cores), {}, {} RAM, THP `{}`.",
+        "Measured {} on {} × {} ({} cores), {}, {} RAM, THP `{}`, {}.",
         m.date,
         m.nproc,
         m.cpu.trim(),
         m.nproc,
         m.kernel,
         m.memory,
-        m.thp
+        m.thp,
+        rps_words(&m.loopback_rps)
     );
     let versions: Vec<String> = m.versions.iter().map(|(k, v)| format!("{k} {v}")).collect();
     let _ = writeln!(o, "Versions: {}. Whole run: {:.0} s.\n", versions.join(", "), r.total_secs);
@@ -168,12 +181,12 @@ pub fn markdown(r: &Results) -> String {
         "\n### Broadcast fan-out (one event to every stream; {} runs each)\n",
         r.plan.as_ref().map_or(0, |p| p.bcasts)
     );
-    o += "| system | streams | median to last delivery | max | server CPU per delivery | of which kernel | deliveries/s per core |\n|---|---|---|---|---|---|---|\n";
+    o += "| system | streams | median to last delivery | max | server CPU per delivery | of which kernel | deliveries/s per core | load core busy per delivery |\n|---|---|---|---|---|---|---|---|\n";
     for s in &r.systems {
         for b in &s.broadcasts {
             let _ = writeln!(
                 o,
-                "| {} | {} | {:.1} ms | {:.1} ms{} | {:.2} µs | {:.0}% | {:.0} |",
+                "| {} | {} | {:.1} ms | {:.1} ms{} | {:.2} µs | {:.0}% | {:.0} | {:.2} µs |",
                 s.system,
                 b.conns,
                 b.median_ms,
@@ -181,7 +194,8 @@ pub fn markdown(r: &Results) -> String {
                 if b.incomplete > 0 { format!(" ({} incomplete)", b.incomplete) } else { String::new() },
                 b.cpu_us_per_delivery,
                 100.0 * b.kernel_share,
-                b.deliveries_per_core_sec
+                b.deliveries_per_core_sec,
+                b.load_core_us_per_delivery
             );
         }
     }

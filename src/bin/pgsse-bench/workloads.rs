@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::client::Kind;
 use crate::fleet::{check_connected, Fleet};
-use crate::procs::Postgres;
+use crate::procs::{self, Postgres};
 use crate::publish::Publisher;
 use crate::systems::{Env, PgsseOpts, System};
 
@@ -91,6 +91,11 @@ pub struct Bcast {
     pub deliveries_per_core_sec: f64,
     /// Share of that CPU spent in the kernel (system time).
     pub kernel_share: f64,
+    /// Busy time of the load-generator core (clients, their kernel receive work, the
+    /// orchestrator) per delivery: when it nears the time per delivery, the clients bound the
+    /// time to last delivery, not the server.
+    #[serde(default)]
+    pub load_core_us_per_delivery: f64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -369,6 +374,7 @@ pub async fn broadcasts(ctx: &mut Ctx, sys: &System, publisher: &Publisher, conn
     let mut b = Bcast { conns, ..Bcast::default() };
     let ticks0 = sys.cpu_ticks();
     let sys0 = sys.sys_ticks();
+    let load0 = procs::cpu_busy_ticks(1);
     for seq in 0..ctx.plan.bcasts {
         let ts = publisher.broadcast(stage, seq).await?;
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -387,6 +393,7 @@ pub async fn broadcasts(ctx: &mut Ctx, sys: &System, publisher: &Publisher, conn
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     let ticks = sys.cpu_ticks() - ticks0;
+    let load_ticks = procs::cpu_busy_ticks(1).saturating_sub(load0);
     b.kernel_share = (sys.sys_ticks() - sys0) as f64 / (ticks as f64).max(1.0);
     let mut sorted = b.times_ms.clone();
     sorted.sort_by(f64::total_cmp);
@@ -394,6 +401,7 @@ pub async fn broadcasts(ctx: &mut Ctx, sys: &System, publisher: &Publisher, conn
     b.max_ms = sorted.last().copied().unwrap_or(0.0);
     let deliveries = conns as f64 * ctx.plan.bcasts as f64;
     b.cpu_us_per_delivery = ticks as f64 / ctx.hz * 1e6 / deliveries;
+    b.load_core_us_per_delivery = load_ticks as f64 / ctx.hz * 1e6 / deliveries;
     if b.cpu_us_per_delivery > 0.0 {
         b.deliveries_per_core_sec = 1e6 / b.cpu_us_per_delivery;
     }

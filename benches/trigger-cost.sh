@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # PostgreSQL alone: INSERTs per second into `notifications` with and without pgsse's trigger
 # (pgbench, 1 and 4 clients, 10 s each; run as root: the server runs as `postgres`). Needs a
-# release build (`cargo build --release`).
+# release build (`cargo build --release`), or PGSSE_BIN=<pgsse binary> to install another
+# version's SQL. With the trigger it also prints, from pg_stat_user_functions
+# (track_functions = 'pl'), the mean time of each pgsse function call (total includes the
+# functions it calls). PORT (default 55432) picks the server's port.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+PGSSE_BIN="${PGSSE_BIN:-$ROOT/target/release/pgsse}"
+PORT="${PORT:-55432}"
 BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-D=/dev/shm/trigcost; rm -rf $D; mkdir -p $D; chown postgres $D
+D=/dev/shm/trigcost-$PORT; rm -rf $D; mkdir -p $D; chown postgres $D
 su postgres -c "$BIN/initdb -D $D/data -U postgres --auth=trust --no-sync >/dev/null"
 cat >> $D/data/postgresql.conf <<C
 fsync = off
@@ -13,16 +18,22 @@ synchronous_commit = off
 full_page_writes = off
 shared_buffers = 256MB
 listen_addresses = '127.0.0.1'
-port = 55432
+port = $PORT
 unix_socket_directories = '$D'
+track_functions = 'pl'
 C
 su postgres -c "$BIN/pg_ctl -D $D/data -l $D/log start -w >/dev/null"
 trap 'su postgres -c "$BIN/pg_ctl -D $D/data stop -m fast >/dev/null"; rm -rf $D' EXIT
-U=postgres://postgres@127.0.0.1:55432/postgres
-"$ROOT/target/release/pgsse" sql install --apply --database-url $U
+U=postgres://postgres@127.0.0.1:$PORT/postgres
+"$PGSSE_BIN" sql install --apply --database-url $U
 psql -q $U -c "CREATE TABLE notifications (id serial PRIMARY KEY, user_id text NOT NULL, type text NOT NULL DEFAULT 'info', title text NOT NULL DEFAULT '', message text NOT NULL DEFAULT '', read boolean NOT NULL DEFAULT false, metadata jsonb, created_at timestamptz NOT NULL DEFAULT now())"
 echo "INSERT INTO notifications (user_id, title, metadata) VALUES ('u' || (random()*1000)::int, 'bench', jsonb_build_object('bench', '1.2.3.1700000000000000'));" > $D/ins.sql
-run() { $BIN/pgbench -n -h 127.0.0.1 -p 55432 -U postgres -f $D/ins.sql -T 10 -c $1 -j 1 postgres 2>/dev/null | grep -E "^tps|latency average"; }
+run() { $BIN/pgbench -n -h 127.0.0.1 -p $PORT -U postgres -f $D/ins.sql -T 10 -c $1 -j 1 postgres 2>/dev/null | grep -E "^tps|latency average"; }
 echo "== no trigger"; run 1; run 4
 psql -q $U -c "SELECT pgsse.watch('notifications', 'user_id')" >/dev/null
+psql -q $U -c "SELECT pg_stat_reset()" >/dev/null
 echo "== pgsse trigger (nobody listening)"; run 1; run 4
+sleep 1 # function statistics reach the collector when a backend goes idle / exits
+psql -q $U -c "SELECT funcname, calls, round((total_time * 1000 / calls)::numeric, 1) AS total_us_per_call,
+                      round((self_time * 1000 / calls)::numeric, 1) AS self_us_per_call
+                 FROM pg_stat_user_functions WHERE schemaname = 'pgsse' AND calls > 0 ORDER BY total_time DESC"

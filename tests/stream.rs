@@ -323,3 +323,32 @@ async fn forged_notifications_are_ignored() {
     assert!(horizon < 99_999_999, "a forged marker did not move the horizon ({horizon})");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn events_do_not_wait_behind_a_slow_marker() {
+    let db = notifications_db().await;
+    let gw = Gateway::start(&db, &[]).await;
+    let mut s = gw.stream("m1", &[]).await;
+    s.next_event(T).await.expect("connected");
+    // Every marker now takes 4 s to answer; with markers every 250 ms one is always in flight.
+    exec(
+        &db,
+        "CREATE OR REPLACE FUNCTION pgsse.mark(gateway text, seq bigint) RETURNS void
+         LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+         BEGIN
+             PERFORM pg_catalog.pg_sleep(4);
+             PERFORM pg_catalog.pg_notify('pgsse', pgsse._sign(pg_catalog.json_build_object(
+                 'm', pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::text,
+                 'g', pg_catalog.left(gateway, 64), 'n', seq)::text));
+         END $fn$",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let sent = std::time::Instant::now();
+    exec(&db, "INSERT INTO notifications (user_id, title) VALUES ('m1', 'not held')").await;
+    let e = s.next_named("notification", T).await.expect("the event");
+    assert_eq!(json(&e)["notification"]["title"], "not held");
+    let took = sent.elapsed();
+    assert!(took < Duration::from_secs(2), "the event waited {took:?}, behind a marker's round trip");
+    gw.stop().await;
+}

@@ -153,7 +153,7 @@ pub struct ServeArgs {
     /// How long a resuming stream may wait for its replay before it gets 503.
     #[arg(long, env = "PGSSE_REPLAY_TIMEOUT", default_value = DEFAULT_REPLAY_TIMEOUT)]
     pub replay_timeout: String,
-    /// Connections in the pool used for replay and retention (the LISTEN connection is extra).
+    /// Connections in the pool used for replay and retention (the LISTEN and marker connections are extra).
     #[arg(long, env = "PGSSE_DB_POOL_SIZE", default_value_t = DEFAULT_POOL_SIZE)]
     pub db_pool_size: usize,
     /// On SIGTERM/SIGINT, open streams are closed spread over this period (each first gets a

@@ -2,8 +2,9 @@
 //!
 //! Lifecycle of one connection: connect (capped, jittered, cancellable backoff) -> `LISTEN` before
 //! anything else -> if an earlier connection was lost, catch up from `pgsse.events` from the last
-//! horizon -> send a marker -> ready once that marker comes back. Then, in queue order: row
-//! events go to the hub, stamped with the current horizon; markers advance the horizon.
+//! horizon -> send a marker (over a second connection, see `connection`) -> ready once that
+//! marker comes back. Then, in queue order: row events go to the hub, stamped with the current
+//! horizon; markers advance the horizon.
 //!
 //! Why markers: NOTIFY entries reach listeners in commit order, and a marker carrying
 //! `pg_snapshot_xmin` X enters the queue after every transaction with xid < X has finished. So
@@ -15,7 +16,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{pin_mut, TryStreamExt};
+use futures_util::future::FusedFuture;
+use futures_util::{pin_mut, FutureExt, TryStreamExt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
@@ -196,14 +198,31 @@ impl Source {
                 }
             }
         });
-        let end = self.serve(&client, &mut rx, catch_up, shutdown).await;
+        // Markers go over a second connection: PostgreSQL holds a session's notifications while
+        // that session runs a statement, so a marker sent on the LISTEN connection would delay
+        // every event that arrives during its round trip.
+        let connect = tokio::select! {
+            _ = shutdown.cancelled() => { driver.abort(); return End::Shutdown }
+            r = self.db.connect(NoTls) => r,
+        };
+        let (marker_client, marker_conn) = match connect {
+            Ok(c) => c,
+            Err(e) => {
+                driver.abort();
+                return End::Lost(e.into());
+            }
+        };
+        let marker_driver = tokio::spawn(marker_conn);
+        let end = self.serve(&client, &marker_client, &mut rx, catch_up, shutdown).await;
         driver.abort();
+        marker_driver.abort();
         end
     }
 
     async fn serve(
         &mut self,
         client: &tokio_postgres::Client,
+        marker_client: &tokio_postgres::Client,
         rx: &mut mpsc::UnboundedReceiver<Msg>,
         catch_up: bool,
         shutdown: &CancellationToken,
@@ -222,7 +241,7 @@ impl Source {
             Ok(s) => s,
             Err(e) => return End::Lost(e.into()),
         };
-        let marker = match client.prepare("SELECT pgsse.mark($1::text, $2::bigint)").await {
+        let marker = match marker_client.prepare("SELECT pgsse.mark($1::text, $2::bigint)").await {
             Ok(s) => s,
             Err(e) => return End::Lost(e.into()),
         };
@@ -246,10 +265,19 @@ impl Source {
         let mut pending: Option<(u64, Instant)> = None;
         let mut ticker = tokio::time::interval(self.marker_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A marker's round trip runs beside the notifications, never in front of them.
+        let instance = self.instance.clone();
+        let mut in_flight = std::pin::pin!(futures_util::future::Fuse::terminated());
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return End::Shutdown,
+                sent = &mut in_flight => {
+                    let sent: Result<u64, tokio_postgres::Error> = sent;
+                    if let Err(e) = sent {
+                        return End::Lost(e.into());
+                    }
+                }
                 msg = rx.recv() => match msg {
                     Some(Msg::Notify(n)) => {
                         if let Err(e) = self.on_notification(client, &fetch, n.payload(), &mut pending).await {
@@ -261,15 +289,14 @@ impl Source {
                         return End::Lost(PgError::Protocol("connection closed by the server".into()))
                     }
                 },
-                _ = ticker.tick() => {
+                // At most one marker in flight: a slow database gets fewer, not a queue of them.
+                _ = ticker.tick(), if in_flight.is_terminated() => {
                     seq += 1;
                     if pending.is_none() {
                         pending = Some((seq, Instant::now()));
                     }
-                    let sent = client.execute(&marker, &[&self.instance, &(seq as i64)]).await;
-                    if let Err(e) = sent {
-                        return End::Lost(e.into());
-                    }
+                    let (marker, instance, n) = (&marker, &instance, seq as i64);
+                    in_flight.set(async move { marker_client.execute(marker, &[instance, &n]).await }.fuse());
                 }
             }
         }

@@ -2,7 +2,7 @@
 # The full benchmark: pgsse vs nginx + nchan vs an in-app Node server, on this machine.
 # Installs what it needs (Debian packages, npm ci), builds release, and runs `pgsse-bench all`,
 # which starts a throwaway PostgreSQL, runs every workload against every system, and writes the
-# results into BENCHMARKS.md (between the results markers). Takes about 15 minutes on 2 cores.
+# results into BENCHMARKS.md (between the results markers). Takes about 9 minutes on 2 cores.
 # Extra arguments go to `pgsse-bench all` (e.g. --systems pgsse --skip-big).
 set -euo pipefail
 cd "$(dirname "$0")/.."

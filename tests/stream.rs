@@ -343,7 +343,13 @@ async fn events_do_not_wait_behind_a_slow_marker() {
          END $fn$",
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    let admin = connect(&db).await;
+    let marker_sleeping = || async {
+        let q = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND wait_event = 'PgSleep' AND query LIKE '%pgsse.mark%'";
+        admin.query_one(q, &[]).await.map(|r| r.get::<_, i64>(0) > 0).unwrap_or(false)
+    };
+    assert!(common::wait_until(T, marker_sleeping).await, "a slow marker is in flight");
     let sent = std::time::Instant::now();
     exec(&db, "INSERT INTO notifications (user_id, title) VALUES ('m1', 'not held')").await;
     let e = s.next_named("notification", T).await.expect("the event");

@@ -21,7 +21,8 @@ use futures_util::{pin_mut, FutureExt, TryStreamExt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, NoTls, Notification};
+use tokio_postgres::tls::NoTlsStream;
+use tokio_postgres::{AsyncMessage, NoTls, Notification, Socket};
 use tokio_util::sync::CancellationToken;
 
 use super::sessions::SessionStore;
@@ -165,14 +166,21 @@ impl Source {
         self.state.ready.store(false, Ordering::Release);
     }
 
+    /// One connection attempt, given up when `shutdown` is cancelled.
+    async fn connect(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> Result<(tokio_postgres::Client, tokio_postgres::Connection<Socket, NoTlsStream>), End> {
+        tokio::select! {
+            _ = shutdown.cancelled() => Err(End::Shutdown),
+            r = self.db.connect(NoTls) => r.map_err(|e| End::Lost(e.into())),
+        }
+    }
+
     async fn connection(&mut self, catch_up: bool, shutdown: &CancellationToken) -> End {
-        let connect = tokio::select! {
-            _ = shutdown.cancelled() => return End::Shutdown,
-            r = self.db.connect(NoTls) => r,
-        };
-        let (client, mut conn) = match connect {
+        let (client, mut conn) = match self.connect(shutdown).await {
             Ok(c) => c,
-            Err(e) => return End::Lost(e.into()),
+            Err(end) => return end,
         };
         // The driver forwards notifications; unbounded because it must never stop polling the
         // socket while this task awaits a query on the same connection.
@@ -201,21 +209,16 @@ impl Source {
         // Markers go over a second connection: PostgreSQL holds a session's notifications while
         // that session runs a statement, so a marker sent on the LISTEN connection would delay
         // every event that arrives during its round trip.
-        let connect = tokio::select! {
-            _ = shutdown.cancelled() => { driver.abort(); return End::Shutdown }
-            r = self.db.connect(NoTls) => r,
-        };
-        let (marker_client, marker_conn) = match connect {
-            Ok(c) => c,
-            Err(e) => {
-                driver.abort();
-                return End::Lost(e.into());
+        let end = match self.connect(shutdown).await {
+            Ok((marker_client, marker_conn)) => {
+                let marker_driver = tokio::spawn(marker_conn);
+                let end = self.serve(&client, &marker_client, &mut rx, catch_up, shutdown).await;
+                marker_driver.abort();
+                end
             }
+            Err(end) => end,
         };
-        let marker_driver = tokio::spawn(marker_conn);
-        let end = self.serve(&client, &marker_client, &mut rx, catch_up, shutdown).await;
         driver.abort();
-        marker_driver.abort();
         end
     }
 

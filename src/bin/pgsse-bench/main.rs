@@ -102,7 +102,8 @@ fn main() -> anyhow::Result<()> {
                 // Before the runtime starts any thread: everything this process does (publishing,
                 // commanding workers) runs on the load-generator core.
                 let me = std::process::id().to_string();
-                let ok = std::process::Command::new("taskset").args(["-a", "-p", "-c", "1", &me]).output();
+                let cpu = procs::LOAD_CPU.to_string();
+                let ok = std::process::Command::new("taskset").args(["-a", "-p", "-c", &cpu, &me]).output();
                 anyhow::ensure!(ok.is_ok_and(|o| o.status.success()), "taskset failed (use --no-pin)");
             }
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -124,19 +125,20 @@ async fn all(args: AllArgs) -> anyhow::Result<()> {
         pgsse_bin.display()
     );
     let dir = procs::scratch_dir();
-    let server_cpus = (!args.no_pin).then(|| "0".to_string());
-    let _rps = match args.no_pin || args.no_rps {
-        true => None,
-        false => match procs::LoopbackRps::steer("2") {
-            Ok(g) => Some(g),
-            Err(e) => {
-                eprintln!("pgsse-bench: loopback receive processing stays on the sender's core ({e}); run as root");
-                None
-            }
-        },
+    let server_cpus = (!args.no_pin).then(|| procs::SERVER_CPU.to_string());
+    let load_cpus = (!args.no_pin).then(|| procs::LOAD_CPU.to_string());
+    let _rps = if args.no_pin || args.no_rps {
+        None
+    } else {
+        procs::LoopbackRps::steer(procs::LOAD_CPU)
+            .inspect_err(|e| {
+                eprintln!("pgsse-bench: loopback receive processing stays on the sender's core ({e}); run as root")
+            })
+            .ok()
     };
     eprintln!("pgsse-bench: scratch dir {}", dir.display());
-    let pg = procs::Postgres::start(&dir.join("pg"), (!args.no_pin).then_some("0,1")).await?;
+    let both = format!("{},{}", procs::SERVER_CPU, procs::LOAD_CPU);
+    let pg = procs::Postgres::start(&dir.join("pg"), (!args.no_pin).then_some(both.as_str())).await?;
     let db_url = setup_db(&pg, &pgsse_bin).await?;
     let pg_version = {
         let (c, conn) = tokio_postgres::connect(&db_url, tokio_postgres::NoTls).await?;
@@ -156,7 +158,7 @@ async fn all(args: AllArgs) -> anyhow::Result<()> {
         Some(n) => workloads::Plan::quick(n),
         None => workloads::Plan::full(),
     };
-    let fleet = fleet::Fleet::spawn(args.workers, (!args.no_pin).then_some("1")).await?;
+    let fleet = fleet::Fleet::spawn(args.workers, load_cpus.as_deref()).await?;
     let hz = procs::clock_ticks_per_sec();
     let mut ctx = workloads::Ctx { env, pg, fleet, plan: plan.clone(), hz, stage: 0, nchan: None };
     let mut results = report::Results { command: args.command.clone(), plan: Some(plan.clone()), ..Default::default() };

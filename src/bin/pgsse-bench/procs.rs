@@ -295,6 +295,11 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// When pinned, servers run on this CPU and the load generators (and the orchestrator) on
+/// `LOAD_CPU`; PostgreSQL may use both.
+pub const SERVER_CPU: usize = 0;
+pub const LOAD_CPU: usize = 1;
+
 /// Where throwaway files go: tmpfs when it has room.
 pub fn scratch_dir() -> PathBuf {
     let base = if fs::metadata("/dev/shm").is_ok() && shm_free_gib() >= 2 { "/dev/shm" } else { "/tmp" };
@@ -327,12 +332,11 @@ pub struct LoopbackRps {
 impl LoopbackRps {
     const PATH: &'static str = "/sys/class/net/lo/queues/rx-0/rps_cpus";
 
-    /// `mask` is a hex CPU mask ("2" = CPU 1). Fails when the setting cannot be written (not
-    /// root, or a read-only /sys).
-    pub fn steer(mask: &str) -> anyhow::Result<Self> {
+    /// Fails when the setting cannot be written (not root, or a read-only /sys).
+    pub fn steer(cpu: usize) -> anyhow::Result<Self> {
         let path = PathBuf::from(Self::PATH);
         let old = fs::read_to_string(&path)?.trim().to_string();
-        fs::write(&path, mask)?;
+        fs::write(&path, format!("{:x}", 1u64 << cpu))?;
         Ok(Self { path, old })
     }
 
@@ -355,5 +359,6 @@ pub fn cpu_busy_ticks(cpu: usize) -> u64 {
     let name = format!("cpu{cpu}");
     let Some(line) = stat.lines().find(|l| l.split_whitespace().next() == Some(name.as_str())) else { return 0 };
     let f: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
-    f.iter().enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).take(8).sum()
+    // user nice system [idle iowait] irq softirq steal; guest time is already inside user.
+    [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| f.get(i)).sum()
 }

@@ -374,7 +374,7 @@ pub async fn broadcasts(ctx: &mut Ctx, sys: &System, publisher: &Publisher, conn
     let mut b = Bcast { conns, ..Bcast::default() };
     let ticks0 = sys.cpu_ticks();
     let sys0 = sys.sys_ticks();
-    let load0 = procs::cpu_busy_ticks(1);
+    let load0 = procs::cpu_busy_ticks(procs::LOAD_CPU);
     for seq in 0..ctx.plan.bcasts {
         let ts = publisher.broadcast(stage, seq).await?;
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -393,7 +393,7 @@ pub async fn broadcasts(ctx: &mut Ctx, sys: &System, publisher: &Publisher, conn
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     let ticks = sys.cpu_ticks() - ticks0;
-    let load_ticks = procs::cpu_busy_ticks(1).saturating_sub(load0);
+    let load_ticks = procs::cpu_busy_ticks(procs::LOAD_CPU).saturating_sub(load0);
     b.kernel_share = (sys.sys_ticks() - sys0) as f64 / (ticks as f64).max(1.0);
     let mut sorted = b.times_ms.clone();
     sorted.sort_by(f64::total_cmp);

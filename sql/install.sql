@@ -212,10 +212,23 @@ CREATE TABLE IF NOT EXISTS pgsse.meta (
     pruned_tx xid8    NOT NULL DEFAULT '0'
 );
 
+-- A random value mixed into pgsse.history(): replaced by pgsse.new_history(),
+-- and by a gateway that finds the database behind positions it handed out.
+ALTER TABLE pgsse.meta ADD COLUMN IF NOT EXISTS history text NOT NULL
+    DEFAULT pg_catalog.md5(pg_catalog.gen_random_uuid()::text);
+
 COMMENT ON TABLE pgsse.meta IS
-    'pgsse bookkeeping (single row): pruned_tx = largest tx deleted by retention';
+    'pgsse bookkeeping (single row): pruned_tx = largest tx deleted by retention; history = part of pgsse.history()';
 
 INSERT INTO pgsse.meta DEFAULT VALUES ON CONFLICT DO NOTHING;
+
+-- Written by every marker (pgsse.mark): the write makes the marker's commit
+-- wait for its WAL flush, so no horizon is acted on before it is durable.
+-- Its value is the last horizon marked (for operators; nothing relies on it).
+CREATE SEQUENCE IF NOT EXISTS pgsse.marked MINVALUE 0 START 0;
+
+COMMENT ON SEQUENCE pgsse.marked IS
+    'pgsse: the last horizon marked; written by pgsse.mark() so markers are durable';
 
 -- -----------------------------------------------------------------------------
 -- Signing key for NOTIFY payloads: exactly one row, generated once
@@ -234,8 +247,14 @@ CREATE TABLE IF NOT EXISTS pgsse.secret (
     created_at timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 
+-- The NOTIFY channel: LISTEN needs no privilege, so the channel name itself
+-- is secret (128 random bits), read from this table at run time; a role that
+-- cannot read pgsse.secret cannot LISTEN to pgsse's payloads.
+ALTER TABLE pgsse.secret ADD COLUMN IF NOT EXISTS channel text NOT NULL
+    DEFAULT 'pgsse_' OPERATOR(pg_catalog.||) pg_catalog.replace(pg_catalog.gen_random_uuid()::text, '-', '');
+
 COMMENT ON TABLE pgsse.secret IS
-    'pgsse HMAC key signing NOTIFY payloads; readable by the gateway only';
+    'pgsse HMAC key signing NOTIFY payloads and the secret NOTIFY channel; readable by the gateway only';
 
 REVOKE ALL ON pgsse.secret FROM PUBLIC;
 
@@ -252,30 +271,78 @@ SELECT k.key,
  GROUP BY k.key
 ON CONFLICT DO NOTHING;
 
+-- Replaced by pgsse._send (which also picks the secret channel).
+DROP FUNCTION IF EXISTS pgsse._sign(text);
+
 -- -----------------------------------------------------------------------------
--- pgsse._sign: <hex HMAC-SHA256 of body><body>
+-- pgsse._send: sign a payload and NOTIFY it on the secret channel
 -- -----------------------------------------------------------------------------
 
--- PL/pgSQL rather than LANGUAGE sql: a non-inlinable SQL function (SET
--- search_path prevents inlining) is planned again on every call, while
--- PL/pgSQL keeps the plan of its query for the session.
-
-CREATE OR REPLACE FUNCTION pgsse._sign(body text) RETURNS text
-LANGUAGE plpgsql STABLE
+CREATE OR REPLACE FUNCTION pgsse._send(body text) RETURNS void
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $fn$
+DECLARE
+    chan   text;
+    signed text;
 BEGIN
-    RETURN (SELECT pg_catalog.encode(pg_catalog.sha256(s.opad OPERATOR(pg_catalog.||)
-                       pg_catalog.sha256(s.ipad OPERATOR(pg_catalog.||) pg_catalog.convert_to(body, 'UTF8'))), 'hex')
-                   OPERATOR(pg_catalog.||) body
-              FROM pgsse.secret AS s);
+    SELECT s.channel,
+           pg_catalog.encode(pg_catalog.sha256(s.opad OPERATOR(pg_catalog.||)
+               pg_catalog.sha256(s.ipad OPERATOR(pg_catalog.||) pg_catalog.convert_to(body, 'UTF8'))), 'hex')
+           OPERATOR(pg_catalog.||) body
+      INTO chan, signed
+      FROM pgsse.secret AS s;
+    PERFORM pg_catalog.pg_notify(chan, signed);
 END
 $fn$;
 
-COMMENT ON FUNCTION pgsse._sign(text) IS
-    'pgsse internal: prefixes a NOTIFY payload with its HMAC-SHA256 signature (hex)';
+COMMENT ON FUNCTION pgsse._send(text) IS
+    'pgsse internal: signs a NOTIFY payload and sends it on the secret channel';
 
-REVOKE ALL ON FUNCTION pgsse._sign(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgsse._send(text) FROM PUBLIC;
+
+-- -----------------------------------------------------------------------------
+-- pgsse.history: which history of the database positions belong to
+-- -----------------------------------------------------------------------------
+-- 8 hex characters from the cluster's system identifier, its current
+-- timeline and pgsse.meta.history. A failover (a promoted standby) and a
+-- point-in-time restore start a new timeline, a dump restored elsewhere has
+-- another system identifier: either way transaction ids may be handed out
+-- again, so positions taken before are recognised as foreign. After
+-- restoring a base backup WITHOUT recovery (no new timeline), run
+-- SELECT pgsse.new_history(); (see README, "Security model").
+
+CREATE OR REPLACE FUNCTION pgsse.history() RETURNS text
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    RETURN (SELECT pg_catalog.left(pg_catalog.md5(
+                       (pg_catalog.pg_control_system()).system_identifier::text OPERATOR(pg_catalog.||) '/'
+                       OPERATOR(pg_catalog.||) pg_catalog.left(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 8)
+                       OPERATOR(pg_catalog.||) '/' OPERATOR(pg_catalog.||) m.history), 8)
+              FROM pgsse.meta AS m);
+END
+$fn$;
+
+COMMENT ON FUNCTION pgsse.history() IS
+    'pgsse: the history token carried in every event id (system identifier, timeline, pgsse.meta.history)';
+
+CREATE OR REPLACE FUNCTION pgsse.new_history() RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    UPDATE pgsse.meta SET history = pg_catalog.md5(pg_catalog.gen_random_uuid()::text);
+    RETURN pgsse.history();
+END
+$fn$;
+
+COMMENT ON FUNCTION pgsse.new_history() IS
+    'pgsse: start a new history (after restoring a backup without a new timeline): every earlier position resets';
+
+REVOKE ALL ON FUNCTION pgsse.new_history() FROM PUBLIC;
 
 -- -----------------------------------------------------------------------------
 -- pgsse.mark: the gateway's horizon marker
@@ -290,11 +357,18 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $fn$
+DECLARE
+    x xid8 := pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot());
 BEGIN
-    PERFORM pg_catalog.pg_notify('pgsse', pgsse._sign(pg_catalog.json_build_object(
-        'm', pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::text,
+    -- Writing WAL makes this commit wait for its flush (the gateway's marker
+    -- session runs with synchronous_commit on): after a crash the database
+    -- cannot hand out an xid below x again.
+    PERFORM pg_catalog.setval('pgsse.marked', x::text::bigint, true);
+    PERFORM pgsse._send(pg_catalog.json_build_object(
+        'm', x::text,
+        'h', pgsse.history(),
         'g', pg_catalog.left(gateway, 64),
-        'n', seq)::text));
+        'n', seq)::text);
 END
 $fn$;
 
@@ -325,7 +399,7 @@ BEGIN
     IF payload IS NULL OR pg_catalog.octet_length(payload) > 7900 - 64 THEN
         payload := pg_catalog.format('{"t":"%s","r":[%s,%s]}', tx, min_id, max_id);
     END IF;
-    PERFORM pg_catalog.pg_notify('pgsse', pgsse._sign(payload));
+    PERFORM pgsse._send(payload);
 END
 $fn$;
 
@@ -862,7 +936,7 @@ BEGIN
         ' FROM (SELECT x.k, x.e, (pg_catalog.row_number() OVER () - 1) / 80 AS g FROM (' || changes || ') AS x) AS c'
         ' GROUP BY c.g'
     LOOP
-        PERFORM pg_catalog.pg_notify('pgsse', pgsse._sign('{"s":' OPERATOR(pg_catalog.||) chunk OPERATOR(pg_catalog.||) '}'));
+        PERFORM pgsse._send(pg_catalog.format('{"t":"%s","s":%s}', pg_catalog.pg_current_xact_id(), chunk));
     END LOOP;
     RETURN NULL;
 END

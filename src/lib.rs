@@ -159,8 +159,8 @@ async fn heartbeats(
         }
         // The horizon is read after every event below it was queued (the source stores it only
         // after dispatching them), so it is a valid resume position for every stream.
-        if let Some(h) = source.horizon() {
-            hub.publish_slice(slice, &hub::Item::notice(http::heartbeat(h)));
+        if let Some(at) = source.position() {
+            hub.publish_slice(slice, &hub::Item::notice(http::heartbeat(at)));
         }
         slice = (slice + 1) % slices;
     }

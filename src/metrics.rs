@@ -28,6 +28,8 @@ pub struct Metrics {
     refused: Family<Labels, Counter>,
     pub payloads_dropped: Counter,
     pub payloads_forged: Counter,
+    pub payloads_stale: Counter,
+    pub history_changes: Counter,
     pub pg_reconnects: Counter,
     pub pg_listening: Gauge,
     pub listen_lag_seconds: Gauge<f64, AtomicU64>,
@@ -77,6 +79,16 @@ impl Metrics {
             self.payloads_dropped.clone(),
         );
         r.register("payloads_forged", "NOTIFY payloads whose signature did not verify", self.payloads_forged.clone());
+        r.register(
+            "payloads_stale",
+            "Signed NOTIFY payloads ignored as re-sent: below the horizon, already handled, or of another history",
+            self.payloads_stale.clone(),
+        );
+        r.register(
+            "history_changes",
+            "Times the database's history changed under the gateway (failover, restore): every stream was reset",
+            self.history_changes.clone(),
+        );
         r.register("pg_reconnects", "Reconnects of the LISTEN connection", self.pg_reconnects.clone());
         r.register("pg_listening", "1 while the LISTEN connection is up and caught up", self.pg_listening.clone());
         r.register(

@@ -8,16 +8,35 @@ use bytes::{BufMut, Bytes, BytesMut};
 /// Sent once at the start of each stream: the browser waits this long before reconnecting.
 pub const DEFAULT_RETRY_MS: u64 = 1000;
 
-/// A resume position carried in every `id:` line.
+/// A resume position carried in every `id:` line: `<history>.<horizon>[-<log id>]`.
 ///
 /// `horizon` is a PostgreSQL transaction id H such that every event of every transaction with
 /// xid < H has already been sent on this stream (or was committed before the stream started, so
-/// the app's first fetch saw it). `log_id`, when present, is the `pgsse.events.id` of the event,
-/// which makes ids unique and lets clients recognise a duplicate.
+/// the app's first fetch saw it). `history` is `pgsse.history()` of the database that handed H
+/// out (8 hex digits): a failover or restore starts a new history and may hand the same xids out
+/// again, so a position of another history is never trusted. `log_id`, when present, is the
+/// `pgsse.events.id` of the event, which makes ids unique and lets clients recognise a duplicate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventId {
+    pub history: History,
     pub horizon: u64,
     pub log_id: Option<i64>,
+}
+
+/// The history part of a position: `pgsse.history()`, 8 hex digits, or `Unknown` for an id of
+/// a gateway version before histories (`<horizon>[-<log id>]`), which can belong to any history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum History {
+    Known(u32),
+    Unknown,
+}
+
+impl History {
+    /// Parses `pgsse.history()`'s 8 lowercase hex digits.
+    pub fn parse(s: &str) -> Option<Self> {
+        let hex = s.len() == 8 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        hex.then(|| u32::from_str_radix(s, 16).ok().map(History::Known)).flatten()
+    }
 }
 
 /// Why a `Last-Event-ID` could not be used.
@@ -27,22 +46,22 @@ pub enum BadEventId {
     Empty,
     #[error("Last-Event-ID is longer than {max} bytes")]
     TooLong { max: usize },
-    #[error("Last-Event-ID is not of the form <horizon> or <horizon>-<event id>")]
+    #[error("Last-Event-ID is not of the form <history>.<horizon> or <history>.<horizon>-<event id>")]
     Malformed,
     #[error("Last-Event-ID horizon 0 is not a position")]
     Zero,
 }
 
-/// Longest id we accept: two u64s and a dash, with room to spare.
+/// Longest id we accept: a history, two u64s, a dot and a dash, with room to spare.
 const MAX_EVENT_ID_LEN: usize = 64;
 
 impl EventId {
-    pub fn horizon(horizon: u64) -> Self {
-        Self { horizon, log_id: None }
+    pub fn horizon(history: u32, horizon: u64) -> Self {
+        Self { history: History::Known(history), horizon, log_id: None }
     }
 
-    pub fn event(horizon: u64, log_id: i64) -> Self {
-        Self { horizon, log_id: Some(log_id) }
+    pub fn event(history: u32, horizon: u64, log_id: i64) -> Self {
+        Self { history: History::Known(history), horizon, log_id: Some(log_id) }
     }
 
     /// Parses what an `EventSource` sends back in `Last-Event-ID`.
@@ -54,9 +73,13 @@ impl EventId {
         if s.len() > MAX_EVENT_ID_LEN {
             return Err(BadEventId::TooLong { max: MAX_EVENT_ID_LEN });
         }
-        let (h, log) = match s.split_once('-') {
+        let (history, rest) = match s.split_once('.') {
+            Some((h, rest)) => (History::parse(h).ok_or(BadEventId::Malformed)?, rest),
+            None => (History::Unknown, s),
+        };
+        let (h, log) = match rest.split_once('-') {
             Some((h, l)) => (h, Some(l)),
-            None => (s, None),
+            None => (rest, None),
         };
         let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
         if !digits(h) || log.is_some_and(|l| !digits(l)) {
@@ -70,17 +93,26 @@ impl EventId {
         if horizon == 0 {
             return Err(BadEventId::Zero);
         }
-        Ok(Self { horizon, log_id })
+        Ok(Self { history, horizon, log_id })
     }
 }
 
 impl std::fmt::Display for EventId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let History::Known(h) = self.history {
+            write!(f, "{h:08x}.")?;
+        }
         match self.log_id {
             Some(l) => write!(f, "{}-{}", self.horizon, l),
             None => write!(f, "{}", self.horizon),
         }
     }
+}
+
+/// `event: reset`: the client cannot be brought up to date by events; it refetches, and the
+/// stream goes on from `id`.
+pub fn reset(id: EventId, reason: &str, message: &str) -> Bytes {
+    encode("reset", Some(id), &serde_json::json!({"reason": reason, "message": message}).to_string())
 }
 
 /// Encodes one event. `data` may contain any text: each of its lines (split at CRLF, CR or LF,
@@ -191,7 +223,7 @@ mod tests {
     }
 
     fn roundtrip(event: &str, data: &str) -> (String, String, Option<String>) {
-        let bytes = encode(event, Some(EventId::event(42, 7)), data);
+        let bytes = encode(event, Some(EventId::event(0xabc, 42, 7)), data);
         let text = std::str::from_utf8(&bytes).expect("utf8");
         let mut events = parse(text);
         assert_eq!(events.len(), 1, "{text:?}");
@@ -200,8 +232,12 @@ mod tests {
 
     #[test]
     fn exact_wire_format() {
-        let b = encode("notification", Some(EventId::event(9, 3)), r#"{"type":"read","notificationId":123}"#);
-        assert_eq!(&b[..], b"event: notification\nid: 9-3\ndata: {\"type\":\"read\",\"notificationId\":123}\n\n");
+        let b =
+            encode("notification", Some(EventId::event(0x0a1b2c3d, 9, 3)), r#"{"type":"read","notificationId":123}"#);
+        assert_eq!(
+            &b[..],
+            b"event: notification\nid: 0a1b2c3d.9-3\ndata: {\"type\":\"read\",\"notificationId\":123}\n\n"
+        );
         assert_eq!(&retry(1000)[..], b"retry: 1000\n\n");
     }
 
@@ -226,7 +262,7 @@ mod tests {
         let (event, got, id) = roundtrip("notification", data);
         assert_eq!(event, "notification");
         assert_eq!(got, data);
-        assert_eq!(id.as_deref(), Some("42-7"));
+        assert_eq!(id.as_deref(), Some("00000abc.42-7"));
     }
 
     #[test]
@@ -238,7 +274,7 @@ mod tests {
 
     #[test]
     fn ids_never_contain_nul_or_newlines() {
-        for id in [EventId::horizon(1), EventId::event(u64::MAX, i64::MAX), EventId::event(5, 0)] {
+        for id in [EventId::horizon(0, 1), EventId::event(u32::MAX, u64::MAX, i64::MAX), EventId::event(7, 5, 0)] {
             let s = id.to_string();
             assert!(!s.contains(['\0', '\r', '\n']));
             assert_eq!(EventId::parse(&s), Ok(id));
@@ -247,11 +283,30 @@ mod tests {
 
     #[test]
     fn last_event_id_parsing_rejects_garbage() {
-        assert_eq!(EventId::parse(" 77-3 "), Ok(EventId::event(77, 3)));
-        assert_eq!(EventId::parse("77"), Ok(EventId::horizon(77)));
+        assert_eq!(EventId::parse(" 0000004d.77-3 "), Ok(EventId::event(0x4d, 77, 3)));
+        assert_eq!(EventId::parse("ffffffff.77"), Ok(EventId::horizon(u32::MAX, 77)));
+        // Ids of gateways before histories: a position of an unknown history.
+        let legacy = EventId::parse("77-3").expect("legacy id");
+        assert_eq!((legacy.history, legacy.horizon, legacy.log_id), (History::Unknown, 77, Some(3)));
         assert_eq!(EventId::parse(""), Err(BadEventId::Empty));
         assert_eq!(EventId::parse("0"), Err(BadEventId::Zero));
-        for bad in ["abc", "-1", "1-", "1--2", "1-2-3", "+5", "1.5", "99999999999999999999999", "ñ"] {
+        for bad in [
+            "abc",
+            "-1",
+            "1-",
+            "1--2",
+            "1-2-3",
+            "+5",
+            "1.5",
+            "99999999999999999999999",
+            "ñ",
+            "0000004D.77",
+            "4d.77",
+            "0000004d.",
+            "0000004d.-1",
+            "0000004d.0000004d.7",
+            "g000004d.7",
+        ] {
             assert_eq!(EventId::parse(bad), Err(BadEventId::Malformed), "{bad}");
         }
         assert_eq!(EventId::parse(&"9".repeat(65)), Err(BadEventId::TooLong { max: 64 }));

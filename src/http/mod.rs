@@ -241,6 +241,7 @@ fn readiness(shared: &Shared) -> Response<Body> {
     let listening = shared.source.is_ready();
     let draining = shared.draining.is_cancelled();
     let ready = listening && !draining;
+    let position = shared.source.position();
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     json(
         status,
@@ -248,7 +249,8 @@ fn readiness(shared: &Shared) -> Response<Body> {
             "status": if ready { "ready" } else { "not_ready" },
             "listening": listening,
             "draining": draining,
-            "horizon": shared.source.horizon().map(|h| h.to_string()),
+            "horizon": position.map(|p| p.horizon.to_string()),
+            "history": position.map(|p| format!("{:08x}", p.history)),
             "connections": shared.hub.connection_count(),
             "jwks": shared.config.jwt.as_ref().and_then(|a| a.remote()).map(|r| r.describe()),
         }),

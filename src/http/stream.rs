@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use super::{error, unavailable, Body, Shared};
 use crate::auth::session::session_key;
 use crate::auth::{AuthError, Authenticator, Identity};
-use crate::hub::{Full, Next, Subscription};
+use crate::hub::{Full, Item, Next, Subscription};
 use crate::pg::replay::{self, Replay, DEFAULT_MAX_REPLAY_EVENTS};
 use crate::pg::sessions::Found;
 use crate::pg::PgError;
@@ -56,9 +56,16 @@ impl StreamBody {
             all.iter().for_each(|b| joined.extend_from_slice(b));
             return Poll::Ready(Some(joined.freeze()));
         }
-        let (replayed, below) = (&mut self.replayed, self.resumed_from);
-        match self.sub.poll_next(cx, |item| item.tx < below || (!replayed.is_empty() && replayed.remove(&item.log_id)))
-        {
+        let (replayed, below) = (&mut self.replayed, &mut self.resumed_from);
+        let skip = |item: &Item| {
+            if item.log_id == Item::RESYNC {
+                // A new history: what this stream resumed from says nothing about its events.
+                (*below, *replayed) = (0, HashSet::new());
+                return false;
+            }
+            item.tx < *below || (!replayed.is_empty() && replayed.remove(&item.log_id))
+        };
+        match self.sub.poll_next(cx, skip) {
             Poll::Ready(Next::Data(b)) => Poll::Ready(Some(b)),
             Poll::Ready(Next::Closed(reason)) => {
                 tracing::debug!(conn = self.sub.id(), ?reason, "stream closed by the gateway");
@@ -100,7 +107,7 @@ pub(super) async fn open(
         shared.metrics.refused("draining");
         return unavailable("draining", "the gateway is shutting down; retry", 1);
     }
-    if shared.source.horizon().is_none() {
+    if shared.source.position().is_none() {
         shared.metrics.refused("not_ready");
         return unavailable("not_ready", "the gateway is not yet listening to the database; retry", 1);
     }
@@ -136,11 +143,15 @@ pub(super) async fn open(
         }
     };
     span.record("stream", sub.id());
-    let now = shared.source.horizon().unwrap_or(0);
+    // Subscribed above, so `now` is read after every event below it was queued on this stream.
+    let Some(now) = shared.source.position() else {
+        shared.metrics.refused("not_ready");
+        return unavailable("not_ready", "the gateway is not yet listening to the database; retry", 1);
+    };
     let user = identity.user_id.clone();
     let mut preamble = VecDeque::with_capacity(4);
     preamble.push_back(sse::retry(DEFAULT_RETRY_MS));
-    let connected = |id: u64, resumed: bool, replayed: usize| {
+    let connected = |id: EventId, resumed: bool, replayed: usize| {
         let data = serde_json::json!({
             "userId": &*user,
             "connectionId": sub.id(),
@@ -148,31 +159,29 @@ pub(super) async fn open(
             "replayed": replayed,
             "heartbeatMs": shared.config.heartbeat_interval.as_millis() as u64,
         });
-        sse::encode("connected", Some(EventId::horizon(id)), &data.to_string())
+        sse::encode("connected", Some(id), &data.to_string())
     };
-    let reset = |reason: &str, message: &str| {
-        let data = serde_json::json!({"reason": reason, "message": message});
-        sse::encode("reset", Some(EventId::horizon(now)), &data.to_string())
-    };
+    let here = EventId::horizon(now.history, now.horizon);
+    let reset = |reason: &str, message: &str| sse::reset(here, reason, message);
     let mut replayed = HashSet::new();
     let mut resumed_from = 0;
     match last_event_id {
-        None => preamble.push_back(connected(now, false, 0)),
+        None => preamble.push_back(connected(here, false, 0)),
         Some(Err(bad)) => {
             tracing::debug!(error = %bad, "unusable Last-Event-ID; sending reset");
             shared.metrics.reset("invalid_last_event_id");
-            preamble.push_back(connected(now, false, 0));
+            preamble.push_back(connected(here, false, 0));
             preamble.push_back(reset("invalid_last_event_id", &bad.to_string()));
         }
         Some(Ok(from)) => {
-            let run = replay::replay(&shared.pool, &identity.user_id, from.horizon, DEFAULT_MAX_REPLAY_EVENTS);
+            let run = replay::replay(&shared.pool, &identity.user_id, from, now.history, DEFAULT_MAX_REPLAY_EVENTS);
             match tokio::time::timeout(shared.config.replay_timeout, run).await {
                 Ok(Ok(Replay::Events(events))) => {
                     shared.metrics.events_replayed.inc_by(events.len() as u64);
                     resumed_from = from.horizon;
-                    preamble.push_back(connected(from.horizon, true, events.len()));
+                    preamble.push_back(connected(EventId::horizon(now.history, from.horizon), true, events.len()));
                     for ev in events {
-                        let id = EventId::event(from.horizon, ev.id);
+                        let id = EventId::event(now.history, from.horizon, ev.id);
                         preamble.push_back(sse::encode(&ev.event, Some(id), &ev.data));
                         replayed.insert(ev.id);
                     }
@@ -180,8 +189,8 @@ pub(super) async fn open(
                 Ok(Ok(Replay::Reset(reason))) => {
                     tracing::debug!(reason = reason.as_str(), "resume not possible; sending reset");
                     shared.metrics.reset(reason.as_str());
-                    preamble.push_back(connected(now, false, 0));
-                    preamble.push_back(reset(reason.as_str(), "refetch: the missed events cannot be replayed"));
+                    preamble.push_back(connected(here, false, 0));
+                    preamble.push_back(reset(reason.as_str(), reason.message()));
                 }
                 Ok(Err(e)) => {
                     shared.metrics.refused("replay_failed");
@@ -263,7 +272,7 @@ fn forwarded_for(headers: &hyper::HeaderMap) -> Option<std::net::IpAddr> {
 }
 
 /// The shared heartbeat: one timer for every stream, bytes encoded once per tick.
-pub fn heartbeat(horizon: u64) -> Bytes {
+pub fn heartbeat(at: crate::pg::source::Position) -> Bytes {
     let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
-    sse::encode("heartbeat", Some(EventId::horizon(horizon)), &format!("{{\"timestamp\":{ms}}}"))
+    sse::encode("heartbeat", Some(EventId::horizon(at.history, at.horizon)), &format!("{{\"timestamp\":{ms}}}"))
 }

@@ -27,9 +27,18 @@ pub struct Item {
 }
 
 impl Item {
+    /// `log_id` of a history reset (log ids are positive): a stream that resumed forgets what it
+    /// skipped, since positions of the old history say nothing about the new one.
+    pub const RESYNC: i64 = -1;
+
     /// Something that is not a log event (heartbeat, notice, `retry:`): never skipped.
     pub fn notice(bytes: Bytes) -> Self {
         Self { log_id: 0, tx: 0, bytes }
+    }
+
+    /// The `reset` every stream gets when the database's history changed.
+    pub fn resync(bytes: Bytes) -> Self {
+        Self { log_id: Self::RESYNC, tx: 0, bytes }
     }
 }
 

@@ -2,8 +2,10 @@
 
 pub mod demo;
 pub mod install;
+pub mod payload;
 pub mod replay;
 pub mod retention;
+mod seen;
 pub mod sessions;
 pub mod source;
 
@@ -12,8 +14,6 @@ use std::time::Duration;
 
 use tokio_postgres::NoTls;
 
-/// The NOTIFY channel the triggers and markers use.
-pub const CHANNEL: &str = "pgsse";
 /// How long a connection attempt may take before it counts as failed.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -60,6 +60,21 @@ pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, PgError> {
     // Detect a silently dead peer (e.g. a failed-over host) within about a minute.
     cfg.keepalives(true).keepalives_idle(Duration::from_secs(30));
     Ok(cfg)
+}
+
+/// An error from SQL that names pgsse's objects: if one is missing, the installed SQL is older
+/// than this gateway, which the message says.
+pub(crate) fn with_install_hint(e: tokio_postgres::Error) -> PgError {
+    use tokio_postgres::error::SqlState;
+    match e.code() {
+        Some(c) if *c == SqlState::UNDEFINED_COLUMN || *c == SqlState::UNDEFINED_FUNCTION || *c == SqlState::UNDEFINED_TABLE => {
+            PgError::Protocol(format!(
+                "the pgsse SQL in this database is missing or older than this gateway ({}): run `pgsse sql install --apply`",
+                describe(&e)
+            ))
+        }
+        _ => PgError::Db(e),
+    }
 }
 
 /// One plain connection with its driver task spawned; used for one-off work (SQL install).

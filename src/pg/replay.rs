@@ -5,6 +5,7 @@
 //! id order, which follows the order of changes to any one row.
 
 use super::{PgError, StoredEvent, EVENT_COLUMNS};
+use crate::sse::{EventId, History};
 
 /// A resume asking for more than this many events is answered with `reset` instead: the app's
 /// own refetch is cheaper than streaming that much history through one connection.
@@ -24,6 +25,9 @@ pub enum ResetReason {
     Future,
     /// More than the replay limit.
     TooMany,
+    /// The position belongs to another history of the database (before a failover or restore),
+    /// or to a gateway version that did not say which.
+    HistoryChanged,
 }
 
 impl ResetReason {
@@ -32,11 +36,35 @@ impl ResetReason {
             ResetReason::Pruned => "history_pruned",
             ResetReason::Future => "unknown_position",
             ResetReason::TooMany => "too_many_missed_events",
+            ResetReason::HistoryChanged => "history_changed",
+        }
+    }
+
+    /// What the client is told, beside the reason.
+    pub fn message(self) -> &'static str {
+        match self {
+            ResetReason::HistoryChanged => {
+                "refetch: the database's history changed (failover or restore) since this position"
+            }
+            _ => "refetch: the missed events cannot be replayed",
         }
     }
 }
 
-pub async fn replay(pool: &deadpool_postgres::Pool, user: &str, from: u64, max: usize) -> Result<Replay, PgError> {
+/// The events of `user` from position `from` on, or why the stream must reset. `history` is the
+/// gateway's current history; the database's is checked too, in the same snapshot as the rows,
+/// so a replay on a database that failed over before the gateway noticed resets as well.
+pub async fn replay(
+    pool: &deadpool_postgres::Pool,
+    user: &str,
+    from: EventId,
+    history: u32,
+    max: usize,
+) -> Result<Replay, PgError> {
+    if from.history != History::Known(history) {
+        return Ok(Replay::Reset(ResetReason::HistoryChanged));
+    }
+    let from = from.horizon;
     let mut client = pool.get().await?;
     // One snapshot for the checks and the rows, so a concurrent prune cannot slip between them.
     let tx = client
@@ -46,10 +74,16 @@ pub async fn replay(pool: &deadpool_postgres::Pool, user: &str, from: u64, max: 
         .start()
         .await?;
     let row = tx
-        .query_one("SELECT pruned_tx::text, pg_snapshot_xmax(pg_current_snapshot())::text FROM pgsse.meta", &[])
+        .query_one(
+            "SELECT pruned_tx::text, pg_snapshot_xmax(pg_current_snapshot())::text, pgsse.history() FROM pgsse.meta",
+            &[],
+        )
         .await?;
     let pruned = super::parse_xid(row.try_get(0)?)?;
     let xmax = super::parse_xid(row.try_get(1)?)?;
+    if super::payload::parse_history(row.try_get(2)?) != Some(history) {
+        return Ok(Replay::Reset(ResetReason::HistoryChanged));
+    }
     if from > xmax {
         return Ok(Replay::Reset(ResetReason::Future));
     }

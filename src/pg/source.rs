@@ -1,33 +1,34 @@
 //! The event source: one dedicated LISTEN connection, markers that advance the horizon, catch-up.
 //!
-//! Lifecycle of one connection: connect (capped, jittered, cancellable backoff) -> `LISTEN` before
-//! anything else -> if an earlier connection was lost, catch up from `pgsse.events` from the last
-//! horizon -> send a marker (over a second connection, see `connection`) -> ready once that
-//! marker comes back. Then, in queue order: row events go to the hub, stamped with the current
-//! horizon; markers advance the horizon.
+//! Lifecycle of one connection: connect (capped, jittered, cancellable backoff) -> read the key,
+//! the secret channel and the database's history -> `LISTEN` -> if an earlier connection was
+//! lost, catch up from `pgsse.events` from the last horizon (or, if the database's history
+//! changed, reset every stream) -> send a marker (over a second connection, see `connection`) ->
+//! ready once that marker comes back. Then, in queue order: row events go to the hub, stamped with
+//! the current position; markers advance the horizon.
 //!
 //! Why markers: NOTIFY entries reach listeners in commit order, and a marker carrying
 //! `pg_snapshot_xmin` X enters the queue after every transaction with xid < X has finished. So
 //! when a marker arrives, every event of those transactions has already been dispatched: X is a
-//! safe resume position for any stream (see `sse::EventId`).
+//! safe resume position for any stream (see `sse::EventId`). Markers are durable before they
+//! arrive (they write WAL and commit synchronously), so a crash cannot hand out an xid below X
+//! again; a failover or restore can, which is why positions carry the history.
 
-use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::FusedFuture;
 use futures_util::{pin_mut, FutureExt, TryStreamExt};
-use serde::Deserialize;
-use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::{AsyncMessage, NoTls, Notification, Socket};
 use tokio_util::sync::CancellationToken;
 
+use super::payload::{self, Message, Verifier};
+use super::seen::Seen;
 use super::sessions::SessionStore;
-use super::{PgError, StoredEvent, CHANNEL, EVENT_COLUMNS};
-use crate::auth::session::SessionKey;
+use super::{PgError, StoredEvent, EVENT_COLUMNS};
 use crate::hub::{Hub, Item};
 use crate::metrics::Metrics;
 use crate::sse::{self, EventId};
@@ -35,55 +36,53 @@ use crate::sse::{self, EventId};
 pub const DEFAULT_MARKER_INTERVAL: Duration = Duration::from_millis(250);
 pub const DEFAULT_BACKOFF_MIN: Duration = Duration::from_millis(100);
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// Bound on the set used to avoid re-sending events during catch-up. Only a transaction held
-/// open for a very long time at a very high event rate fills it; past it, catch-up may resend
-/// (clients dedupe by event id).
-const MAX_REMEMBERED: usize = 1_000_000;
 
 /// What the rest of the gateway can see of the source. Shared with HTTP handlers and metrics.
 #[derive(Debug, Default)]
 pub struct SourceState {
     horizon: AtomicU64,
+    /// `pgsse.history()` of the database the horizon belongs to, with bit 32 set once known.
+    history: AtomicU64,
     ready: AtomicBool,
 }
 
+/// Where the gateway stands: every event below `horizon` of history `history` was dispatched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub history: u32,
+    pub horizon: u64,
+}
+
 impl SourceState {
-    /// The current horizon, or `None` before the first marker ever arrived.
-    pub fn horizon(&self) -> Option<u64> {
-        match self.horizon.load(Ordering::Acquire) {
-            0 => None,
-            h => Some(h),
-        }
+    /// The current position, or `None` before the first marker of the current history arrived.
+    /// Read history first: the source clears the horizon before it changes the history, so a
+    /// reader never pairs a new history with an old horizon.
+    pub fn position(&self) -> Option<Position> {
+        let history = self.history.load(Ordering::Acquire);
+        let horizon = self.horizon.load(Ordering::Acquire);
+        (history != 0 && horizon != 0).then_some(Position { history: history as u32, horizon })
     }
 
     /// True while the LISTEN connection is up, caught up and has seen its marker come back.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
-}
 
-/// NOTIFY payloads on the `pgsse` channel (see `sql/install.sql`).
-#[derive(Deserialize)]
-struct Payload<'a> {
-    /// Marker: a snapshot xmin, as text.
-    m: Option<String>,
-    /// Marker: the gateway that sent it, and its sequence number (for the lag measurement).
-    g: Option<String>,
-    n: Option<u64>,
-    /// Events: the writing transaction's id, as text.
-    t: Option<String>,
-    /// Events inline.
-    #[serde(borrow)]
-    e: Option<Vec<InlineEvent<'a>>>,
-    /// Events by reference (too large to inline): the id range to fetch.
-    r: Option<(i64, i64)>,
-    /// Session changes (see `pgsse.watch_sessions`): `[sha256 of token as hex, expiry in unix
-    /// ms or null when deleted]`.
-    s: Option<Vec<(String, Option<i64>)>>,
-}
+    fn horizon(&self) -> Option<u64> {
+        self.position().map(|p| p.horizon)
+    }
 
-/// `[id, user_id, event, data]`, data kept as the JSON text Postgres wrote.
-type InlineEvent<'a> = (i64, Option<String>, String, &'a RawValue);
+    fn history(&self) -> Option<u32> {
+        let h = self.history.load(Ordering::Acquire);
+        (h != 0).then_some(h as u32)
+    }
+
+    /// A new history: no position of the old one is valid any more.
+    fn set_history(&self, history: u32) {
+        self.horizon.store(0, Ordering::Release);
+        self.history.store((1 << 32) | u64::from(history), Ordering::Release);
+    }
+}
 
 pub struct Source {
     db: tokio_postgres::Config,
@@ -93,12 +92,14 @@ pub struct Source {
     marker_interval: Duration,
     /// Identifies this gateway's own markers among other replicas'.
     instance: String,
-    /// Events already dispatched whose tx is at or above the horizon, so a catch-up after a
-    /// reconnect does not send them twice: tx -> ids, and the ids themselves.
-    sent_by_tx: BTreeMap<u64, Vec<i64>>,
-    sent: HashSet<i64>,
+    /// What was dispatched at or above the horizon, so neither a catch-up after a reconnect nor
+    /// a re-sent payload sends it twice.
+    seen: Seen,
     /// Verifies that a payload was produced by pgsse's SQL (anyone who can connect may NOTIFY).
-    key: Option<ring::hmac::Key>,
+    verifier: Option<Verifier>,
+    /// The history changed: events are not dispatched until the first marker of the new one,
+    /// which resets every stream.
+    resync: bool,
     /// The session cache, evicted on session changes (cookie authentication only).
     sessions: Option<Arc<SessionStore>>,
 }
@@ -123,9 +124,9 @@ impl Source {
             state,
             marker_interval,
             instance: format!("{:016x}", rand::random::<u64>()),
-            sent_by_tx: BTreeMap::new(),
-            sent: HashSet::new(),
-            key: None,
+            seen: Seen::default(),
+            verifier: None,
+            resync: false,
             sessions: None,
         }
     }
@@ -230,9 +231,28 @@ impl Source {
         catch_up: bool,
         shutdown: &CancellationToken,
     ) -> End {
-        // LISTEN first: anything committed from now on is notified, so the catch-up query
-        // below cannot miss a commit that lands between the two.
-        if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+        // The channel is secret (LISTEN needs no privilege), so it is read before LISTEN; the
+        // key is read on every connect, so a rotated one is picked up after a reconnect.
+        let setup = client
+            .query_opt(
+                "SELECT s.key, s.channel, pgsse.history(), pg_snapshot_xmax(pg_current_snapshot())::text \
+                 FROM pgsse.secret AS s",
+                &[],
+            )
+            .await;
+        let channel = match setup {
+            Ok(Some(row)) => match self.on_setup(client, &row).await {
+                Ok(channel) => channel,
+                Err(e) => return End::Lost(e),
+            },
+            Ok(None) => {
+                return End::Lost(PgError::Protocol("pgsse.secret is empty: run `pgsse sql install` again".into()))
+            }
+            Err(e) => return End::Lost(super::with_install_hint(e)),
+        };
+        // LISTEN before catch-up: anything committed from now on is notified, so the catch-up
+        // query below cannot miss a commit that lands between the two.
+        if let Err(e) = client.batch_execute(&format!("LISTEN \"{channel}\"")).await {
             return End::Lost(e.into());
         }
         let fetch = match client
@@ -244,22 +264,21 @@ impl Source {
             Ok(s) => s,
             Err(e) => return End::Lost(e.into()),
         };
-        let marker = match marker_client.prepare("SELECT pgsse.mark($1::text, $2::bigint)").await {
-            Ok(s) => s,
-            Err(e) => return End::Lost(e.into()),
-        };
-        // Read on every connect, so a rotated key is picked up after a reconnect.
-        match client.query_opt("SELECT key FROM pgsse.secret", &[]).await {
-            Ok(Some(row)) => match row.try_get::<_, Vec<u8>>(0) {
-                Ok(k) => self.key = Some(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &k)),
+        // A marker must be durable before the gateway acts on it (see pgsse.mark): its commit
+        // waits for the WAL flush unless the session turned synchronous commit off.
+        let marker = match marker_client
+            .batch_execute(
+                "SELECT set_config('synchronous_commit', 'on', false) WHERE current_setting('synchronous_commit') = 'off'",
+            )
+            .await
+        {
+            Ok(()) => match marker_client.prepare("SELECT pgsse.mark($1::text, $2::bigint)").await {
+                Ok(s) => s,
                 Err(e) => return End::Lost(e.into()),
             },
-            Ok(None) => {
-                return End::Lost(PgError::Protocol("pgsse.secret is empty: run `pgsse sql install` again".into()))
-            }
             Err(e) => return End::Lost(e.into()),
-        }
-        if catch_up {
+        };
+        if catch_up && !self.resync {
             if let Err(e) = self.catch_up(client).await {
                 return End::Lost(e);
             }
@@ -305,6 +324,61 @@ impl Source {
         }
     }
 
+    /// Takes the key, and checks that the database is still on the history the gateway's
+    /// positions belong to. Returns the channel to LISTEN on.
+    async fn on_setup(
+        &mut self,
+        client: &tokio_postgres::Client,
+        row: &tokio_postgres::Row,
+    ) -> Result<String, PgError> {
+        let key: Vec<u8> = row.try_get(0)?;
+        let channel: String = row.try_get(1)?;
+        let history: String = row.try_get(2)?;
+        let xmax = super::parse_xid(row.try_get(3)?)?;
+        if !channel.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(PgError::Protocol(format!("pgsse.secret.channel {channel:?} is not a plain identifier")));
+        }
+        let mut history = payload::parse_history(&history)
+            .ok_or_else(|| PgError::Protocol(format!("pgsse.history() returned {history:?}")))?;
+        self.verifier = Some(Verifier::new(&key));
+        if let Some(h) = self.state.horizon().filter(|h| self.state.history() == Some(history) && xmax < *h) {
+            // Same history, yet the database has not reached positions the gateway handed out: it
+            // was restored from a backup without a new timeline. Start a new history, durably, so
+            // every position taken before is recognised as foreign by every replica.
+            tracing::error!(
+                horizon = h,
+                database_xmax = xmax,
+                "the database is behind positions already handed out (restored from a backup?); starting a new history"
+            );
+            client
+                .batch_execute(
+                    "BEGIN; SET LOCAL synchronous_commit = on; \
+                     UPDATE pgsse.meta SET history = md5(gen_random_uuid()::text); COMMIT",
+                )
+                .await?;
+            let row = client.query_one("SELECT pgsse.history()", &[]).await?;
+            let text: String = row.try_get(0)?;
+            history = payload::parse_history(&text)
+                .ok_or_else(|| PgError::Protocol(format!("pgsse.history() returned {text:?}")))?;
+        }
+        match self.state.history() {
+            Some(old) if old != history => {
+                tracing::warn!(
+                    old = format_args!("{old:08x}"),
+                    new = format_args!("{history:08x}"),
+                    "the database's history changed (failover or restore): every stream gets reset"
+                );
+                self.metrics.history_changes.inc();
+                self.seen.clear();
+                self.resync = true;
+                self.state.set_history(history);
+            }
+            Some(_) => {}
+            None => self.state.set_history(history),
+        }
+        Ok(channel)
+    }
+
     /// Sends everything committed at or above the last horizon that this gateway may have
     /// missed while it was not listening. Already-dispatched events are skipped.
     async fn catch_up(&mut self, client: &tokio_postgres::Client) -> Result<(), PgError> {
@@ -317,7 +391,7 @@ impl Source {
         while let Some(row) = rows.try_next().await? {
             let ev = StoredEvent::from_row(&row)?;
             seen += 1;
-            if !self.sent.contains(&ev.id) {
+            if !self.seen.contains(ev.id) {
                 sent += 1;
                 self.dispatch(ev.id, ev.tx, ev.user_id.as_deref(), &ev.event, &ev.data);
             }
@@ -339,76 +413,76 @@ impl Source {
         payload: &str,
         pending: &mut Option<(u64, Instant)>,
     ) -> Result<(), PgError> {
-        let Some(payload) = self.verified(payload) else {
-            self.metrics.payloads_dropped.inc();
-            self.metrics.payloads_forged.inc();
-            tracing::warn!(
-                payload_bytes = payload.len(),
-                "ignoring a NOTIFY on channel pgsse without a valid signature (sent by something other than pgsse's SQL)"
-            );
-            return Ok(());
-        };
-        let p: Payload = match serde_json::from_str(payload) {
-            Ok(p) => p,
+        let Some(verifier) = &self.verifier else { return Ok(()) };
+        let msg = match verifier.decode(payload) {
+            Ok(m) => m,
             Err(e) => {
                 self.metrics.payloads_dropped.inc();
-                tracing::warn!(error = %e, payload_bytes = payload.len(), "ignoring a NOTIFY on channel pgsse that is not a pgsse payload");
+                if matches!(e, payload::PayloadError::Unsigned) {
+                    self.metrics.payloads_forged.inc();
+                }
+                tracing::warn!(payload_bytes = payload.len(), "ignoring a NOTIFY on pgsse's channel: {e}");
                 return Ok(());
             }
         };
-        if let Some(changes) = p.s {
-            self.on_sessions(changes);
-            return Ok(());
-        }
-        if let Some(m) = p.m {
-            let Ok(x) = m.parse::<u64>() else {
-                self.metrics.payloads_dropped.inc();
-                tracing::warn!(marker = %m, "ignoring a marker whose horizon is not a transaction id");
+        let tx = match &msg {
+            Message::Marker { horizon, history, gateway, seq } => {
+                if self.state.history() != Some(*history) {
+                    // A marker of another history (re-sent from before a failover or restore)
+                    // would move the horizon past transactions this history has not run yet.
+                    return self.stale("a marker of another history");
+                }
+                self.on_marker(*horizon);
+                if let (Some((want, at)), Some(g), Some(n)) = (*pending, gateway.as_deref(), seq) {
+                    if g == self.instance && *n >= want {
+                        self.metrics.listen_lag_seconds.set(at.elapsed().as_secs_f64());
+                        *pending = None;
+                    }
+                }
                 return Ok(());
-            };
-            self.on_marker(x);
-            if let (Some((seq, at)), Some(g), Some(n)) = (*pending, p.g.as_deref(), p.n) {
-                if g == self.instance && n >= seq {
-                    self.metrics.listen_lag_seconds.set(at.elapsed().as_secs_f64());
-                    *pending = None;
+            }
+            Message::Events { tx, .. } | Message::Reference { tx, .. } | Message::Sessions { tx, .. } => *tx,
+        };
+        // Every payload of a transaction below the horizon arrived before the marker that set it:
+        // one arriving now was re-sent.
+        if self.state.horizon().is_some_and(|h| tx < h) {
+            return self.stale("a payload below the horizon");
+        }
+        match msg {
+            Message::Events { events, .. } => {
+                for (id, user, event, data) in events {
+                    self.dispatch(id, tx, user.as_deref(), &event, data.get());
                 }
             }
-            return Ok(());
-        }
-        let Some(tx) = p.t.as_deref().and_then(|t| t.parse::<u64>().ok()) else {
-            self.metrics.payloads_dropped.inc();
-            tracing::warn!(
-                payload_bytes = payload.len(),
-                "ignoring a pgsse NOTIFY without a valid \"t\" (transaction id)"
-            );
-            return Ok(());
-        };
-        if let Some(events) = p.e {
-            for (id, user, event, data) in events {
-                self.dispatch(id, tx, user.as_deref(), &event, data.get());
+            Message::Reference { lo, hi, .. } => {
+                // Reading a range back is the one costly step: a re-sent reference is not read twice.
+                if !self.seen.insert_ref(tx, lo, hi) {
+                    return self.stale("a reference already read");
+                }
+                let rows = client.query(fetch, &[&tx.to_string(), &lo, &hi]).await?;
+                for row in &rows {
+                    let ev = StoredEvent::from_row(row)?;
+                    self.dispatch(ev.id, ev.tx, ev.user_id.as_deref(), &ev.event, &ev.data);
+                }
             }
-        } else if let Some((lo, hi)) = p.r {
-            let rows = client.query(fetch, &[&tx.to_string(), &lo, &hi]).await?;
-            for row in &rows {
-                let ev = StoredEvent::from_row(row)?;
-                self.dispatch(ev.id, ev.tx, ev.user_id.as_deref(), &ev.event, &ev.data);
+            Message::Sessions { changes, .. } => {
+                if !self.seen.insert_sessions(tx, payload) {
+                    return self.stale("session changes already applied");
+                }
+                self.on_sessions(changes);
             }
-        } else {
-            self.metrics.payloads_dropped.inc();
-            tracing::warn!(tx, "ignoring a pgsse NOTIFY with neither events (\"e\") nor a reference (\"r\")");
+            Message::Marker { .. } => {}
         }
         Ok(())
     }
 
-    /// Splits `<64 hex HMAC><json>` and checks the HMAC; `None` if absent or wrong.
-    fn verified<'p>(&self, payload: &'p str) -> Option<&'p str> {
-        let key = self.key.as_ref()?;
-        let (mac, json) = (payload.get(..64)?, payload.get(64..)?);
-        let mut tag = [0u8; 32];
-        for (i, t) in tag.iter_mut().enumerate() {
-            *t = u8::from_str_radix(mac.get(2 * i..2 * i + 2)?, 16).ok()?;
-        }
-        ring::hmac::verify(key, json.as_bytes(), &tag).ok().map(|()| json)
+    /// A signed payload that is not new: counted, and logged at debug (a flood of them must not
+    /// flood the log).
+    fn stale(&self, what: &'static str) -> Result<(), PgError> {
+        self.metrics.payloads_dropped.inc();
+        self.metrics.payloads_stale.inc();
+        tracing::debug!("ignoring {what} (re-sent)");
+        Ok(())
     }
 
     /// A session was deleted or changed: forget its cached lookup, and close its streams if it
@@ -418,7 +492,7 @@ impl Source {
         let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
         let notice = Item::notice(sse::auth_expired("session_revoked"));
         for (hex, expires_ms) in changes {
-            let Some(key) = decode_key(&hex) else {
+            let Some(key) = payload::decode_key(&hex) else {
                 self.metrics.payloads_dropped.inc();
                 tracing::warn!("ignoring a session change whose key is not 64 hex characters");
                 continue;
@@ -434,15 +508,24 @@ impl Source {
     }
 
     fn on_marker(&mut self, x: u64) {
+        if self.resync {
+            // The first position of a new history: every stream refetches from here on.
+            self.resync = false;
+            if let Some(history) = self.state.history() {
+                self.state.horizon.store(x, Ordering::Release);
+                let reset = sse::reset(
+                    EventId::horizon(history, x),
+                    "history_changed",
+                    "the database's history changed (failover or restore): refetch",
+                );
+                let n = self.hub.publish(None, &Item::resync(reset));
+                tracing::warn!(streams = n, horizon = x, "reset every stream after a history change");
+            }
+        }
         if self.state.horizon().is_none_or(|h| x > h) {
             self.state.horizon.store(x, Ordering::Release);
             // Events below the new horizon can never come back in a catch-up.
-            let keep = self.sent_by_tx.split_off(&x);
-            for ids in std::mem::replace(&mut self.sent_by_tx, keep).into_values() {
-                for id in ids {
-                    self.sent.remove(&id);
-                }
-            }
+            self.seen.forget_below(x);
         }
         if !self.state.ready.swap(true, Ordering::AcqRel) {
             self.metrics.pg_listening.set(1);
@@ -452,35 +535,21 @@ impl Source {
 
     fn dispatch(&mut self, id: i64, tx: u64, user: Option<&str>, event: &str, data: &str) {
         // After a reconnect, a commit landing between LISTEN and the catch-up query is in both;
-        // no marker can intervene, so it is still remembered here.
-        if self.sent.contains(&id) {
+        // no marker can intervene, so it is still remembered here. After a history change,
+        // nothing is sent until the reset: the app's refetch after it includes these rows.
+        if self.resync || self.seen.contains(id) {
             return;
         }
         self.metrics.events_received.inc();
-        let horizon = self.state.horizon().unwrap_or(0);
         // Before the first marker no stream exists yet (streams wait for readiness), so nobody
-        // can receive an id of 0.
-        let bytes = sse::encode(event, Some(EventId::event(horizon, id)), data);
+        // can receive an id without a position.
+        let Position { history, horizon } = self.state.position().unwrap_or(Position { history: 0, horizon: 0 });
+        let bytes = sse::encode(event, Some(EventId::event(history, horizon, id)), data);
         self.hub.publish(user, &Item { log_id: id, tx, bytes });
-        if tx >= horizon && self.sent.insert(id) {
-            self.sent_by_tx.entry(tx).or_default().push(id);
-            if self.sent.len() > MAX_REMEMBERED {
-                if let Some((_, ids)) = self.sent_by_tx.pop_first() {
-                    ids.iter().for_each(|i| {
-                        self.sent.remove(i);
-                    });
-                }
-            }
+        if tx >= horizon {
+            self.seen.insert(tx, id);
         }
     }
-}
-
-fn decode_key(hex: &str) -> Option<SessionKey> {
-    let mut key = [0u8; 32];
-    for (i, b) in key.iter_mut().enumerate() {
-        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    (hex.len() == 64).then_some(key)
 }
 
 /// Full jitter between half and all of `d`, so replicas do not reconnect in lockstep.

@@ -28,6 +28,13 @@ pub async fn install(url: &str) {
     super::exec(url, "SELECT pgsse.watch('notifications', 'user_id')").await;
 }
 
+/// The secret NOTIFY channel of a database with pgsse installed (tests may read it; a role
+/// without SELECT on `pgsse.secret` cannot).
+pub async fn channel(url: &str) -> String {
+    let c = super::connect(url).await;
+    c.query_one("SELECT channel FROM pgsse.secret", &[]).await.expect("read pgsse.secret.channel").get(0)
+}
+
 /// Standard flags for a test gateway (fast markers, short heartbeat unless overridden).
 fn argv(db_url: &str, extra: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = ["--database-url", db_url, "--listen", "127.0.0.1:0", "--jwt-secret", SECRET]

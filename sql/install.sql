@@ -120,7 +120,11 @@
 --     -- GRANT USAGE ON SCHEMA pgsse TO pgsse_gateway;
 --     -- GRANT SELECT, DELETE ON pgsse.events TO pgsse_gateway;
 --     -- GRANT SELECT, UPDATE ON pgsse.meta TO pgsse_gateway;
---   (LISTEN needs no privilege.)
+--   (LISTEN needs no privilege.) SELECT on pgsse.events serves replays;
+--   DELETE on it and UPDATE on pgsse.meta let retention prune old rows and
+--   record pruned_tx. Replicas take turns pruning through an advisory lock,
+--   which needs no privilege either. Without these grants retention fails:
+--   the gateway warns, counts it, and reports it in /readyz.
 -- * Only grant these to roles you trust as much as the role that ran this
 --   script: the capture functions run as that role over the rows of the
 --   owner's table, and a table owner controls the types, casts and operators

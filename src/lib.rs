@@ -66,6 +66,7 @@ pub async fn run_with(
     let source_state = Arc::new(pg::source::SourceState::default());
     let pool = pg::pool(&config.database, config.pool_size)?;
     let stop = CancellationToken::new();
+    let retention = Arc::new(pg::retention::RetentionStatus::default());
     let metrics_listener = match config.metrics_listen {
         Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| RunError::Bind(addr, e))?),
         None => None,
@@ -87,6 +88,8 @@ pub async fn run_with(
             pool.clone(),
             config.retention,
             prune_interval(config.retention),
+            retention.clone(),
+            metrics.clone(),
             stop.clone(),
         )),
         tokio::spawn(heartbeats(hub.clone(), source_state.clone(), config.heartbeat_interval, stop.clone())),
@@ -100,7 +103,17 @@ pub async fn run_with(
         tokio::spawn(http::serve_metrics(l, metrics.clone(), stop.clone()));
     }
     let draining = CancellationToken::new();
-    let shared = Arc::new(http::Shared { config, hub, source: source_state, pool, metrics, sessions, draining, extra });
+    let shared = Arc::new(http::Shared {
+        config,
+        hub,
+        source: source_state,
+        pool,
+        metrics,
+        sessions,
+        draining,
+        extra,
+        retention,
+    });
     http::serve(listener, shared, shutdown).await;
     stop.cancel();
     for t in tasks {

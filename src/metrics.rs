@@ -36,6 +36,8 @@ pub struct Metrics {
     pub notify_queue_usage: Gauge<f64, AtomicU64>,
     pub jwks_keys: Gauge,
     pub jwks_fetch_failures: Gauge,
+    pub retention_pruned_rows: Counter,
+    pub retention_failures: Counter,
 }
 
 impl Metrics {
@@ -103,6 +105,16 @@ impl Metrics {
         );
         r.register("jwks_keys", "Keys currently held from --jwks-url", self.jwks_keys.clone());
         r.register("jwks_fetch_failures", "Failed fetches of --jwks-url since start", self.jwks_fetch_failures.clone());
+        r.register(
+            "retention_pruned_rows",
+            "Rows of pgsse.events deleted by retention",
+            self.retention_pruned_rows.clone(),
+        );
+        r.register(
+            "retention_failures",
+            "Retention rounds that failed (pgsse.events is not pruned meanwhile)",
+            self.retention_failures.clone(),
+        );
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &r);

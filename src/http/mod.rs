@@ -31,6 +31,7 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::hub::{CloseReason, Hub, Item};
 use crate::metrics::Metrics;
+use crate::pg::retention::RetentionStatus;
 use crate::pg::source::SourceState;
 use crate::sse;
 
@@ -45,6 +46,8 @@ pub struct Shared {
     pub sessions: Option<Arc<crate::pg::sessions::SessionStore>>,
     /// Cancelled when the drain starts: streams are refused and idle connections closed.
     pub draining: CancellationToken,
+    /// How pruning `pgsse.events` is going (reported by `/readyz`, never a reason for 503).
+    pub retention: Arc<RetentionStatus>,
     /// Routes served besides the gateway's own (the demo's page and endpoints); never set by `serve`.
     pub extra: Option<Arc<dyn ExtraRoutes>>,
 }
@@ -253,6 +256,8 @@ fn readiness(shared: &Shared) -> Response<Body> {
             "history": position.map(|p| format!("{:08x}", p.history)),
             "connections": shared.hub.connection_count(),
             "jwks": shared.config.jwt.as_ref().and_then(|a| a.remote()).map(|r| r.describe()),
+            // Streams work while retention fails, so it is reported, not a reason to be unready.
+            "retention": shared.retention.to_json(),
         }),
     )
 }

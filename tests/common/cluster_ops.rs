@@ -39,6 +39,7 @@ impl PgCluster {
         // List the children while they are still the postmaster's, then kill them all at once.
         let mut victims = children_of(&pid);
         victims.insert(0, pid.clone());
+        let shm = shared_memory_of(&victims, &self.data_dir().join("postmaster.pid"));
         let status = Command::new("kill").arg("-KILL").args(&victims).stderr(Stdio::null()).status();
         assert!(status.is_ok(), "crash(): could not run kill: {status:?}");
         let deadline = Instant::now() + CRASH_TIMEOUT;
@@ -56,6 +57,9 @@ impl PgCluster {
             assert!(Instant::now() < deadline, "crash(): process {alive} of postmaster {pid} survived SIGKILL");
             std::thread::sleep(Duration::from_millis(10));
         }
+        // What a reboot would clear. A later start of this cluster would remove it too, but one
+        // that is never started again (a failed-over primary) would leave it behind.
+        shm.remove();
     }
 
     /// A hot standby of this cluster: `pg_basebackup -R -X stream` into a new data directory
@@ -139,6 +143,47 @@ impl PgCluster {
         });
         assert!(promoted, "the standby on port {} was not promoted:\n{}", self.port, self.log());
     }
+}
+
+/// Shared memory a crashed postmaster leaves behind: its dynamic segments in /dev/shm and its
+/// System V segment.
+struct LeftoverShm {
+    files: Vec<String>,
+    sysv_id: Option<String>,
+}
+
+impl LeftoverShm {
+    fn remove(self) {
+        for f in &self.files {
+            let _ = fs::remove_file(f);
+        }
+        if let Some(id) = self.sysv_id {
+            let _ = Command::new("ipcrm").args(["-m", &id]).stderr(Stdio::null()).status();
+        }
+    }
+}
+
+/// The /dev/shm segments mapped by `pids`, and the System V segment named in `pid_file`
+/// (its 7th line: "key id").
+fn shared_memory_of(pids: &[String], pid_file: &std::path::Path) -> LeftoverShm {
+    let mut files: Vec<String> = pids
+        .iter()
+        .filter_map(|p| fs::read_to_string(format!("/proc/{p}/maps")).ok())
+        .flat_map(|maps| {
+            maps.lines()
+                .filter_map(|l| l.split_whitespace().nth(5))
+                .filter(|path| path.starts_with("/dev/shm/PostgreSQL."))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    files.sort();
+    files.dedup();
+    let sysv_id = fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|s| s.lines().nth(6).and_then(|l| l.split_whitespace().nth(1)).map(str::to_string))
+        .filter(|id| id.bytes().all(|b| b.is_ascii_digit()));
+    LeftoverShm { files, sysv_id }
 }
 
 /// The first column of the first row, as text; `None` on any error or no row.

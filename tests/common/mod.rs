@@ -3,10 +3,12 @@
 #![allow(dead_code, unused_imports)]
 
 // Written by the gateway tests' author (tests/stream.rs uses `common::gateway`).
+mod cluster_ops;
 pub mod gateway;
 mod pg;
 mod sse;
 
+pub use cluster_ops::DURABLE_CONF;
 pub use pg::{connect, describe_pg_error, exec, free_port, fresh_database, shared_cluster, PgCluster};
 pub use sse::{SseClient, SseEvent};
 

@@ -9,6 +9,7 @@
 //!   pipe from the test process: when the test process exits for any reason
 //!   (even SIGKILL) the pipe hits EOF and the watchdog fast-stops postgres. A
 //!   process-wide janitor removes the temp directory the same way.
+//! * Crashes (SIGKILL) and standbys (`pg_basebackup`) are in `cluster_ops.rs`.
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
@@ -49,6 +50,15 @@ logging_collector = off
 struct PgBins {
     initdb: PathBuf,
     postgres: PathBuf,
+}
+
+/// A PostgreSQL client or server program (e.g. "pg_basebackup") of the same installation as
+/// the server the clusters run.
+pub(super) fn pg_program(name: &str) -> PathBuf {
+    let bins = pg_bins();
+    let path = bins.postgres.with_file_name(name);
+    assert!(path.is_file(), "{} not found next to {}", name, bins.postgres.display());
+    path
 }
 
 fn pg_bins() -> &'static PgBins {
@@ -151,7 +161,7 @@ fn chown_to_runner(path: &Path) {
 }
 
 /// A `Command` that runs as the server user.
-fn server_command(program: &Path) -> Command {
+pub(super) fn server_command(program: &Path) -> Command {
     let mut cmd = Command::new(program);
     if let Some((uid, gid)) = run_as() {
         cmd.uid(uid).gid(gid);
@@ -272,9 +282,11 @@ fn template_data_dir() -> &'static Path {
         fs::write(&conf_path, conf).expect("write postgresql.conf");
         // initdb --auth=trust already trusts local and host connections; make
         // it explicit (and cover every address) regardless of the version.
+        // `all` does not match replication connections (pg_basebackup, standbys): name them.
         fs::write(
             data.join("pg_hba.conf"),
-            "local all all trust\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n",
+            "local all all trust\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n\
+             local replication all trust\nhost replication all 127.0.0.1/32 trust\n",
         )
         .expect("write pg_hba.conf");
         data
@@ -286,8 +298,8 @@ fn template_data_dir() -> &'static Path {
 // ---------------------------------------------------------------------------
 
 /// A running postgres under its watchdog shell.
-struct Server {
-    watchdog: Child,
+pub(super) struct Server {
+    pub(super) watchdog: Child,
 }
 
 pub struct PgCluster {
@@ -297,7 +309,7 @@ pub struct PgCluster {
     dir: PathBuf,
     data_dir: PathBuf,
     log_file: PathBuf,
-    server: Mutex<Option<Server>>,
+    pub(super) server: Mutex<Option<Server>>,
 }
 
 /// Outcome of one attempt to start postgres.
@@ -311,14 +323,15 @@ impl PgCluster {
     /// socket in the temp dir, fsync=off, trust auth, max_connections=200.
     #[track_caller]
     pub fn start() -> PgCluster {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        Self::start_with("")
+    }
+
+    /// Like `start`, with `conf` appended to postgresql.conf (later settings win), e.g.
+    /// "fsync = on\nsynchronous_commit = on" for a cluster whose crashes behave like production's.
+    #[track_caller]
+    pub fn start_with(conf: &str) -> PgCluster {
         let template = template_data_dir();
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let dir = root_dir().join(format!("c{n}"));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
-        chown_to_runner(&dir);
-        let data_dir = dir.join("data");
+        let (dir, data_dir) = new_cluster_dir();
         let out = Command::new("cp").arg("-a").arg(template).arg(&data_dir).output().expect("run cp -a");
         assert!(
             out.status.success(),
@@ -327,8 +340,15 @@ impl PgCluster {
             data_dir.display(),
             String::from_utf8_lossy(&out.stderr)
         );
-        let log_file = dir.join("postgres.log");
+        append_conf(&data_dir, conf);
+        Self::launch(dir, data_dir)
+    }
 
+    /// Starts postgres on `data_dir` (inside `dir`) on a free port, retrying on another port
+    /// when the chosen one was taken meanwhile.
+    #[track_caller]
+    pub(super) fn launch(dir: PathBuf, data_dir: PathBuf) -> PgCluster {
+        let log_file = dir.join("postgres.log");
         let mut last_err = String::new();
         for _attempt in 0..10 {
             let cluster = PgCluster {
@@ -475,7 +495,7 @@ impl PgCluster {
         block_on_thread(async move { exec(&url, &sql).await });
     }
 
-    fn postmaster_pid(&self) -> Option<String> {
+    pub(super) fn postmaster_pid(&self) -> Option<String> {
         let s = fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
         s.lines().next().map(|l| l.trim().to_string())
     }
@@ -506,11 +526,17 @@ impl PgCluster {
         // When the pipe hits EOF (stop(), or the test process died), the
         // background reader SIGINTs (fast shutdown) postgres; the shell itself
         // exits as soon as postgres exits, so Rust can observe startup failures.
+        // Once postgres is gone (e.g. SIGKILLed by `crash()`), the reader is
+        // ended too, so it can never signal a pid that was reused meanwhile.
         let script = r#"exec 3<&0
 "$0" "$@" 3<&- </dev/null &
 pid=$!
 ( read _ <&3; kill -INT $pid 2>/dev/null ) >/dev/null 2>&1 &
-wait $pid"#;
+reader=$!
+wait $pid
+status=$?
+kill $reader 2>/dev/null
+exit $status"#;
         let mut cmd = server_command(Path::new("/bin/sh"));
         cmd.current_dir(&self.dir)
             .arg("-c")
@@ -527,6 +553,7 @@ wait $pid"#;
             .stdout(log)
             .stderr(log2);
         let watchdog = cmd.spawn().unwrap_or_else(|e| panic!("spawn postgres watchdog: {e}"));
+        let watchdog_pid = Some(watchdog.id());
         *self.server.lock().unwrap_or_else(|e| e.into_inner()) = Some(Server { watchdog });
 
         let deadline = Instant::now() + STARTUP_TIMEOUT;
@@ -565,9 +592,14 @@ wait $pid"#;
                 }
                 return Err(StartError::Other(msg));
             }
-            let ready = fs::read_to_string(&pid_file)
-                .map(|s| s.lines().nth(7).map(|l| l.trim() == "ready").unwrap_or(false))
-                .unwrap_or(false);
+            // "ready" (or "standby": a hot standby accepting read-only connections), written by
+            // this postmaster, not one left behind by a crashed predecessor.
+            let ready = fs::read_to_string(&pid_file).is_ok_and(|s| {
+                let lines: Vec<&str> = s.lines().collect();
+                let status = lines.get(7).map(|l| l.trim());
+                let ours = lines.first().and_then(|pid| parent_pid(pid.trim())) == watchdog_pid;
+                ours && matches!(status, Some("ready" | "standby"))
+            });
             if ready && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
                 return Ok(());
             }
@@ -586,6 +618,39 @@ wait $pid"#;
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+}
+
+/// A new, empty cluster directory (owned by the server user); returns it and the data
+/// directory inside it (not created).
+pub(super) fn new_cluster_dir() -> (PathBuf, PathBuf) {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let dir = root_dir().join(format!("c{n}"));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    chown_to_runner(&dir);
+    let data_dir = dir.join("data");
+    (dir, data_dir)
+}
+
+/// Appends settings to `data_dir`/postgresql.conf.
+pub(super) fn append_conf(data_dir: &Path, conf: &str) {
+    if conf.trim().is_empty() {
+        return;
+    }
+    let path = data_dir.join("postgresql.conf");
+    let mut text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    text.push_str("\n# --- added by the test ---\n");
+    text.push_str(conf);
+    text.push('\n');
+    fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+/// The parent of process `pid` (from /proc), `None` if there is no such process.
+pub(super) fn parent_pid(pid: &str) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
 }
 
 impl Drop for PgCluster {
@@ -669,7 +734,7 @@ fn quote_literal(s: &str) -> String {
 
 /// Runs a future to completion on a fresh runtime in a new thread, so sync
 /// helpers work both inside and outside a tokio runtime.
-fn block_on_thread<F>(fut: F) -> F::Output
+pub(super) fn block_on_thread<F>(fut: F) -> F::Output
 where
     F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,

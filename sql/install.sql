@@ -69,8 +69,14 @@
 --                   gateways close revoked sessions' streams at once.
 --                   pgsse.unwatch_sessions(tbl) removes it.
 --   pgsse.mark(gateway, seq)
---                   The gateway's signed horizon marker (see below).
---   pgsse._announce(...), pgsse._sign(...)
+--                   The gateway's signed, durable horizon marker (see below).
+--   pgsse.history() The database's history token, carried in every event id:
+--                   it changes on failover and point-in-time restore.
+--   pgsse.new_history()
+--                   Starts a new history by hand: run it after restoring a
+--                   base backup WITHOUT recovery (no new timeline), so that
+--                   browsers holding older positions refetch.
+--   pgsse._announce(...), pgsse._send(...)
 --                   Internal helpers building, signing and sending NOTIFYs.
 --   pgsse._capture_sql(...), pgsse._generate_capture(...),
 --   pgsse._drop_unused_captures()
@@ -120,7 +126,7 @@
 --     -- GRANT USAGE ON SCHEMA pgsse TO pgsse_gateway;
 --     -- GRANT SELECT, DELETE ON pgsse.events TO pgsse_gateway;
 --     -- GRANT SELECT, UPDATE ON pgsse.meta TO pgsse_gateway;
---   (LISTEN needs no privilege.) SELECT on pgsse.events serves replays;
+--   SELECT on pgsse.events serves replays;
 --   DELETE on it and UPDATE on pgsse.meta let retention prune old rows and
 --   record pruned_tx. Replicas take turns pruning through an advisory lock,
 --   which needs no privilege either. Without these grants retention fails:
@@ -131,19 +137,24 @@
 --   used on them; _generate_capture() can rewrite any watched table's
 --   function. For the same reason, prefer running this script as the
 --   (non-superuser) owner of the watched tables rather than as a superuser.
--- * PostgreSQL lets ANY role that can connect to the database send NOTIFY on
---   any channel. So every payload pgsse sends is signed: HMAC-SHA256 with a
---   random key generated at install time and kept in pgsse.secret, which only
---   the installing role and the gateway's role can read. The gateway ignores
---   (and counts) any payload on "pgsse" whose signature does not verify, so a
---   role that can merely connect cannot push events to browsers. The gateway's
---   role therefore also needs:
+-- * PostgreSQL lets ANY role that can connect to the database LISTEN to and
+--   NOTIFY on any channel, with no privilege at all. So pgsse's channel is a
+--   secret: 'pgsse_' and 32 random hex digits, generated at install time and
+--   kept in pgsse.secret (column channel), which only the installing role and
+--   the gateway's role can read; the functions read it at run time, so it
+--   appears in no function's source. And every payload is signed:
+--   HMAC-SHA256 with a random key kept beside it. The gateway ignores (and
+--   counts) any payload whose signature does not verify, and any signed one
+--   that is re-sent (below its horizon, already handled, or a marker of
+--   another history). The gateway's role therefore also needs:
 --     -- GRANT SELECT ON pgsse.secret TO pgsse_gateway;
 --   pgsse.mark() (the gateway's horizon marker) is executable by everyone: it
---   only ever announces a true fact (the current snapshot xmin).
+--   only ever announces a true fact (the current snapshot xmin). To rotate
+--   the key and the channel: DELETE FROM pgsse.secret; run this script again;
+--   restart the gateways.
 --
 -- -----------------------------------------------------------------------------
--- NOTIFY payload (channel "pgsse")
+-- NOTIFY payload (channel: pgsse.secret.channel)
 -- -----------------------------------------------------------------------------
 --
 -- Exactly one NOTIFY per statement (or per publish() call) that logged at
@@ -163,8 +174,10 @@
 --     and the gateway reads the rows with
 --       SELECT id, user_id, event, data FROM pgsse.events
 --        WHERE tx = <tx> AND id BETWEEN <min id> AND <max id> ORDER BY id;
+--   session changes (see pgsse.watch_sessions):
+--     {"t":"<tx>","s":[["<sha256 hex of token>", <expiry unix ms | null>], ...]}
 --   the gateway's horizon marker (see pgsse.mark):
---     {"m":"<snapshot xmin>","g":"<gateway instance>","n":<sequence>}
+--     {"m":"<snapshot xmin>","h":"<pgsse.history()>","g":"<gateway instance>","n":<sequence>}
 --
 -- =============================================================================
 
@@ -281,6 +294,10 @@ DROP FUNCTION IF EXISTS pgsse._sign(text);
 -- -----------------------------------------------------------------------------
 -- pgsse._send: sign a payload and NOTIFY it on the secret channel
 -- -----------------------------------------------------------------------------
+-- <hex HMAC-SHA256 of body><body>; ipad/opad make it two sha256() calls.
+-- PL/pgSQL rather than LANGUAGE sql: a non-inlinable SQL function (SET
+-- search_path prevents inlining) is planned again on every call, while
+-- PL/pgSQL keeps the plan of its query for the session.
 
 CREATE OR REPLACE FUNCTION pgsse._send(body text) RETURNS void
 LANGUAGE plpgsql

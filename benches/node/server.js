@@ -1,5 +1,5 @@
 // The in-app Node baseline: what an app would write itself to push notifications over SSE.
-// node:http + one `pg` client LISTENing on pgsse's channel (same triggers, same NOTIFY as the
+// node:http + one `pg` client LISTENing on pgsse's (secret) channel (same triggers, same NOTIFY as the
 // gateway) + a Map of user -> Set of open responses. Verifies HS256 tokens (query parameter
 // access_token or Authorization: Bearer) and the HMAC on NOTIFY payloads, like pgsse does.
 'use strict';
@@ -87,8 +87,8 @@ setInterval(() => send(null, `event: heartbeat\ndata: {"timestamp":${Date.now()}
 async function listen() {
   const pg = new Client({ connectionString: process.env.DATABASE_URL });
   await pg.connect();
-  const { rows } = await pg.query('SELECT key FROM pgsse.secret');
-  const key = rows[0].key;
+  const { rows } = await pg.query('SELECT key, channel FROM pgsse.secret');
+  const { key, channel } = rows[0];
   pg.on('notification', async (msg) => {
     const payload = msg.payload;
     const json = payload.slice(64);
@@ -111,7 +111,7 @@ async function listen() {
     console.error('postgres:', e.message);
     process.exit(1);
   });
-  await pg.query('LISTEN pgsse');
+  await pg.query(`LISTEN "${channel}"`);
 }
 
 listen().then(

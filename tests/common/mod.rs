@@ -5,6 +5,7 @@
 // Written by the gateway tests' author (tests/stream.rs uses `common::gateway`).
 pub mod gateway;
 mod pg;
+pub mod proxy;
 mod sse;
 
 pub use pg::{connect, describe_pg_error, exec, free_port, fresh_database, shared_cluster, PgCluster};

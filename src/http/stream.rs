@@ -165,9 +165,10 @@ pub(super) async fn open(
             preamble.push_back(reset("invalid_last_event_id", &bad.to_string()));
         }
         Some(Ok(from)) => {
-            let run = replay::replay(&shared.pool, &identity.user_id, from.horizon, DEFAULT_MAX_REPLAY_EVENTS);
-            match tokio::time::timeout(shared.config.replay_timeout, run).await {
-                Ok(Ok(Replay::Events(events))) => {
+            let limit = shared.config.replay_timeout;
+            match replay::replay(&shared.pool, &identity.user_id, from.horizon, DEFAULT_MAX_REPLAY_EVENTS, limit).await
+            {
+                Ok(Replay::Events(events)) => {
                     shared.metrics.events_replayed.inc_by(events.len() as u64);
                     resumed_from = from.horizon;
                     preamble.push_back(connected(from.horizon, true, events.len()));
@@ -177,20 +178,20 @@ pub(super) async fn open(
                         replayed.insert(ev.id);
                     }
                 }
-                Ok(Ok(Replay::Reset(reason))) => {
+                Ok(Replay::Reset(reason)) => {
                     tracing::debug!(reason = reason.as_str(), "resume not possible; sending reset");
                     shared.metrics.reset(reason.as_str());
                     preamble.push_back(connected(now, false, 0));
                     preamble.push_back(reset(reason.as_str(), "refetch: the missed events cannot be replayed"));
                 }
-                Ok(Err(e)) => {
+                Err(PgError::Deadline { .. }) => {
+                    shared.metrics.refused("replay_timeout");
+                    return unavailable("replay_timeout", "reading missed events took too long; retry", 1);
+                }
+                Err(e) => {
                     shared.metrics.refused("replay_failed");
                     tracing::warn!(error = %e, "replay failed");
                     return unavailable("replay_failed", "could not read missed events; retry", 1);
-                }
-                Err(_) => {
-                    shared.metrics.refused("replay_timeout");
-                    return unavailable("replay_timeout", "reading missed events took too long; retry", 1);
                 }
             }
         }

@@ -1,5 +1,6 @@
 //! Postgres: the only module that talks to the database (LISTEN source, replay, retention, SQL install).
 
+mod deadline;
 pub mod demo;
 pub mod install;
 pub mod replay;
@@ -11,6 +12,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use tokio_postgres::NoTls;
+
+pub(crate) use deadline::within;
+pub use deadline::{Pool, DEFAULT_DB_TIMEOUT};
 
 /// The NOTIFY channel the triggers and markers use.
 pub const CHANNEL: &str = "pgsse";
@@ -30,6 +34,8 @@ pub enum PgError {
     Protocol(String),
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    #[error("no answer on the {conn} connection within {limit:?} (--db-timeout): the database went silent")]
+    Deadline { conn: &'static str, limit: Duration },
 }
 
 /// `db error` alone says nothing: add the server's message (or the I/O cause) behind it.
@@ -74,6 +80,7 @@ pub async fn connect(cfg: &tokio_postgres::Config) -> Result<tokio_postgres::Cli
 }
 
 /// A small pool for per-stream work (replay) and housekeeping, never the LISTEN connection.
+/// The gateway uses it through `Pool`, which puts a deadline on every use.
 pub fn pool(cfg: &tokio_postgres::Config, size: usize) -> Result<deadpool_postgres::Pool, PgError> {
     let mgr = deadpool_postgres::Manager::from_config(
         cfg.clone(),
@@ -136,7 +143,7 @@ const QUEUE_USAGE_EVERY: Duration = Duration::from_secs(5);
 /// Samples the NOTIFY queue fill level: if it nears 1, a listener somewhere is not reading and
 /// Postgres will start refusing NOTIFY (writes fail); the gateway must be told before that.
 pub async fn watch_queue_usage(
-    pool: deadpool_postgres::Pool,
+    pool: Pool,
     metrics: crate::metrics::Metrics,
     stop: tokio_util::sync::CancellationToken,
 ) {
@@ -146,8 +153,8 @@ pub async fn watch_queue_usage(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(QUEUE_USAGE_EVERY) => {}
         }
-        let Ok(client) = pool.get().await else { continue };
-        if let Ok(row) = client.query_one("SELECT pg_notification_queue_usage()", &[]).await {
+        let sampled = pool.run(async |c| Ok(c.query_one("SELECT pg_notification_queue_usage()", &[]).await?)).await;
+        if let Ok(row) = sampled {
             let usage: f64 = row.try_get(0).unwrap_or(0.0);
             metrics.notify_queue_usage.set(usage);
             if usage > 0.5 && !warned {

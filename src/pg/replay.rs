@@ -4,7 +4,9 @@
 //! horizon H gets every committed row of its user (and every broadcast) with `tx >= H`, in log
 //! id order, which follows the order of changes to any one row.
 
-use super::{PgError, StoredEvent, EVENT_COLUMNS};
+use std::time::Duration;
+
+use super::{within, PgError, StoredEvent, EVENT_COLUMNS};
 
 /// A resume asking for more than this many events is answered with `reset` instead: the app's
 /// own refetch is cheaper than streaming that much history through one connection.
@@ -36,18 +38,33 @@ impl ResetReason {
     }
 }
 
-pub async fn replay(pool: &deadpool_postgres::Pool, user: &str, from: u64, max: usize) -> Result<Replay, PgError> {
-    let mut client = pool.get().await?;
+/// What `user` missed from horizon `from`, read within `limit` in all and `--db-timeout` per
+/// round trip (a connection that does not answer in time is dropped from the pool).
+pub async fn replay(pool: &super::Pool, user: &str, from: u64, max: usize, limit: Duration) -> Result<Replay, PgError> {
+    let t = pool.timeout();
+    pool.run_for(limit, async |client| read(client, t, user, from, max).await).await
+}
+
+async fn read(
+    client: &mut deadpool_postgres::Client,
+    t: Duration,
+    user: &str,
+    from: u64,
+    max: usize,
+) -> Result<Replay, PgError> {
     // One snapshot for the checks and the rows, so a concurrent prune cannot slip between them.
-    let tx = client
+    let start = client
         .build_transaction()
         .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
         .read_only(true)
-        .start()
-        .await?;
-    let row = tx
-        .query_one("SELECT pruned_tx::text, pg_snapshot_xmax(pg_current_snapshot())::text FROM pgsse.meta", &[])
-        .await?;
+        .start();
+    let tx = within("pool", t, start).await?;
+    let row = within(
+        "pool",
+        t,
+        tx.query_one("SELECT pruned_tx::text, pg_snapshot_xmax(pg_current_snapshot())::text FROM pgsse.meta", &[]),
+    )
+    .await?;
     let pruned = super::parse_xid(row.try_get(0)?)?;
     let xmax = super::parse_xid(row.try_get(1)?)?;
     if from > xmax {
@@ -57,16 +74,12 @@ pub async fn replay(pool: &deadpool_postgres::Pool, user: &str, from: u64, max: 
         return Ok(Replay::Reset(ResetReason::Pruned));
     }
     let limit = i64::try_from(max).unwrap_or(i64::MAX).saturating_add(1);
-    let rows = tx
-        .query(
-            &format!(
-                "SELECT {EVENT_COLUMNS} FROM pgsse.events \
-                 WHERE (user_id = $1 OR user_id IS NULL) AND tx >= $2::text::xid8 ORDER BY id LIMIT $3"
-            ),
-            &[&user, &from.to_string(), &limit],
-        )
-        .await?;
-    tx.commit().await?;
+    let q = format!(
+        "SELECT {EVENT_COLUMNS} FROM pgsse.events \
+         WHERE (user_id = $1 OR user_id IS NULL) AND tx >= $2::text::xid8 ORDER BY id LIMIT $3"
+    );
+    let rows = within("pool", t, tx.query(&q, &[&user, &from.to_string(), &limit])).await?;
+    within("pool", t, tx.commit()).await?;
     if rows.len() > max {
         return Ok(Replay::Reset(ResetReason::TooMany));
     }

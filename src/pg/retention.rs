@@ -14,8 +14,11 @@ const BATCH_PAUSE: Duration = Duration::from_millis(50);
 
 /// Deletes at most one batch. Returns how many rows went. Every replica may run this: batches
 /// skip rows another replica is deleting.
-pub async fn prune_batch(pool: &deadpool_postgres::Pool, retention: Duration) -> Result<u64, PgError> {
-    let client = pool.get().await?;
+pub async fn prune_batch(pool: &super::Pool, retention: Duration) -> Result<u64, PgError> {
+    pool.run(async |client| prune_on(client, retention).await).await
+}
+
+async fn prune_on(client: &deadpool_postgres::Client, retention: Duration) -> Result<u64, PgError> {
     // `pruned_tx` only moves up: the gateway resets streams asking for history at or below it.
     let row = client
         .query_one(
@@ -34,7 +37,7 @@ pub async fn prune_batch(pool: &deadpool_postgres::Pool, retention: Duration) ->
 }
 
 /// Prunes every `interval` until shutdown; errors are logged and retried next round.
-pub async fn run(pool: deadpool_postgres::Pool, retention: Duration, interval: Duration, shutdown: CancellationToken) {
+pub async fn run(pool: super::Pool, retention: Duration, interval: Duration, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -64,7 +64,7 @@ pub async fn run_with(
     };
     let hub = Arc::new(hub::Hub::new(limits, metrics.clone()));
     let source_state = Arc::new(pg::source::SourceState::default());
-    let pool = pg::pool(&config.database, config.pool_size)?;
+    let pool = pg::Pool::new(&config.database, config.pool_size, config.db_timeout, metrics.clone())?;
     let stop = CancellationToken::new();
     let retention = Arc::new(pg::retention::RetentionStatus::default());
     let metrics_listener = match config.metrics_listen {
@@ -78,7 +78,8 @@ pub async fn run_with(
         .map(|s| Arc::new(pg::sessions::SessionStore::new(pool.clone(), &s.lookup, s.cache_ttl, s.cache_size)));
     let source =
         pg::source::Source::new(config.database.clone(), hub.clone(), source_state.clone(), config.marker_interval)
-            .with_sessions(sessions.clone());
+            .with_sessions(sessions.clone())
+            .with_db_timeout(config.db_timeout);
     if let Some(remote) = config.jwt.as_ref().and_then(|a| a.remote()) {
         tokio::spawn(auth::remote::keep_fresh(remote.clone(), metrics.clone(), stop.clone()));
     }

@@ -32,6 +32,7 @@ pub struct Metrics {
     pub history_changes: Counter,
     pub pg_reconnects: Counter,
     pub pg_listening: Gauge,
+    db_timeouts: Family<Labels, Counter>,
     pub listen_lag_seconds: Gauge<f64, AtomicU64>,
     pub notify_queue_usage: Gauge<f64, AtomicU64>,
     pub jwks_keys: Gauge,
@@ -56,6 +57,11 @@ impl Metrics {
     /// A stream request turned away before it opened (limits, draining, not ready).
     pub fn refused(&self, reason: &'static str) {
         self.refused.get_or_create(&vec![("reason", reason)]).inc();
+    }
+
+    /// A database round trip overran `--db-timeout` on `conn` (listen, marker or pool).
+    pub fn db_timeout(&self, conn: &'static str) {
+        self.db_timeouts.get_or_create(&vec![("conn", conn)]).inc();
     }
 
     /// The Prometheus/OpenMetrics text of every metric.
@@ -92,6 +98,11 @@ impl Metrics {
             self.history_changes.clone(),
         );
         r.register("pg_reconnects", "Reconnects of the LISTEN connection", self.pg_reconnects.clone());
+        r.register(
+            "db_timeouts",
+            "Database round trips that overran --db-timeout (the connection was dropped), by connection",
+            self.db_timeouts.clone(),
+        );
         r.register("pg_listening", "1 while the LISTEN connection is up and caught up", self.pg_listening.clone());
         r.register(
             "listen_lag_seconds",
@@ -132,10 +143,12 @@ mod tests {
         m.connections_opened.inc();
         m.connection_closed("client");
         m.auth_failure("expired");
+        m.db_timeout("marker");
         let text = m.encode();
         assert!(text.contains("pgsse_connections_opened_total 1"), "{text}");
         assert!(text.contains("pgsse_connections_closed_total{reason=\"client\"} 1"), "{text}");
         assert!(text.contains("pgsse_auth_failures_total{reason=\"expired\"} 1"), "{text}");
+        assert!(text.contains("pgsse_db_timeouts_total{conn=\"marker\"} 1"), "{text}");
         assert!(text.ends_with("# EOF\n"));
     }
 }

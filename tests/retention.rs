@@ -173,7 +173,7 @@ async fn a_replica_skips_the_round_while_another_holds_the_retention_lock() {
     exec(&db, "INSERT INTO notifications (user_id, title) VALUES ('r', 'old')").await;
     exec(&db, "UPDATE pgsse.events SET created_at = now() - interval '1 hour'").await;
     let cfg = pgsse::pg::parse_url(&url_as(&db, &role)).expect("url");
-    let pool = pgsse::pg::pool(&cfg, 1).expect("pool");
+    let pool = pgsse::pg::Pool::new(&cfg, 1, pgsse::pg::DEFAULT_DB_TIMEOUT, Default::default()).expect("pool");
     let retention = Duration::from_secs(60);
 
     // The other replica, mid-batch.

@@ -51,6 +51,7 @@ pub const DEFAULT_RETENTION: &str = "24h";
 pub const DEFAULT_MARKER_INTERVAL: &str = "250ms";
 pub const DEFAULT_QUEUE_BYTES: &str = "1MiB";
 pub const DEFAULT_REPLAY_TIMEOUT: &str = "10s";
+pub const DEFAULT_DB_TIMEOUT: &str = "5s";
 pub const DEFAULT_POOL_SIZE: usize = 4;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "15s";
 pub const DEFAULT_DRAIN_PERIOD: &str = "10s";
@@ -153,6 +154,11 @@ pub struct ServeArgs {
     /// How long a resuming stream may wait for its replay before it gets 503.
     #[arg(long, env = "PGSSE_REPLAY_TIMEOUT", default_value = DEFAULT_REPLAY_TIMEOUT)]
     pub replay_timeout: String,
+    /// Every other database round trip (markers, the LISTEN connection's queries, session lookups,
+    /// housekeeping) must answer within this, or its connection is treated as lost: a database
+    /// that goes silent is noticed, the gateway reconnects and catches up.
+    #[arg(long, env = "PGSSE_DB_TIMEOUT", default_value = DEFAULT_DB_TIMEOUT)]
+    pub db_timeout: String,
     /// Connections in the pool used for replay and retention (the LISTEN and marker connections are extra).
     #[arg(long, env = "PGSSE_DB_POOL_SIZE", default_value_t = DEFAULT_POOL_SIZE)]
     pub db_pool_size: usize,
@@ -206,6 +212,7 @@ pub struct Config {
     pub marker_interval: Duration,
     pub queue_bytes: usize,
     pub replay_timeout: Duration,
+    pub db_timeout: Duration,
     pub pool_size: usize,
     pub shutdown_timeout: Duration,
     pub drain_period: Duration,
@@ -268,6 +275,7 @@ impl Config {
         let retention = duration(&mut errs, "--retention", &a.retention, Duration::from_secs(1));
         let marker_interval = duration(&mut errs, "--marker-interval", &a.marker_interval, Duration::from_millis(10));
         let replay_timeout = duration(&mut errs, "--replay-timeout", &a.replay_timeout, Duration::from_millis(10));
+        let db_timeout = duration(&mut errs, "--db-timeout", &a.db_timeout, Duration::from_millis(100));
         let shutdown_timeout = duration(&mut errs, "--shutdown-timeout", &a.shutdown_timeout, Duration::ZERO);
         let drain_period = duration(&mut errs, "--drain-period", &a.drain_period, Duration::ZERO);
         if let (Some(d), Some(t)) = (drain_period, shutdown_timeout) {
@@ -329,11 +337,19 @@ impl Config {
         }
         let auth = a.auth.build(&mut errs);
 
-        let (Some(drain_period), Some(header_read_timeout), Some(max_header_bytes)) =
-            (drain_period, header_read_timeout, max_header_bytes)
+        let (Some(drain_period), Some(header_read_timeout), Some(max_header_bytes), Some(db_timeout)) =
+            (drain_period, header_read_timeout, max_header_bytes, db_timeout)
         else {
             return Err(ConfigErrors(errs));
         };
+        // Data the peer has not acknowledged for the whole deadline means it is gone: the kernel
+        // then closes the socket too, so nothing lingers on a dead host.
+        let database = database.map(|mut d| {
+            if d.get_tcp_user_timeout().is_none() {
+                d.tcp_user_timeout(db_timeout);
+            }
+            d
+        });
         match (
             database,
             listen,
@@ -366,6 +382,7 @@ impl Config {
                 marker_interval,
                 queue_bytes,
                 replay_timeout,
+                db_timeout,
                 pool_size: a.db_pool_size,
                 shutdown_timeout,
                 drain_period,

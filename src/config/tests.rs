@@ -78,3 +78,15 @@ fn sizes_and_durations() {
     assert_eq!(parse_duration("15"), Some(Duration::from_secs(15)));
     assert_eq!(parse_duration("-1s"), None);
 }
+
+#[test]
+fn db_timeout_default_and_minimum() {
+    assert_eq!(parse_duration(DEFAULT_DB_TIMEOUT), Some(crate::pg::DEFAULT_DB_TIMEOUT));
+    let c = Config::from_argv(["--database-url", "postgres://u@h/db", "--jwt-secret", "s"]).expect("valid");
+    assert_eq!(c.db_timeout, crate::pg::DEFAULT_DB_TIMEOUT);
+    assert_eq!(c.database.get_tcp_user_timeout(), Some(&crate::pg::DEFAULT_DB_TIMEOUT));
+    let errs = Config::from_argv(["--database-url", "postgres://u@h/db", "--jwt-secret", "s", "--db-timeout", "1ms"])
+        .err()
+        .expect("too short");
+    assert_eq!(errs.0.iter().map(|e| e.flag).collect::<Vec<_>>(), ["--db-timeout"]);
+}

@@ -40,7 +40,7 @@ pub struct Shared {
     pub config: Config,
     pub hub: Arc<Hub>,
     pub source: Arc<SourceState>,
-    pub pool: deadpool_postgres::Pool,
+    pub pool: crate::pg::Pool,
     pub metrics: Metrics,
     /// Session lookups for cookie authentication (`--auth better-auth`).
     pub sessions: Option<Arc<crate::pg::sessions::SessionStore>>,

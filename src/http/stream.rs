@@ -174,9 +174,11 @@ pub(super) async fn open(
             preamble.push_back(reset("invalid_last_event_id", &bad.to_string()));
         }
         Some(Ok(from)) => {
-            let run = replay::replay(&shared.pool, &identity.user_id, from, now.history, DEFAULT_MAX_REPLAY_EVENTS);
-            match tokio::time::timeout(shared.config.replay_timeout, run).await {
-                Ok(Ok(Replay::Events(events))) => {
+            let limit = shared.config.replay_timeout;
+            match replay::replay(&shared.pool, &identity.user_id, from, now.history, DEFAULT_MAX_REPLAY_EVENTS, limit)
+                .await
+            {
+                Ok(Replay::Events(events)) => {
                     shared.metrics.events_replayed.inc_by(events.len() as u64);
                     resumed_from = from.horizon;
                     preamble.push_back(connected(EventId::horizon(now.history, from.horizon), true, events.len()));
@@ -186,20 +188,20 @@ pub(super) async fn open(
                         replayed.insert(ev.id);
                     }
                 }
-                Ok(Ok(Replay::Reset(reason))) => {
+                Ok(Replay::Reset(reason)) => {
                     tracing::debug!(reason = reason.as_str(), "resume not possible; sending reset");
                     shared.metrics.reset(reason.as_str());
                     preamble.push_back(connected(here, false, 0));
                     preamble.push_back(reset(reason.as_str(), reason.message()));
                 }
-                Ok(Err(e)) => {
+                Err(PgError::Deadline { .. }) => {
+                    shared.metrics.refused("replay_timeout");
+                    return unavailable("replay_timeout", "reading missed events took too long; retry", 1);
+                }
+                Err(e) => {
                     shared.metrics.refused("replay_failed");
                     tracing::warn!(error = %e, "replay failed");
                     return unavailable("replay_failed", "could not read missed events; retry", 1);
-                }
-                Err(_) => {
-                    shared.metrics.refused("replay_timeout");
-                    return unavailable("replay_timeout", "reading missed events took too long; retry", 1);
                 }
             }
         }

@@ -1,5 +1,6 @@
 //! Postgres: the only module that talks to the database (LISTEN source, replay, retention, SQL install).
 
+mod deadline;
 pub mod demo;
 pub mod install;
 pub mod payload;
@@ -13,6 +14,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use tokio_postgres::NoTls;
+
+pub(crate) use deadline::within;
+pub use deadline::{Pool, DEFAULT_DB_TIMEOUT};
 
 /// How long a connection attempt may take before it counts as failed.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -30,6 +34,8 @@ pub enum PgError {
     Protocol(String),
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    #[error("no answer on the {conn} connection within {limit:?} (--db-timeout): the database went silent")]
+    Deadline { conn: &'static str, limit: Duration },
 }
 
 /// `db error` alone says nothing: add the server's message (or the I/O cause) behind it.
@@ -64,8 +70,9 @@ pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, PgError> {
 
 /// An error from SQL that names pgsse's objects: if one is missing, the installed SQL is older
 /// than this gateway, which the message says.
-pub(crate) fn with_install_hint(e: tokio_postgres::Error) -> PgError {
+pub(crate) fn with_install_hint(e: PgError) -> PgError {
     use tokio_postgres::error::SqlState;
+    let PgError::Db(e) = e else { return e };
     match e.code() {
         Some(c) if *c == SqlState::UNDEFINED_COLUMN || *c == SqlState::UNDEFINED_FUNCTION || *c == SqlState::UNDEFINED_TABLE => {
             PgError::Protocol(format!(
@@ -89,6 +96,7 @@ pub async fn connect(cfg: &tokio_postgres::Config) -> Result<tokio_postgres::Cli
 }
 
 /// A small pool for per-stream work (replay) and housekeeping, never the LISTEN connection.
+/// The gateway uses it through `Pool`, which puts a deadline on every use.
 pub fn pool(cfg: &tokio_postgres::Config, size: usize) -> Result<deadpool_postgres::Pool, PgError> {
     let mgr = deadpool_postgres::Manager::from_config(
         cfg.clone(),
@@ -151,7 +159,7 @@ const QUEUE_USAGE_EVERY: Duration = Duration::from_secs(5);
 /// Samples the NOTIFY queue fill level: if it nears 1, a listener somewhere is not reading and
 /// Postgres will start refusing NOTIFY (writes fail); the gateway must be told before that.
 pub async fn watch_queue_usage(
-    pool: deadpool_postgres::Pool,
+    pool: Pool,
     metrics: crate::metrics::Metrics,
     stop: tokio_util::sync::CancellationToken,
 ) {
@@ -161,8 +169,8 @@ pub async fn watch_queue_usage(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(QUEUE_USAGE_EVERY) => {}
         }
-        let Ok(client) = pool.get().await else { continue };
-        if let Ok(row) = client.query_one("SELECT pg_notification_queue_usage()", &[]).await {
+        let sampled = pool.run(async |c| Ok(c.query_one("SELECT pg_notification_queue_usage()", &[]).await?)).await;
+        if let Ok(row) = sampled {
             let usage: f64 = row.try_get(0).unwrap_or(0.0);
             metrics.notify_queue_usage.set(usage);
             if usage > 0.5 && !warned {

@@ -4,7 +4,9 @@
 //! horizon H gets every committed row of its user (and every broadcast) with `tx >= H`, in log
 //! id order, which follows the order of changes to any one row.
 
-use super::{PgError, StoredEvent, EVENT_COLUMNS};
+use std::time::Duration;
+
+use super::{within, PgError, StoredEvent, EVENT_COLUMNS};
 use crate::sse::{EventId, History};
 
 /// A resume asking for more than this many events is answered with `reset` instead: the app's
@@ -51,34 +53,50 @@ impl ResetReason {
     }
 }
 
-/// The events of `user` from position `from` on, or why the stream must reset. `history` is the
-/// gateway's current history; the database's is checked too, in the same snapshot as the rows,
-/// so a replay on a database that failed over before the gateway noticed resets as well.
+/// What `user` missed from position `from`, or why the stream must reset; read within `limit` in
+/// all and `--db-timeout` per round trip (a connection that does not answer in time is dropped
+/// from the pool). `history` is the gateway's current history; the database's is checked too, in
+/// the same snapshot as the rows, so a replay on a database that failed over before the gateway
+/// noticed resets as well.
 pub async fn replay(
-    pool: &deadpool_postgres::Pool,
+    pool: &super::Pool,
     user: &str,
     from: EventId,
     history: u32,
     max: usize,
+    limit: Duration,
 ) -> Result<Replay, PgError> {
     if from.history != History::Known(history) {
         return Ok(Replay::Reset(ResetReason::HistoryChanged));
     }
-    let from = from.horizon;
-    let mut client = pool.get().await?;
+    let t = pool.timeout();
+    pool.run_for(limit, async |client| read(client, t, user, from.horizon, history, max).await).await
+}
+
+async fn read(
+    client: &mut deadpool_postgres::Client,
+    t: Duration,
+    user: &str,
+    from: u64,
+    history: u32,
+    max: usize,
+) -> Result<Replay, PgError> {
     // One snapshot for the checks and the rows, so a concurrent prune cannot slip between them.
-    let tx = client
+    let start = client
         .build_transaction()
         .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
         .read_only(true)
-        .start()
-        .await?;
-    let row = tx
-        .query_one(
+        .start();
+    let tx = within("pool", t, start).await?;
+    let row = within(
+        "pool",
+        t,
+        tx.query_one(
             "SELECT pruned_tx::text, pg_snapshot_xmax(pg_current_snapshot())::text, pgsse.history() FROM pgsse.meta",
             &[],
-        )
-        .await?;
+        ),
+    )
+    .await?;
     let pruned = super::parse_xid(row.try_get(0)?)?;
     let xmax = super::parse_xid(row.try_get(1)?)?;
     if super::payload::parse_history(row.try_get(2)?) != Some(history) {
@@ -91,16 +109,12 @@ pub async fn replay(
         return Ok(Replay::Reset(ResetReason::Pruned));
     }
     let limit = i64::try_from(max).unwrap_or(i64::MAX).saturating_add(1);
-    let rows = tx
-        .query(
-            &format!(
-                "SELECT {EVENT_COLUMNS} FROM pgsse.events \
-                 WHERE (user_id = $1 OR user_id IS NULL) AND tx >= $2::text::xid8 ORDER BY id LIMIT $3"
-            ),
-            &[&user, &from.to_string(), &limit],
-        )
-        .await?;
-    tx.commit().await?;
+    let q = format!(
+        "SELECT {EVENT_COLUMNS} FROM pgsse.events \
+         WHERE (user_id = $1 OR user_id IS NULL) AND tx >= $2::text::xid8 ORDER BY id LIMIT $3"
+    );
+    let rows = within("pool", t, tx.query(&q, &[&user, &from.to_string(), &limit])).await?;
+    within("pool", t, tx.commit()).await?;
     if rows.len() > max {
         return Ok(Replay::Reset(ResetReason::TooMany));
     }

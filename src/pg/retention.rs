@@ -29,8 +29,11 @@ pub enum Batch {
 
 /// Deletes at most one batch, unless another replica is pruning. Needs only the documented
 /// grants: SELECT, DELETE on `pgsse.events` and SELECT, UPDATE on `pgsse.meta`.
-pub async fn prune_batch(pool: &deadpool_postgres::Pool, retention: Duration) -> Result<Batch, PgError> {
-    let mut client = pool.get().await?;
+pub async fn prune_batch(pool: &super::Pool, retention: Duration) -> Result<Batch, PgError> {
+    pool.run(async |client| prune_on(client, retention).await).await
+}
+
+async fn prune_on(client: &mut deadpool_postgres::Client, retention: Duration) -> Result<Batch, PgError> {
     let tx = client.transaction().await?;
     let locked: bool = tx.query_one("SELECT pg_try_advisory_xact_lock($1)", &[&LOCK_KEY]).await?.try_get(0)?;
     if !locked {
@@ -124,7 +127,7 @@ fn explain(e: &PgError) -> (String, Option<&'static str>) {
 /// Prunes every `interval` until shutdown. A failed round is retried the next one; it is
 /// counted, shown in `status`, and logged once per distinct error rather than every round.
 pub async fn run(
-    pool: deadpool_postgres::Pool,
+    pool: super::Pool,
     retention: Duration,
     interval: Duration,
     status: std::sync::Arc<RetentionStatus>,

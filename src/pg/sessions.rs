@@ -66,7 +66,7 @@ struct Cached {
 }
 
 pub struct SessionStore {
-    pool: deadpool_postgres::Pool,
+    pool: super::Pool,
     sql: String,
     ttl: Duration,
     capacity: usize,
@@ -82,7 +82,7 @@ pub enum Found {
 }
 
 impl SessionStore {
-    pub fn new(pool: deadpool_postgres::Pool, lookup: &Lookup, ttl: Duration, capacity: usize) -> Self {
+    pub fn new(pool: super::Pool, lookup: &Lookup, ttl: Duration, capacity: usize) -> Self {
         Self { pool, sql: lookup.sql(), ttl, capacity, cache: Mutex::new(HashMap::new()) }
     }
 
@@ -100,8 +100,7 @@ impl SessionStore {
                 return Ok(Found::Live(c.session.clone()));
             }
         }
-        let client = self.pool.get().await?;
-        let row = client.query_opt(&self.sql, &[&token]).await?;
+        let row = self.pool.run(async |c| Ok(c.query_opt(&self.sql, &[&token]).await?)).await?;
         let Some(row) = row else {
             self.forget(&key);
             return Ok(Found::Missing);

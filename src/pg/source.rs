@@ -21,14 +21,15 @@ use std::time::{Duration, Instant};
 use futures_util::future::FusedFuture;
 use futures_util::{pin_mut, FutureExt, TryStreamExt};
 use tokio::sync::mpsc;
-use tokio_postgres::tls::NoTlsStream;
-use tokio_postgres::{AsyncMessage, NoTls, Notification, Socket};
 use tokio_util::sync::CancellationToken;
 
+mod conn;
+
+use self::conn::{jitter, Msg};
 use super::payload::{self, Message, Verifier};
 use super::seen::Seen;
 use super::sessions::SessionStore;
-use super::{PgError, StoredEvent, EVENT_COLUMNS};
+use super::{within, PgError, StoredEvent, DEFAULT_DB_TIMEOUT, EVENT_COLUMNS};
 use crate::hub::{Hub, Item};
 use crate::metrics::Metrics;
 use crate::sse::{self, EventId};
@@ -90,6 +91,9 @@ pub struct Source {
     metrics: Metrics,
     state: Arc<SourceState>,
     marker_interval: Duration,
+    /// Every round trip's deadline; also how long our marker may be overdue while nothing at all
+    /// arrives on the LISTEN connection before that connection counts as dead.
+    timeout: Duration,
     /// Identifies this gateway's own markers among other replicas'.
     instance: String,
     /// What was dispatched at or above the horizon, so neither a catch-up after a reconnect nor
@@ -102,11 +106,6 @@ pub struct Source {
     resync: bool,
     /// The session cache, evicted on session changes (cookie authentication only).
     sessions: Option<Arc<SessionStore>>,
-}
-
-enum Msg {
-    Notify(Notification),
-    Closed(Option<tokio_postgres::Error>),
 }
 
 /// Ends one connection's life: either shutdown was requested, or the connection is gone.
@@ -123,6 +122,7 @@ impl Source {
             hub,
             state,
             marker_interval,
+            timeout: DEFAULT_DB_TIMEOUT,
             instance: format!("{:016x}", rand::random::<u64>()),
             seen: Seen::default(),
             verifier: None,
@@ -137,6 +137,12 @@ impl Source {
         self
     }
 
+    /// The deadline of every round trip (`--db-timeout`).
+    pub fn with_db_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
     /// Runs until `shutdown` is cancelled, reconnecting as often as needed.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = DEFAULT_BACKOFF_MIN;
@@ -147,6 +153,9 @@ impl Source {
                 End::Shutdown => break,
                 End::Lost(e) => {
                     self.state.ready.store(false, Ordering::Release);
+                    if let PgError::Deadline { conn, .. } = e {
+                        self.metrics.db_timeout(conn);
+                    }
                     self.metrics.pg_listening.set(0);
                     tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
                 }
@@ -167,50 +176,16 @@ impl Source {
         self.state.ready.store(false, Ordering::Release);
     }
 
-    /// One connection attempt, given up when `shutdown` is cancelled.
-    async fn connect(
-        &self,
-        shutdown: &CancellationToken,
-    ) -> Result<(tokio_postgres::Client, tokio_postgres::Connection<Socket, NoTlsStream>), End> {
-        tokio::select! {
-            _ = shutdown.cancelled() => Err(End::Shutdown),
-            r = self.db.connect(NoTls) => r.map_err(|e| End::Lost(e.into())),
-        }
-    }
-
     async fn connection(&mut self, catch_up: bool, shutdown: &CancellationToken) -> End {
-        let (client, mut conn) = match self.connect(shutdown).await {
+        let (client, conn) = match self.connect("listen", shutdown).await {
             Ok(c) => c,
             Err(end) => return end,
         };
-        // The driver forwards notifications; unbounded because it must never stop polling the
-        // socket while this task awaits a query on the same connection.
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let driver = tokio::spawn(async move {
-            loop {
-                match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
-                    Some(Ok(AsyncMessage::Notification(n))) => {
-                        if tx.send(Msg::Notify(n)).is_err() {
-                            break;
-                        }
-                    }
-                    Some(Ok(AsyncMessage::Notice(n))) => tracing::debug!(notice = %n, "postgres notice"),
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => {
-                        let _ = tx.send(Msg::Closed(Some(e)));
-                        break;
-                    }
-                    None => {
-                        let _ = tx.send(Msg::Closed(None));
-                        break;
-                    }
-                }
-            }
-        });
+        let (driver, mut rx) = conn::drive(conn);
         // Markers go over a second connection: PostgreSQL holds a session's notifications while
         // that session runs a statement, so a marker sent on the LISTEN connection would delay
         // every event that arrives during its round trip.
-        let end = match self.connect(shutdown).await {
+        let end = match self.connect("marker", shutdown).await {
             Ok((marker_client, marker_conn)) => {
                 let marker_driver = tokio::spawn(marker_conn);
                 let end = self.serve(&client, &marker_client, &mut rx, catch_up, shutdown).await;
@@ -233,13 +208,13 @@ impl Source {
     ) -> End {
         // The channel is secret (LISTEN needs no privilege), so it is read before LISTEN; the
         // key is read on every connect, so a rotated one is picked up after a reconnect.
-        let setup = client
-            .query_opt(
-                "SELECT s.key, s.channel, pgsse.history(), pg_snapshot_xmax(pg_current_snapshot())::text \
-                 FROM pgsse.secret AS s",
-                &[],
-            )
-            .await;
+        let t = self.timeout;
+        let setup = client.query_opt(
+            "SELECT s.key, s.channel, pgsse.history(), pg_snapshot_xmax(pg_current_snapshot())::text \
+             FROM pgsse.secret AS s",
+            &[],
+        );
+        let setup = within("listen", t, setup).await;
         let channel = match setup {
             Ok(Some(row)) => match self.on_setup(client, &row).await {
                 Ok(channel) => channel,
@@ -252,31 +227,32 @@ impl Source {
         };
         // LISTEN before catch-up: anything committed from now on is notified, so the catch-up
         // query below cannot miss a commit that lands between the two.
-        if let Err(e) = client.batch_execute(&format!("LISTEN \"{channel}\"")).await {
-            return End::Lost(e.into());
+        if let Err(e) = within("listen", t, client.batch_execute(&format!("LISTEN \"{channel}\""))).await {
+            return End::Lost(e);
         }
-        let fetch = match client
-            .prepare(&format!(
+        let fetch = match within(
+            "listen",
+            t,
+            client.prepare(&format!(
                 "SELECT {EVENT_COLUMNS} FROM pgsse.events WHERE tx = $1::text::xid8 AND id BETWEEN $2 AND $3 ORDER BY id"
-            ))
-            .await
+            )),
+        )
+        .await
         {
             Ok(s) => s,
-            Err(e) => return End::Lost(e.into()),
+            Err(e) => return End::Lost(e),
         };
         // A marker must be durable before the gateway acts on it (see pgsse.mark): its commit
         // waits for the WAL flush unless the session turned synchronous commit off.
-        let marker = match marker_client
-            .batch_execute(
-                "SELECT set_config('synchronous_commit', 'on', false) WHERE current_setting('synchronous_commit') = 'off'",
-            )
-            .await
-        {
-            Ok(()) => match marker_client.prepare("SELECT pgsse.mark($1::text, $2::bigint)").await {
-                Ok(s) => s,
-                Err(e) => return End::Lost(e.into()),
-            },
-            Err(e) => return End::Lost(e.into()),
+        let durable = marker_client.batch_execute(
+            "SELECT set_config('synchronous_commit', 'on', false) WHERE current_setting('synchronous_commit') = 'off'",
+        );
+        if let Err(e) = within("marker", t, durable).await {
+            return End::Lost(e);
+        }
+        let marker = match within("marker", t, marker_client.prepare("SELECT pgsse.mark($1::text, $2::bigint)")).await {
+            Ok(s) => s,
+            Err(e) => return End::Lost(e),
         };
         if catch_up && !self.resync {
             if let Err(e) = self.catch_up(client).await {
@@ -290,19 +266,25 @@ impl Source {
         // A marker's round trip runs beside the notifications, never in front of them.
         let instance = self.instance.clone();
         let mut in_flight = std::pin::pin!(futures_util::future::Fuse::terminated());
+        // The LISTEN path is dead when our marker is overdue and nothing at all arrived meanwhile.
+        // Silence, not lag: a connection still delivering a backlog is alive, however far behind.
+        let mut heard = Instant::now();
+        let mut silence = std::pin::pin!(tokio::time::sleep(t));
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return End::Shutdown,
                 sent = &mut in_flight => {
-                    let sent: Result<u64, tokio_postgres::Error> = sent;
+                    let sent: Result<u64, PgError> = sent;
                     if let Err(e) = sent {
-                        return End::Lost(e.into());
+                        return End::Lost(e);
                     }
                 }
                 msg = rx.recv() => match msg {
                     Some(Msg::Notify(n)) => {
-                        if let Err(e) = self.on_notification(client, &fetch, n.payload(), &mut pending).await {
+                        heard = Instant::now();
+                        let dispatch = self.on_notification(client, &fetch, n.payload(), &mut pending);
+                        if let Err(e) = within("listen", t, dispatch).await {
                             return End::Lost(e);
                         }
                     }
@@ -318,7 +300,16 @@ impl Source {
                         pending = Some((seq, Instant::now()));
                     }
                     let (marker, instance, n) = (&marker, &instance, seq as i64);
-                    in_flight.set(async move { marker_client.execute(marker, &[instance, &n]).await }.fuse());
+                    let execute = async move { marker_client.execute(marker, &[instance, &n]).await };
+                    in_flight.set(within("marker", t, execute).fuse());
+                }
+                _ = &mut silence => {
+                    let since = pending.map(|(_, sent)| sent.max(heard));
+                    if since.is_some_and(|s| s.elapsed() >= t) {
+                        return End::Lost(PgError::Deadline { conn: "listen", limit: t });
+                    }
+                    let next = since.unwrap_or_else(Instant::now) + t;
+                    silence.as_mut().reset(tokio::time::Instant::from_std(next));
                 }
             }
         }
@@ -385,10 +376,13 @@ impl Source {
         let Some(h) = self.state.horizon() else { return Ok(()) };
         let started = Instant::now();
         let q = format!("SELECT {EVENT_COLUMNS} FROM pgsse.events WHERE tx >= $1::text::xid8 ORDER BY id");
-        let rows = client.query_raw(&q, [h.to_string()]).await?;
+        // Each wait for the next rows gets the deadline, not the whole catch-up: a long outage
+        // means many rows, and reading them is progress.
+        let t = self.timeout;
+        let rows = within("listen", t, client.query_raw(&q, [h.to_string()])).await?;
         pin_mut!(rows);
         let (mut seen, mut sent) = (0u64, 0u64);
-        while let Some(row) = rows.try_next().await? {
+        while let Some(row) = within("listen", t, rows.try_next()).await? {
             let ev = StoredEvent::from_row(&row)?;
             seen += 1;
             if !self.seen.contains(ev.id) {
@@ -550,10 +544,4 @@ impl Source {
             self.seen.insert(tx, id);
         }
     }
-}
-
-/// Full jitter between half and all of `d`, so replicas do not reconnect in lockstep.
-fn jitter(d: Duration) -> Duration {
-    let half = d / 2;
-    half + Duration::from_micros(rand::random::<u64>() % (half.as_micros() as u64 + 1))
 }

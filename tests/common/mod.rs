@@ -6,6 +6,7 @@
 mod cluster_ops;
 pub mod gateway;
 mod pg;
+pub mod proxy;
 mod sse;
 
 pub use cluster_ops::DURABLE_CONF;

@@ -154,9 +154,9 @@ pub struct ServeArgs {
     /// How long a resuming stream may wait for its replay before it gets 503.
     #[arg(long, env = "PGSSE_REPLAY_TIMEOUT", default_value = DEFAULT_REPLAY_TIMEOUT)]
     pub replay_timeout: String,
-    /// Every other database round trip (markers, the LISTEN connection's queries, session lookups,
-    /// housekeeping) must answer within this, or its connection is treated as lost: a database
-    /// that goes silent is noticed, the gateway reconnects and catches up.
+    /// Every database round trip (markers, the LISTEN connection's queries, each step of a replay,
+    /// session lookups, housekeeping) must answer within this, or its connection is treated as
+    /// lost: a database that goes silent is noticed, the gateway reconnects and catches up.
     #[arg(long, env = "PGSSE_DB_TIMEOUT", default_value = DEFAULT_DB_TIMEOUT)]
     pub db_timeout: String,
     /// Connections in the pool used for replay and retention (the LISTEN and marker connections are extra).

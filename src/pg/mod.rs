@@ -34,7 +34,7 @@ pub enum PgError {
     Protocol(String),
     #[error("timed out after {0:?}")]
     Timeout(Duration),
-    #[error("no answer on the {conn} connection within {limit:?} (--db-timeout): the database went silent")]
+    #[error("no answer from the database on the {conn} connection within {limit:?}")]
     Deadline { conn: &'static str, limit: Duration },
 }
 

@@ -14,7 +14,7 @@
 //! arrive (they write WAL and commit synchronously), so a crash cannot hand out an xid below X
 //! again; a failover or restore can, which is why positions carry the history.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,8 +24,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 mod conn;
+mod state;
 
 use self::conn::{jitter, Msg};
+pub use self::state::{Position, SourceState};
 use super::payload::{self, Message, Verifier};
 use super::seen::Seen;
 use super::sessions::SessionStore;
@@ -37,53 +39,6 @@ use crate::sse::{self, EventId};
 pub const DEFAULT_MARKER_INTERVAL: Duration = Duration::from_millis(250);
 pub const DEFAULT_BACKOFF_MIN: Duration = Duration::from_millis(100);
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(5);
-
-/// What the rest of the gateway can see of the source. Shared with HTTP handlers and metrics.
-#[derive(Debug, Default)]
-pub struct SourceState {
-    horizon: AtomicU64,
-    /// `pgsse.history()` of the database the horizon belongs to, with bit 32 set once known.
-    history: AtomicU64,
-    ready: AtomicBool,
-}
-
-/// Where the gateway stands: every event below `horizon` of history `history` was dispatched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Position {
-    pub history: u32,
-    pub horizon: u64,
-}
-
-impl SourceState {
-    /// The current position, or `None` before the first marker of the current history arrived.
-    /// Read history first: the source clears the horizon before it changes the history, so a
-    /// reader never pairs a new history with an old horizon.
-    pub fn position(&self) -> Option<Position> {
-        let history = self.history.load(Ordering::Acquire);
-        let horizon = self.horizon.load(Ordering::Acquire);
-        (history != 0 && horizon != 0).then_some(Position { history: history as u32, horizon })
-    }
-
-    /// True while the LISTEN connection is up, caught up and has seen its marker come back.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
-    }
-
-    fn horizon(&self) -> Option<u64> {
-        self.position().map(|p| p.horizon)
-    }
-
-    fn history(&self) -> Option<u32> {
-        let h = self.history.load(Ordering::Acquire);
-        (h != 0).then_some(h as u32)
-    }
-
-    /// A new history: no position of the old one is valid any more.
-    fn set_history(&self, history: u32) {
-        self.horizon.store(0, Ordering::Release);
-        self.history.store((1 << 32) | u64::from(history), Ordering::Release);
-    }
-}
 
 pub struct Source {
     db: tokio_postgres::Config,
@@ -341,13 +296,13 @@ impl Source {
                 database_xmax = xmax,
                 "the database is behind positions already handed out (restored from a backup?); starting a new history"
             );
-            client
-                .batch_execute(
-                    "BEGIN; SET LOCAL synchronous_commit = on; \
-                     UPDATE pgsse.meta SET history = md5(gen_random_uuid()::text); COMMIT",
-                )
-                .await?;
-            let row = client.query_one("SELECT pgsse.history()", &[]).await?;
+            let t = self.timeout;
+            let renew = client.batch_execute(
+                "BEGIN; SET LOCAL synchronous_commit = on; \
+                 UPDATE pgsse.meta SET history = md5(gen_random_uuid()::text); COMMIT",
+            );
+            within("listen", t, renew).await?;
+            let row = within("listen", t, client.query_one("SELECT pgsse.history()", &[])).await?;
             let text: String = row.try_get(0)?;
             history = payload::parse_history(&text)
                 .ok_or_else(|| PgError::Protocol(format!("pgsse.history() returned {text:?}")))?;

@@ -137,5 +137,5 @@ export function backoffDelay(
   random?: () => number,
 ): number;
 
-/** The log id of an event id `<horizon>-<logid>`, or null. */
+/** The log id of an event id `<history>.<horizon>-<logid>` (or a legacy `<horizon>-<logid>`), or null. */
 export function logIdOf(id: string | null | undefined): string | null;

@@ -46,14 +46,28 @@ export function backoffDelay(attempt, options = {}, random = Math.random) {
   return Math.max(0, Math.round(Math.min(maxDelayMs, base * factor)));
 }
 
+/** An event id: `<history>.<horizon>[-<logid>]` (history: 8 lowercase hex digits), or a
+ * `<horizon>[-<logid>]` of a gateway before histories. */
+const EVENT_ID = /^(?:([0-9a-f]{8})\.)?\d+-(\d+)$/;
+
 /**
- * The log id of an event id `<horizon>-<logid>`, or null for positions without one
- * (`connected`, `heartbeat`, `reset`).
+ * The log id of an event id `<history>.<horizon>-<logid>` (or `<horizon>-<logid>`), or null for
+ * positions without one (`connected`, `heartbeat`, `reset`).
  * @param {string | null | undefined} id
  */
 export function logIdOf(id) {
-  const m = /^\d+-(\d+)$/.exec(id ?? '');
-  return m ? m[1] : null;
+  const m = EVENT_ID.exec(id ?? '');
+  return m ? m[2] : null;
+}
+
+/**
+ * What identifies an event for dedupe: its log id within its history (after a failover or a
+ * restore the database may hand the same log ids out again, to other events), or null.
+ * @param {string | null | undefined} id
+ */
+function eventKeyOf(id) {
+  const m = EVENT_ID.exec(id ?? '');
+  return m ? `${m[1] ?? ''}.${m[2]}` : null;
 }
 
 const REASONS = {
@@ -127,11 +141,11 @@ export function connectNotifications(url, handlers = {}, options = {}) {
     }
   };
 
-  /** True the first time a log id is seen; remembers the last `dedupeWindow` of them. */
-  const firstSight = (logId) => {
-    if (seen.has(logId)) return false;
-    seen.add(logId);
-    seenOrder.push(logId);
+  /** True the first time an event is seen; remembers the last `dedupeWindow` of them. */
+  const firstSight = (key) => {
+    if (seen.has(key)) return false;
+    seen.add(key);
+    seenOrder.push(key);
     if (seenOrder.length > opts.dedupeWindow) seen.delete(seenOrder.shift());
     return true;
   };
@@ -150,8 +164,8 @@ export function connectNotifications(url, handlers = {}, options = {}) {
     },
     notification(e) {
       track(e);
-      const logId = logIdOf(e.lastEventId);
-      if (logId !== null && !firstSight(logId)) {
+      const key = eventKeyOf(e.lastEventId);
+      if (key !== null && !firstSight(key)) {
         stats.duplicates += 1;
         return;
       }

@@ -44,6 +44,8 @@ class FakeEventSource {
 }
 
 const last = () => FakeEventSource.instances.at(-1);
+/** The history part of the event ids the tests send (`pgsse.history()`: 8 lowercase hex digits). */
+const H = '0a1b2c3d';
 const flush = async () => {
   for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
 };
@@ -81,45 +83,58 @@ test('backoff: 1s, 2s, 4s, 8s ... capped at 30s, jitter within 20% and never abo
   assert.equal(backoffDelay(1, { minDelayMs: 250 }, mid), 250);
 });
 
-test('log ids come from <horizon>-<logid> only', () => {
+test('log ids come from <history>.<horizon>-<logid> (or a legacy <horizon>-<logid>) only', () => {
+  assert.equal(logIdOf('0a1b2c3d.812-77'), '77');
+  assert.equal(logIdOf('0a1b2c3d.812'), null);
   assert.equal(logIdOf('812-77'), '77');
   assert.equal(logIdOf('812'), null);
   assert.equal(logIdOf(''), null);
   assert.equal(logIdOf(null), null);
   assert.equal(logIdOf('x-1'), null);
+  assert.equal(logIdOf('0A1B2C3D.812-77'), null);
+  assert.equal(logIdOf('a1b2c3d.812-77'), null);
+  assert.equal(logIdOf('0a1b2c3d.x-1'), null);
 });
 
 test('events are dispatched by type, duplicates dropped, resync on fresh connect and reset only', () => {
   const { conn, of } = record();
   assert.equal(conn.status, 'connecting');
   const es = last();
-  es.emit('connected', connected(false), '100');
+  es.emit('connected', connected(false), `${H}.100`);
   assert.equal(conn.status, 'open');
   assert.deepEqual(of('onResync'), [['connected']]);
-  es.emit('notification', { type: 'created', notification: { id: 1, title: 'a' } }, '100-7');
-  es.emit('notification', { type: 'created', notification: { id: 1, title: 'a' } }, '100-7');
-  es.emit('notification', { type: 'read', notificationId: 1 }, '101-8');
-  es.emit('notification', { type: 'updated', notification: { id: 1, title: 'b' } }, '101-9');
-  es.emit('notification', { type: 'deleted', notificationId: 1 }, '102-10');
+  es.emit('notification', { type: 'created', notification: { id: 1, title: 'a' } }, `${H}.100-7`);
+  es.emit('notification', { type: 'created', notification: { id: 1, title: 'a' } }, `${H}.100-7`);
+  es.emit('notification', { type: 'read', notificationId: 1 }, `${H}.101-8`);
+  es.emit('notification', { type: 'updated', notification: { id: 1, title: 'b' } }, `${H}.101-9`);
+  es.emit('notification', { type: 'deleted', notificationId: 1 }, `${H}.102-10`);
   assert.deepEqual(of('onCreated'), [[{ id: 1, title: 'a' }]]);
   assert.deepEqual(of('onRead'), [[1]]);
   assert.deepEqual(of('onUpdated'), [[{ id: 1, title: 'b' }]]);
   assert.deepEqual(of('onDeleted'), [[1]]);
   assert.equal(conn.stats.duplicates, 1);
-  assert.equal(conn.lastEventId, '102-10');
-  es.emit('connected', connected(true), '102');
+  assert.equal(conn.lastEventId, `${H}.102-10`);
+  es.emit('connected', connected(true), `${H}.102`);
   assert.equal(of('onResync').length, 1, 'a resume needs no refetch');
-  es.emit('reset', { reason: 'expired', message: 'refetch' }, '140');
+  es.emit('reset', { reason: 'expired', message: 'refetch' }, `${H}.140`);
   assert.deepEqual(of('onResync'), [['connected'], ['reset']]);
   assert.equal(of('onReset').length, 1);
+  // After a failover or restore (a reset, the stream goes on in a new history) the database may
+  // hand a log id out again: in another history it is another event.
+  const H2 = '0a1b2c3e';
+  es.emit('reset', { reason: 'history_changed', message: 'refetch' }, `${H2}.5`);
+  es.emit('notification', { type: 'read', notificationId: 2 }, `${H2}.5-7`);
+  assert.deepEqual(of('onRead'), [[1], [2]]);
+  assert.equal(conn.stats.duplicates, 1);
+  assert.equal(conn.lastEventId, `${H2}.5-7`);
   conn.close();
 });
 
 test('a drop: the browser retries once, then the client backs off and resumes with lastEventId', async () => {
   const { conn } = record();
   const es = last();
-  es.emit('connected', connected(false), '100');
-  es.emit('notification', { type: 'created', notification: { id: 1 } }, '100-5');
+  es.emit('connected', connected(false), `${H}.100`);
+  es.emit('notification', { type: 'created', notification: { id: 1 } }, `${H}.100-5`);
   es.fail(FakeEventSource.CONNECTING);
   assert.equal(conn.status, 'reconnecting');
   assert.equal(FakeEventSource.instances.length, 1, "the browser's own retry comes first");
@@ -135,8 +150,8 @@ test('a drop: the browser retries once, then the client backs off and resumes wi
   assert.equal(FakeEventSource.instances.length, 1);
   mock.timers.tick(1);
   assert.equal(FakeEventSource.instances.length, 2);
-  assert.equal(new URL(last().url).searchParams.get('lastEventId'), '100-5');
-  last().emit('connected', connected(true), '100');
+  assert.equal(new URL(last().url).searchParams.get('lastEventId'), `${H}.100-5`);
+  last().emit('connected', connected(true), `${H}.100`);
   assert.equal(conn.status, 'open');
   assert.equal(conn.info.attempt, 0, 'a good connection resets the backoff');
   conn.close();
@@ -160,7 +175,7 @@ test('HTTP errors: the probe tells 503 (retry) from 401/404 (degrade at once); r
   assert.equal(conn.info.code, 'unauthorized');
   assert.match(conn.info.reason, /401/);
   mock.timers.tick(conn.info.retryInMs);
-  last().emit('connected', connected(true), '9');
+  last().emit('connected', connected(true), `${H}.9`);
   assert.deepEqual([conn.info.degraded, conn.info.reason, conn.status], [false, null, 'open']);
   conn.close();
 
@@ -183,14 +198,14 @@ test('auth-expired closes the stream and reconnects at once, after the refresh h
     },
   }, { EventSource: FakeEventSource });
   const es = last();
-  es.emit('connected', connected(false), '5');
-  es.emit('auth-expired', { reason: 'expired', message: 'token expired' }, '6');
+  es.emit('connected', connected(false), `${H}.5`);
+  es.emit('auth-expired', { reason: 'expired', message: 'token expired' }, `${H}.6`);
   assert.equal(es.readyState, FakeEventSource.CLOSED);
   assert.equal(conn.info.code, 'auth_expired');
   await flush();
   assert.ok(refreshed);
   assert.equal(FakeEventSource.instances.length, 2);
-  assert.equal(new URL(last().url).searchParams.get('lastEventId'), '6');
+  assert.equal(new URL(last().url).searchParams.get('lastEventId'), `${H}.6`);
   conn.close();
 });
 
@@ -206,7 +221,7 @@ test('close() leaves nothing: no EventSource, no pending reconnect, no more hand
   await flush();
   assert.equal(FakeEventSource.instances.length, 1, 'no reconnect after close');
   assert.ok(FakeEventSource.instances.every((s) => s.readyState === FakeEventSource.CLOSED));
-  FakeEventSource.instances[0].emit('notification', { type: 'created', notification: { id: 1 } }, '1-1');
+  FakeEventSource.instances[0].emit('notification', { type: 'created', notification: { id: 1 } }, `${H}.1-1`);
   assert.equal(calls.length, n, 'no handler runs after close');
 });
 

@@ -36,7 +36,7 @@ const NGINX: &str = "/usr/sbin/nginx";
 ///
 /// Delivery is at least once: a resumed stream may repeat the last events before the reconnect
 /// (the gateway replays from its position, see ARCHITECTURE.md), so the page drops an event whose
-/// id (`<horizon>-<log id>`) carries a log id it has already shown, and counts it in `duplicates`.
+/// id (`<history>.<horizon>-<log id>`) carries a log id it has already shown, and counts it in `duplicates`.
 ///
 /// An EventSource reconnects by itself (sending `Last-Event-ID`) when a stream ends, but gives up
 /// for good (readyState CLOSED) on any answer that is not a 200 event stream, e.g. nginx's 502

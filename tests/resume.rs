@@ -26,17 +26,23 @@ fn json(e: &SseEvent) -> serde_json::Value {
     serde_json::from_str(&e.data).unwrap_or_else(|err| panic!("event data is not JSON ({err}): {:?}", e.data))
 }
 
-/// `<horizon>` or `<horizon>-<log id>`.
+/// `<history>.<horizon>` or `<history>.<horizon>-<log id>` (history: 8 lowercase hex digits);
+/// returns the horizon and the log id.
 fn split_id(id: &str) -> (u64, Option<i64>) {
-    let (h, l) = match id.split_once('-') {
+    let (history, position) = id.split_once('.').unwrap_or_else(|| panic!("event id {id:?} without a history"));
+    assert!(
+        history.len() == 8 && history.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        "event id {id:?}: the history is not 8 lowercase hex digits"
+    );
+    let (h, l) = match position.split_once('-') {
         Some((h, l)) => (h, Some(l)),
-        None => (id, None),
+        None => (position, None),
     };
     let h = h.parse().unwrap_or_else(|_| panic!("event id {id:?} does not start with a horizon"));
     (h, l.map(|l| l.parse().unwrap_or_else(|_| panic!("event id {id:?}: bad log id"))))
 }
 
-/// The log id of a row event (`id: <H>-<log id>`).
+/// The log id of a row event (`id: <history>.<H>-<log id>`).
 fn log_id(e: &SseEvent) -> i64 {
     let id = e.id.as_deref().unwrap_or_else(|| panic!("event without id: {e:?}"));
     split_id(id).1.unwrap_or_else(|| panic!("row event id without a log id: {id}"))
@@ -1008,16 +1014,24 @@ async fn pruned_history_and_unusable_positions_get_reset_then_live_events() {
     assert_eq!(json(&e)["notification"]["title"], "after reset");
     drop(s);
 
-    // Positions that are not positions at all, or beyond any transaction id.
+    // Positions that are not positions at all, of another history (or of a gateway before
+    // histories), or beyond any transaction id.
+    let (_, ready) = readyz(&gw.addr).await.expect("readyz");
+    let history = ready["history"].as_str().expect("/readyz history").to_string();
+    let other = format!("{:08x}", u32::from_str_radix(&history, 16).expect("hex history") ^ 1);
     let huge = "7".repeat(10 * 1024);
-    let cases: [(&str, &str); 7] = [
+    let (current_far, other_near) = (format!("{history}.99999999999"), format!("{other}.5"));
+    let cases: [(&str, &str); 10] = [
         ("abc", "invalid_last_event_id"),
         ("1-2-3", "invalid_last_event_id"),
         (&huge, "invalid_last_event_id"),
         ("0", "invalid_last_event_id"),
         ("-5", "invalid_last_event_id"),
         ("12-abc", "invalid_last_event_id"),
-        ("99999999999", "unknown_position"),
+        ("ABCDEF01.5", "invalid_last_event_id"),
+        ("99999999999", "history_changed"),
+        (&other_near, "history_changed"),
+        (&current_far, "unknown_position"),
     ];
     let mut streams = Vec::new();
     for (id, reason) in cases {

@@ -46,9 +46,12 @@ async fn exec_err(url: &str, sql: &str) -> String {
     }
 }
 
-/// A raw `LISTEN pgsse` connection that collects the payloads it receives.
+/// A raw `LISTEN` connection on pgsse's secret channel (`pgsse.secret.channel`) that collects
+/// the payloads it receives.
 struct Listener {
     url: String,
+    /// The secret channel every payload must arrive on.
+    channel: String,
     rx: mpsc::UnboundedReceiver<(String, String)>,
     fences: usize,
     _client: Client,
@@ -70,8 +73,9 @@ impl Listener {
                 }
             }
         });
-        client.batch_execute(&format!("LISTEN pgsse; LISTEN {FENCE}")).await.unwrap();
-        Listener { url: url.to_string(), rx, fences: 0, _client: client }
+        let channel = gateway::channel(url).await;
+        client.batch_execute(&format!("LISTEN \"{channel}\"; LISTEN {FENCE}")).await.unwrap();
+        Listener { url: url.to_string(), channel, rx, fences: 0, _client: client }
     }
 
     /// Every `pgsse` payload committed before this call, in order. A NOTIFY on
@@ -94,7 +98,7 @@ impl Listener {
                 }
                 continue;
             }
-            assert_eq!(channel, "pgsse");
+            assert_eq!(channel, self.channel, "payloads go to the secret channel only");
             assert!(payload.len() < 8000, "NOTIFY payload is {} bytes (must be < 8000)", payload.len());
             payloads.push(payload);
         }
@@ -354,8 +358,8 @@ async fn install_is_idempotent_and_keeps_events() {
     );
     assert_eq!(
         count("SELECT count(*) FROM pg_proc WHERE pronamespace = 'pgsse'::regnamespace").await,
-        14,
-        "plus _sign, mark, capture_sessions, watch_sessions, unwatch_sessions, _capture_sql, \
+        16,
+        "plus _send, history, new_history, mark, capture_sessions, watch_sessions, unwatch_sessions, _capture_sql, \
          _generate_capture, _drop_unused_captures and the generated capture_<oid> of notifications"
     );
     assert_eq!(count("SELECT count(*) FROM pgsse.meta").await, 1);
@@ -532,18 +536,29 @@ async fn installs_and_runs_without_superuser() {
         &format!(
             "GRANT USAGE ON SCHEMA pgsse TO {gateway};
              GRANT SELECT, DELETE ON pgsse.events TO {gateway};
-             GRANT SELECT, UPDATE ON pgsse.meta TO {gateway};"
+             GRANT SELECT, UPDATE ON pgsse.meta TO {gateway};
+             GRANT SELECT ON pgsse.secret TO {gateway};"
         ),
     )
     .await;
     let gateway_url = url_as(&url, &gateway);
+    // It reads the signing key, the secret channel and the history, then LISTENs on that channel.
+    let channel: String = connect(&gateway_url)
+        .await
+        .query_one("SELECT s.channel FROM pgsse.secret AS s WHERE s.key IS NOT NULL AND pgsse.history() <> ''", &[])
+        .await
+        .expect("the gateway reads pgsse.secret and pgsse.history()")
+        .get(0);
+    assert_eq!(channel, tracker.listener.channel);
     exec(
         &gateway_url,
-        "LISTEN pgsse;
+        &format!(
+            "LISTEN \"{channel}\";
          SELECT id, tx, user_id, event, data FROM pgsse.events WHERE tx >= '0' ORDER BY id;
          SELECT pruned_tx FROM pgsse.meta;
          WITH gone AS (DELETE FROM pgsse.events WHERE id <= 2 RETURNING tx)
-         UPDATE pgsse.meta SET pruned_tx = (SELECT max(tx) FROM gone);",
+         UPDATE pgsse.meta SET pruned_tx = (SELECT max(tx) FROM gone);"
+        ),
     )
     .await;
     let client = connect(&url).await;

@@ -28,7 +28,12 @@ async fn each_kind_of_change_arrives_in_the_wire_format() {
     assert_eq!(first.event, "connected");
     assert_eq!(s.retry(), Some(1000), "retry: 1000 is sent before the first event");
     assert_eq!(json(&first)["userId"], "u1");
-    assert!(first.id.as_deref().is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit())));
+    // `<history>.<horizon>`: 8 lowercase hex digits (pgsse.history()), a dot, a transaction id.
+    let (history, horizon) = first.id.as_deref().and_then(|id| id.split_once('.')).expect("id <history>.<horizon>");
+    assert!(history.len() == 8 && history.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+    assert!(!horizon.is_empty() && horizon.bytes().all(|b| b.is_ascii_digit()), "{:?}", first.id);
+    let (_, ready) = gateway::readyz(&gw.addr).await.expect("readyz");
+    assert_eq!(ready["history"], history, "the id carries the history /readyz reports");
 
     exec(
         &db,
@@ -46,7 +51,11 @@ async fn each_kind_of_change_arrives_in_the_wire_format() {
     assert_eq!(row["metadata"]["k"][1], 2);
     let id = row["id"].as_i64().expect("numeric id");
     let event_id = created.id.clone().expect("id line");
-    assert!(event_id.contains('-'), "event ids are <horizon>-<log id>: {event_id}");
+    let (event_history, position) = event_id.split_once('.').expect("<history>.<horizon>-<log id>");
+    assert_eq!(event_history, history, "{event_id}");
+    let (h, l) =
+        position.split_once('-').unwrap_or_else(|| panic!("event ids are <history>.<horizon>-<log id>: {event_id}"));
+    assert!(h.parse::<u64>().is_ok() && l.parse::<i64>().is_ok(), "{event_id}");
 
     exec(&db, &format!("UPDATE notifications SET read = true WHERE id = {id}")).await;
     let read = s.next_named("notification", T).await.expect("read");
@@ -72,9 +81,12 @@ async fn bulk_mark_all_as_read_is_one_notify_and_a_thousand_events() {
     let mut s = gw.stream("bulk", &[]).await;
     s.next_named("connected", T).await.expect("connected");
 
-    // Count pgsse NOTIFYs that carry events (not the gateway's markers) on a raw LISTEN.
+    // Count pgsse NOTIFYs that carry events (not the gateway's markers) on a raw LISTEN of the
+    // secret channel.
+    let channel = gateway::channel(&db).await;
     let (client, mut conn) = tokio_postgres::connect(&db, tokio_postgres::NoTls).await.expect("connect");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let channel_name = channel.clone();
     tokio::spawn(async move {
         while let Some(Ok(m)) = std::future::poll_fn(|cx| conn.poll_message(cx)).await.map(Some).unwrap_or(None) {
             if let tokio_postgres::AsyncMessage::Notification(n) = m {
@@ -82,7 +94,7 @@ async fn bulk_mark_all_as_read_is_one_notify_and_a_thousand_events() {
             }
         }
     });
-    client.batch_execute("LISTEN pgsse; LISTEN fence").await.expect("listen");
+    client.batch_execute(&format!("LISTEN \"{channel}\"; LISTEN fence")).await.expect("listen");
     exec(&db, "UPDATE notifications SET read = true WHERE user_id = 'bulk' AND NOT read").await;
 
     let events = s.collect("notification", 1000, Duration::from_secs(30)).await;
@@ -104,6 +116,7 @@ async fn bulk_mark_all_as_read_is_one_notify_and_a_thousand_events() {
         if channel == "fence" {
             break;
         }
+        assert_eq!(channel, channel_name, "pgsse only sends on its secret channel");
         // Payloads are <64 hex chars of HMAC><json>; markers are {"m":...}.
         if !p.get(64..).is_some_and(|j| j.starts_with("{\"m\"")) {
             event_notifies += 1;
@@ -308,12 +321,17 @@ async fn forged_notifications_are_ignored() {
     let gw = Gateway::start(&db, &[]).await;
     let mut s = gw.stream("victim", &[]).await;
     s.next_named("connected", T).await.expect("connected");
-    // Any role that can connect may NOTIFY; without the signature nothing reaches a browser.
+    // Any role that can connect may NOTIFY; even one that learned the secret channel cannot
+    // sign, and without the signature nothing reaches a browser.
+    let channel = gateway::channel(&db).await;
+    let (_, ready) = gateway::readyz(&gw.addr).await.expect("readyz");
+    let history = ready["history"].as_str().expect("history").to_string();
     let fake = r#"{"t":"1","e":[[1,"victim","notification",{"type":"created","notification":{"title":"phish"}}]]}"#;
     let forged_sig = format!("{}{fake}", "0".repeat(64));
-    for p in [fake.to_string(), forged_sig, format!("{}{}", "ab".repeat(32), r#"{"m":"99999999"}"#)] {
+    let forged_marker = format!(r#"{}{{"m":"99999999","h":"{history}"}}"#, "ab".repeat(32));
+    for p in [fake.to_string(), forged_sig, forged_marker] {
         let c = connect(&db).await;
-        c.execute("SELECT pg_notify('pgsse', $1)", &[&p]).await.expect("notify");
+        c.execute("SELECT pg_notify($1, $2)", &[&channel, &p]).await.expect("notify");
     }
     exec(&db, "INSERT INTO notifications (user_id, title) VALUES ('victim', 'real')").await;
     let e = s.next_named("notification", T).await.expect("the real event");
@@ -337,9 +355,9 @@ async fn events_do_not_wait_behind_a_slow_marker() {
          LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
          BEGIN
              PERFORM pg_catalog.pg_sleep(4);
-             PERFORM pg_catalog.pg_notify('pgsse', pgsse._sign(pg_catalog.json_build_object(
+             PERFORM pgsse._send(pg_catalog.json_build_object(
                  'm', pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::text,
-                 'g', pg_catalog.left(gateway, 64), 'n', seq)::text));
+                 'h', pgsse.history(), 'g', pg_catalog.left(gateway, 64), 'n', seq)::text);
          END $fn$",
     )
     .await;

@@ -99,7 +99,7 @@ await main('client-resume', async (context, notes) => {
   check(after.reads === 1, `the missed read replayed once: ${after.reads}`);
   check(after.resyncs === 1, 'no refetch needed after a resume');
   check(after.stats.eventSources >= 2, 'the client opened a new EventSource itself');
-  check(after.sources.slice(1).every((u) => /[?&]lastEventId=\d+/.test(u)), `new EventSources carry lastEventId: ${after.sources}`);
+  check(after.sources.slice(1).every((u) => /[?&]lastEventId=[0-9a-f]{8}\.\d+/.test(u)), `new EventSources carry lastEventId: ${after.sources}`);
   check(new Set(after.ids).size === after.ids.length, `no event handled twice: ${after.ids}`);
   check(after.info.status === 'open' && !after.info.degraded && after.info.reason === null, JSON.stringify(after.info));
   log(`kill/restart: ok (backoff ${checkBackoff(after.statuses)}; ${after.c.replayed} replayed)`);

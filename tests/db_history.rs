@@ -419,3 +419,172 @@ async fn promoted_standby_behind_primary_resets_everyone() {
     gw.kill().await;
     assert!(failures.is_empty(), "history changed without a reset:\n  {}", failures.join("\n  "));
 }
+
+// =================================================================================================
+// A base backup restored without recovery
+// =================================================================================================
+
+/// The database's `pgsse.history()`.
+async fn history_of(db: &str) -> String {
+    let c = connect(db).await;
+    c.query_one("SELECT pgsse.history()", &[]).await.expect("pgsse.history()").get(0)
+}
+
+/// The gateway's horizon, as `/readyz` reports it.
+async fn horizon_of(addr: &str) -> Option<i64> {
+    readyz(addr).await.and_then(|(_, v)| v["horizon"].as_str()?.parse().ok())
+}
+
+/// Runs `cmd` (cp, rm) and panics with its output if it fails.
+fn run(cmd: &mut std::process::Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A cold copy of the data directory is put back in place: same system identifier, same
+/// timeline, so `pgsse.history()` alone cannot tell that the database went back. The gateway,
+/// whose horizon is past everything the copy has handed out, must start a new history itself:
+/// the open tab gets `reset` (history_changed), so does a resume from an id taken before the
+/// restore, `pgsse.history()` changes, and rows committed afterwards stream as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_base_backup_restored_without_recovery_resets_everyone() {
+    let started = Instant::now();
+    let pg = PgCluster::start();
+    let db = pg.create_database("app");
+    install(&db).await;
+    let gw = GatewayProcess::spawn(&db, &GATEWAY_FLAGS).await;
+    assert!(wait_ready(&gw.addr, T).await, "the gateway never became ready");
+    let user = "u";
+    let mut tab = Tab::open(&gw.addr, user, None).await;
+
+    // Rows both the backup and the database that goes on will have.
+    let kept = titles("kept", 3);
+    insert_rows(&db, user, &kept).await;
+    kept.iter().for_each(|t| tab.expect(t));
+    assert!(tab.pump_until(T, |t| kept.iter().all(|r| t.has(r))).await, "the tab got the rows before the backup");
+
+    // The backup: a cold copy (cp -a keeps the owner and modes PostgreSQL insists on).
+    let data = pg.data_dir().to_path_buf();
+    let backup = data.with_file_name("data-backup");
+    pg.stop();
+    assert!(wait_unready(&gw.addr).await, "the gateway never noticed the database stopping");
+    run(std::process::Command::new("cp").arg("-a").arg(&data).arg(&backup));
+    pg.start_again();
+    assert!(wait_ready(&gw.addr, T).await, "the gateway never became ready after a clean restart");
+
+    let mut failures = Vec::new();
+    // The database moves on: hundreds of transaction ids the backup never handed out, and rows
+    // the tab receives (so ids it holds point past the backup).
+    let ahead_xid = {
+        let c = connect(&db).await;
+        let mut last = 0i64;
+        for _ in 0..300 {
+            last = c.query_one("SELECT pg_current_xact_id()::text::bigint", &[]).await.expect("xid").get(0);
+        }
+        last
+    };
+    let lost = titles("lost", 3);
+    insert_rows(&db, user, &lost).await;
+    lost.iter().for_each(|t| tab.expect(t));
+    assert!(tab.pump_until(T, |t| lost.iter().all(|r| t.has(r))).await, "the tab got the rows after the backup");
+    let past = common::wait_until(T, || async { horizon_of(&gw.addr).await.is_some_and(|h| h > ahead_xid) }).await;
+    assert!(past, "the gateway's horizon never passed transaction {ahead_xid}");
+    // Heartbeats carry the horizon: the tab's last id is now past everything the backup has.
+    tab.pump_for(Duration::from_millis(500)).await;
+    if !tab.resets.is_empty() {
+        failures.push(format!("a clean restart reset the open tab: {:?}", tab.reset_reasons()));
+    }
+    let before_restore = tab.last_id.clone().expect("the tab has an id before the restore");
+    let old_history = history_of(&db).await;
+    let old_horizon = horizon_of(&gw.addr).await.expect("a horizon before the restore");
+
+    // The restore: the copy replaces the data directory, and the database starts from it.
+    pg.stop();
+    assert!(wait_unready(&gw.addr).await, "the gateway never noticed the database stopping again");
+    run(std::process::Command::new("rm").arg("-rf").arg(&data));
+    run(std::process::Command::new("cp").arg("-a").arg(&backup).arg(&data));
+    pg.start_again();
+    assert_eq!(
+        row_count(&db, user).await,
+        kept.len() as i64,
+        "the restored database has only the rows before the backup"
+    );
+    assert!(wait_ready(&gw.addr, T).await, "the gateway never became ready on the restored database");
+
+    // Rows committed once the gateway is ready again: after the reset, each one arrives.
+    let after = titles("after", 4);
+    insert_rows(&db, user, &after).await;
+    after.iter().for_each(|t| tab.expect(t));
+    let resets_before = tab.resets.len();
+    tab.pump_until(T, |t| t.resets.len() > resets_before && after.iter().all(|r| t.has(r))).await;
+    let reasons = tab.reset_reasons();
+    if tab.resets.len() == resets_before {
+        failures.push(format!(
+            "open tab: no reset after the restore (reconnects: {}); it still shows {} that the database no longer has",
+            tab.reconnects,
+            list(&lost.iter().collect::<Vec<_>>())
+        ));
+    } else if reasons.last().map(String::as_str) != Some("history_changed") {
+        failures.push(format!("open tab: reset with reasons {reasons:?}, expected history_changed"));
+    }
+    let missing: Vec<&String> = after.iter().filter(|r| !tab.has(r)).collect();
+    if !missing.is_empty() {
+        failures.push(format!(
+            "open tab: rows committed after the gateway was ready again never arrived: {}",
+            list(&missing)
+        ));
+    }
+
+    let new_history = history_of(&db).await;
+    if new_history == old_history {
+        failures.push(format!("pgsse.history() is still {old_history} after the restore"));
+    }
+
+    // A tab closed before the restore comes back with its id, once the restored database has
+    // handed out every transaction id the gateway's horizon had passed: only the history tells
+    // that the position means nothing here.
+    while current_xid(&db).await <= old_horizon + 20 {}
+    let mut resumed = Tab::open(&gw.addr, user, Some(before_restore.clone())).await;
+    resumed.pump_until(T, |t| !t.resets.is_empty() || t.heartbeats > 0).await;
+    match resumed.reset_reasons().first().map(String::as_str) {
+        Some("history_changed") => {}
+        Some(other) => failures.push(format!(
+            "resume from {before_restore:?} (before the restore): reset reason {other:?}, expected history_changed"
+        )),
+        None => failures.push(format!(
+            "resume from {before_restore:?} (before the restore): no reset; replayed: {}",
+            list(&resumed.received.iter().collect::<Vec<_>>())
+        )),
+    }
+
+    // The new history streams to a fresh tab.
+    let mut fresh = Tab::open(&gw.addr, user, None).await;
+    let more = titles("fresh", 3);
+    insert_rows(&db, user, &more).await;
+    if !fresh.pump_until(T, |t| more.iter().all(|r| t.has(r))).await {
+        let missing: Vec<&String> = more.iter().filter(|r| !fresh.has(r)).collect();
+        failures.push(format!("fresh tab after the restore: missing {}", list(&missing)));
+    }
+    // And the open tab, too.
+    more.iter().for_each(|t| tab.expect(t));
+    if !tab.pump_until(T, |t| more.iter().all(|r| t.has(r))).await {
+        let missing: Vec<&String> = more.iter().filter(|r| !tab.has(r)).collect();
+        failures.push(format!("open tab after its reset: missing {}", list(&missing)));
+    }
+
+    eprintln!(
+        "a_base_backup_restored_without_recovery_resets_everyone: history {old_history} -> {new_history}; open tab \
+         resets {:?}, reconnects {}; took {:?}",
+        tab.reset_reasons(),
+        tab.reconnects,
+        started.elapsed()
+    );
+    gw.kill().await;
+    assert!(failures.is_empty(), "a restored backup without a reset:\n  {}", failures.join("\n  "));
+}

@@ -75,8 +75,11 @@ async fn a_role_that_can_only_connect_reads_no_row_content() {
     let procs = c.query("SELECT coalesce(prosrc, '') FROM pg_proc", &[]).await.expect("pg_proc");
     assert!(procs.iter().all(|r| !r.get::<_, String>(0).contains(&channel)), "the channel is in a function's source");
 
-    exec(&db, "INSERT INTO notifications (user_id, title, message) VALUES ('alice', 'Reset', 'password reset code 918273')")
-        .await;
+    exec(
+        &db,
+        "INSERT INTO notifications (user_id, title, message) VALUES ('alice', 'Reset', 'password reset code 918273')",
+    )
+    .await;
     let e = s.next_named("notification", T).await.expect("the browser still gets it");
     assert_eq!(json(&e)["notification"]["message"], "password reset code 918273");
     let heard = drain(&snoop, &mut rx, "fence").await;

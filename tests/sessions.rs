@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use base64::Engine;
 use common::gateway::{self, request, Gateway};
-use common::{exec, SseClient};
+use common::{exec, free_port, SseClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_postgres::{AsyncMessage, NoTls};
 
 const T: Duration = Duration::from_secs(10);
 const PATH: &str = "/api/notifications/stream";
@@ -127,6 +128,109 @@ async fn signing_out_closes_open_streams_and_the_cache_does_not_outlive_it() {
     }
     // The positive cache entry (TTL 10s) was evicted by the same notification.
     assert_eq!(refused(&gw, &c).await, "session_not_found");
+    gw.stop().await;
+}
+
+/// Payloads on `channel` until a NOTIFY on `fence` (sent now, from another connection), heard by a
+/// connection that LISTENs on both (as someone who learned the channel would).
+async fn capture(db: &str, channel: &str, fence: &str, during: impl std::future::Future<Output = ()>) -> Vec<String> {
+    let (client, mut conn) = tokio_postgres::connect(db, NoTls).await.expect("connect");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+    tokio::spawn(async move {
+        while let Some(Ok(m)) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+            if let AsyncMessage::Notification(n) = m {
+                let _ = tx.send((n.channel().to_string(), n.payload().to_string()));
+            }
+        }
+    });
+    client.batch_execute(&format!("LISTEN \"{channel}\"; LISTEN \"{fence}\"")).await.expect("LISTEN");
+    during.await;
+    exec(db, &format!("NOTIFY \"{fence}\"")).await;
+    let mut got = Vec::new();
+    loop {
+        let (c, payload) = tokio::time::timeout(T, rx.recv()).await.expect("the fence in time").expect("listener");
+        if c == fence {
+            return got;
+        }
+        got.push(payload);
+    }
+}
+
+/// A signed session payload (`<64 hex signature>{"t":"<tx>","s":[...]}`): its transaction id.
+fn session_payload_tx(payload: &str) -> Option<i64> {
+    let v: serde_json::Value = serde_json::from_str(payload.get(64..)?).ok()?;
+    v.get("s")?;
+    v["t"].as_str()?.parse().ok()
+}
+
+/// Someone who can listen on the secret channel captures the payload that revoked a session;
+/// the user signs in again with a session of the same token (so the same key). Re-sending the
+/// captured payload once the gateway's horizon has passed its transaction is stale: it is
+/// counted, and the new session's stream stays open and keeps receiving.
+#[tokio::test]
+async fn a_re_sent_session_payload_closes_nothing() {
+    let db = gateway::notifications_db().await;
+    exec(&db, CAMEL).await;
+    let channel = gateway::channel(&db).await;
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let gw = Gateway::start(
+        &db,
+        &["--auth", "better-auth", "--better-auth-secret", SECRET, "--metrics-listen", &metrics_addr],
+    )
+    .await;
+    let c = cookie(SECRET, "tokenAAA");
+
+    // Session A, signed out: its stream closes, and the payload that closed it is captured.
+    session(&db, "sA", "tokenAAA", "user-1", "now() + interval '1 hour'").await;
+    let mut a = open(&gw, &c).await;
+    assert_eq!(a.status, 200);
+    a.next_named("connected", T).await.expect("connected");
+    let payloads = capture(&db, &channel, "fence", exec(&db, "DELETE FROM \"session\" WHERE id = 'sA'")).await;
+    let captured: Vec<(String, i64)> =
+        payloads.into_iter().filter_map(|p| session_payload_tx(&p).map(|tx| (p, tx))).collect();
+    assert_eq!(captured.len(), 1, "one session payload for the DELETE: {captured:?}");
+    let (payload, tx) = captured.into_iter().next().expect("the session payload");
+    let e = a.next_named("auth-expired", T).await.expect("the signed-out stream is told");
+    assert!(e.data.contains("session_revoked"), "{}", e.data);
+
+    // Session B: a new row with the same token, so the same key.
+    session(&db, "sB", "tokenAAA", "user-1", "now() + interval '1 hour'").await;
+    let mut b = open(&gw, &c).await;
+    assert_eq!(b.status, 200, "a stream for the new session");
+    b.next_named("connected", T).await.expect("connected");
+    let past = common::wait_until(T, || async {
+        gateway::readyz(&gw.addr)
+            .await
+            .and_then(|(_, v)| v["horizon"].as_str()?.parse::<i64>().ok())
+            .is_some_and(|h| h > tx)
+    })
+    .await;
+    assert!(past, "the gateway's horizon never passed transaction {tx}");
+
+    // The re-send, then a row for the user: the gateway handles them in that order.
+    let attacker = common::connect(&db).await;
+    attacker.execute("SELECT pg_notify($1, $2)", &[&channel, &payload]).await.expect("re-send the session payload");
+    exec(&db, "INSERT INTO notifications (user_id, title) VALUES ('user-1', 'still here')").await;
+    let deadline = std::time::Instant::now() + T;
+    let next = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match b.next_event(left).await {
+            Some(e) if e.event == "heartbeat" => continue,
+            other => break other,
+        }
+    };
+    let next = next.unwrap_or_else(|| panic!("the new session's stream got nothing (closed: {})", b.is_closed()));
+    assert_eq!(next.event, "notification", "the re-sent payload reached the new session's stream: {next:?}");
+    assert!(next.data.contains("still here"), "{}", next.data);
+    assert!(!b.is_closed(), "the new session's stream was closed");
+
+    let (_, _, text) = request(&metrics_addr, "GET", "/metrics", &[]).await;
+    let stale: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("pgsse_payloads_stale_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert_eq!(stale, 1, "the re-sent payload was counted as stale:\n{text}");
     gw.stop().await;
 }
 

@@ -174,7 +174,8 @@ async fn heartbeats(
         // The horizon is read after every event below it was queued (the source stores it only
         // after dispatching them), so it is a valid resume position for every stream.
         if let Some(at) = source.position() {
-            hub.publish_slice(slice, &hub::Item::notice(http::heartbeat(at)));
+            let beat = sse::heartbeat(sse::EventId::horizon(at.history, at.horizon));
+            hub.publish_slice(slice, &hub::Item::notice(beat));
         }
         slice = (slice + 1) % slices;
     }

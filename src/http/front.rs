@@ -150,26 +150,15 @@ async fn linger_close(mut socket: TcpStream) {
 
 /// Reads until `buf` holds a complete request head, and decides who serves it.
 async fn read_head(socket: &mut TcpStream, buf: &mut BytesMut, shared: &Shared) -> io::Result<Head> {
-    let limit = shared.config.max_header_bytes;
-    // Bytes already searched for the blank line that ends a head: parsing only once it is there
-    // keeps a head sent byte by byte from costing a full parse per byte.
-    let mut searched: usize = 0;
+    let lean = |method: &Method, path: &str| {
+        *method == Method::GET
+            && path == shared.config.path
+            && !shared.extra.as_ref().is_some_and(|e| e.matches(method, path))
+    };
+    let mut searched = 0;
     loop {
-        let ended = buf[searched.saturating_sub(3)..].windows(2).any(|w| w == b"\n\n" || w == b"\n\r");
-        searched = buf.len();
-        if ended || buf.len() >= limit {
-            let too_large = || {
-                let msg = format!("the request head is larger than --max-header-bytes ({limit} bytes)");
-                let code = "request_header_fields_too_large";
-                Head::Refused(error(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, code, &msg))
-            };
-            match parse(buf, shared) {
-                Ok(Some((_, len))) if len > limit => return Ok(too_large()),
-                Ok(Some((head, _))) => return Ok(head),
-                Ok(None) if buf.len() >= limit => return Ok(too_large()),
-                Ok(None) => {}
-                Err(msg) => return Ok(Head::Refused(error(StatusCode::BAD_REQUEST, "bad_request", &msg))),
-            }
+        if let Some(head) = next_head(buf, &mut searched, shared.config.max_header_bytes, &lean) {
+            return Ok(head);
         }
         buf.reserve(FIRST_READ_BYTES);
         if socket.read_buf(buf).await? == 0 {
@@ -178,8 +167,43 @@ async fn read_head(socket: &mut TcpStream, buf: &mut BytesMut, shared: &Shared) 
     }
 }
 
-/// The head and its length, or `Ok(None)` while it is not complete.
-fn parse(buf: &mut BytesMut, shared: &Shared) -> Result<Option<(Head, usize)>, String> {
+/// What the bytes read so far are, or `None` until a head is complete (read more and call again).
+/// `searched` is how much of `buf` earlier calls already searched for the blank line that ends a
+/// head (0 for a new head): parsing only once it is there keeps a head sent byte by byte from
+/// costing a full parse per byte. `limit` is `--max-header-bytes`; `lean` says whether a request
+/// (method, path without query) goes down the lean path.
+fn next_head(
+    buf: &mut BytesMut,
+    searched: &mut usize,
+    limit: usize,
+    lean: &impl Fn(&Method, &str) -> bool,
+) -> Option<Head> {
+    let ended = buf[searched.saturating_sub(3)..].windows(2).any(|w| w == b"\n\n" || w == b"\n\r");
+    *searched = buf.len();
+    if !ended && buf.len() < limit {
+        return None;
+    }
+    let too_large = || {
+        let msg = format!("the request head is larger than --max-header-bytes ({limit} bytes)");
+        let code = "request_header_fields_too_large";
+        Head::Refused(error(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, code, &msg))
+    };
+    match parse(buf, limit, lean) {
+        Ok(Some((_, len))) if len > limit => Some(too_large()),
+        Ok(Some((head, _))) => Some(head),
+        Ok(None) if buf.len() >= limit => Some(too_large()),
+        Ok(None) => None,
+        Err(msg) => Some(Head::Refused(error(StatusCode::BAD_REQUEST, "bad_request", &msg))),
+    }
+}
+
+/// The head and its length, or `Ok(None)` while it is not complete. A stream's head is taken out
+/// of `buf` (unless longer than `limit`); any other leaves `buf` whole, for hyper.
+fn parse(
+    buf: &mut BytesMut,
+    limit: usize,
+    lean: &impl Fn(&Method, &str) -> bool,
+) -> Result<Option<(Head, usize)>, String> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
@@ -193,8 +217,7 @@ fn parse(buf: &mut BytesMut, shared: &Shared) -> Result<Option<(Head, usize)>, S
     };
     let method = Method::from_bytes(method.as_bytes()).map_err(|_| "malformed method".to_string())?;
     let uri_path = path.split('?').next().unwrap_or(path);
-    let extra = shared.extra.as_ref().is_some_and(|e| e.matches(&method, uri_path));
-    if method != Method::GET || uri_path != shared.config.path || extra {
+    if !lean(&method, uri_path) {
         return Ok(Some((Head::Other, len)));
     }
     let version = if req.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
@@ -217,7 +240,7 @@ fn parse(buf: &mut BytesMut, shared: &Shared) -> Result<Option<(Head, usize)>, S
         builder = builder.header(name, value);
     }
     let req = builder.body(()).map_err(|e| format!("malformed request target: {e}"))?;
-    if len <= shared.config.max_header_bytes {
+    if len <= limit {
         buf.advance(len);
     }
     Ok(Some((Head::Stream(req, keep_alive), len)))
@@ -304,3 +327,6 @@ impl AsyncWrite for Rewound {
 pub(super) fn hyper_io(read: Bytes, socket: TcpStream) -> TokioIo<Rewound> {
     TokioIo::new(Rewound { read, socket })
 }
+
+#[cfg(test)]
+mod tests;

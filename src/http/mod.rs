@@ -5,8 +5,6 @@ mod front;
 mod pump;
 mod stream;
 
-pub use stream::heartbeat;
-
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,7 +13,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use rand::Rng;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::field::Empty;
@@ -148,8 +145,8 @@ impl HyperConn {
     }
 }
 
-/// Closes every open stream, spread evenly over `period` in random order; each first gets a
-/// `retry:` between 1 and 5 s so reconnects spread further.
+/// Closes every open stream, spread evenly over `period` in random order; each first gets the
+/// drain's `retry:` ([`sse::drain_retry`]) so reconnects spread further.
 async fn drain_streams(hub: Arc<Hub>, period: Duration) {
     use rand::seq::SliceRandom;
     let mut conns = hub.snapshot();
@@ -165,8 +162,7 @@ async fn drain_streams(hub: Arc<Hub>, period: Duration) {
             ((start.elapsed().as_secs_f64() / period.as_secs_f64()) * n as f64).ceil() as usize
         };
         for c in conns[done..due.min(n)].iter().filter_map(|w| w.upgrade()) {
-            let retry = sse::retry(rand::thread_rng().gen_range(1000..5000));
-            c.finish(&Item::notice(retry), CloseReason::Shutdown);
+            c.finish(&Item::notice(sse::drain_retry()), CloseReason::Shutdown);
         }
         done = due.min(n);
     }

@@ -64,6 +64,37 @@ impl Out {
         n -= k;
         self.suffix = &self.suffix[n.min(self.suffix.len())..];
     }
+
+    /// Queues `data` as the next write (after the head, if that is still pending): with
+    /// `chunked` as one HTTP/1.1 chunk, else as it is. Empty data queues nothing (an empty
+    /// chunk would end the body).
+    fn frame(&mut self, data: Bytes, chunked: bool) {
+        if data.is_empty() {
+            return;
+        }
+        if chunked {
+            (self.line, self.line_end) = chunk_line(data.len());
+            self.line_at = 0;
+            self.suffix = b"\r\n";
+        }
+        self.data = data;
+    }
+
+    /// Queues the end of the body: the last chunk, or nothing when closing the connection ends it.
+    fn end(&mut self, chunked: bool) {
+        if chunked {
+            self.suffix = b"0\r\n\r\n";
+        }
+    }
+}
+
+/// A chunk's size line (`len` in hex, then CRLF) and its length: 16 hex digits + CRLF always fit.
+fn chunk_line(len: usize) -> ([u8; 18], u8) {
+    let mut line = [0u8; 18];
+    let mut rest = &mut line[..];
+    let _ = write!(rest, "{len:x}\r\n");
+    let used = 18 - rest.len();
+    (line, used as u8)
 }
 
 /// Writes `body` to `socket` until the stream ends; resolves to how it ended.
@@ -81,19 +112,6 @@ impl Pump {
     /// chunk; without, the body runs until the connection closes (HTTP/1.0).
     pub(super) fn new(socket: TcpStream, head: Bytes, body: Box<StreamBody>, chunked: bool) -> Self {
         Self { socket, body, out: Out { head, ..Out::default() }, chunked, ending: false }
-    }
-
-    /// Queues `data` as the next write (after the head, if that is still pending).
-    fn frame(&mut self, data: Bytes) {
-        if self.chunked {
-            let mut line = &mut self.out.line[..];
-            // 16 hex digits + CRLF always fit in the 18 bytes.
-            let _ = write!(line, "{:x}\r\n", data.len());
-            let left = line.len();
-            (self.out.line_at, self.out.line_end) = (0, (self.out.line.len() - left) as u8);
-            self.out.suffix = b"\r\n";
-        }
-        self.out.data = data;
     }
 
     /// Writes what is pending; `Pending` while the socket is full (watching for a cut).
@@ -140,12 +158,10 @@ impl Future for Pump {
         loop {
             if this.out.idle() && !this.ending {
                 match this.body.poll_data(cx) {
-                    Poll::Ready(Some(data)) => this.frame(data),
+                    Poll::Ready(Some(data)) => this.out.frame(data, this.chunked),
                     Poll::Ready(None) => {
                         this.ending = true;
-                        if this.chunked {
-                            this.out.suffix = b"0\r\n\r\n";
-                        }
+                        this.out.end(this.chunked);
                     }
                     Poll::Pending if this.out.is_empty() => {
                         ready!(this.poll_client_gone(cx));
@@ -160,6 +176,93 @@ impl Future for Pump {
             if this.ending {
                 return Poll::Ready(Ended::Closed);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a write would send now: head, size line, data, suffix.
+    fn pending(o: &Out) -> Vec<u8> {
+        [&o.head[..], o.line(), &o.data[..], o.suffix].concat()
+    }
+
+    /// Everything `o` sends until it is empty, written `step` bytes at a time.
+    fn drain(o: &mut Out, step: usize) -> Vec<u8> {
+        let mut sent = Vec::new();
+        while !o.is_empty() {
+            let p = pending(o);
+            let n = step.min(p.len());
+            sent.extend_from_slice(&p[..n]);
+            o.consume(n);
+        }
+        sent
+    }
+
+    #[test]
+    fn a_chunk_is_its_size_in_hex_then_the_bytes_then_crlf() {
+        let mut o = Out::default();
+        o.frame(Bytes::from_static(b"event: x\ndata: y\n\n"), true);
+        assert!(!o.idle());
+        assert_eq!(pending(&o), b"12\r\nevent: x\ndata: y\n\n\r\n");
+        o.consume(pending(&o).len());
+        assert!(o.idle() && o.is_empty());
+        o.frame(Bytes::from(vec![b'a'; 4096]), true);
+        assert!(pending(&o).starts_with(b"1000\r\naaaa"));
+        assert!(pending(&o).ends_with(b"aaaa\r\n"));
+        assert_eq!(pending(&o).len(), 6 + 4096 + 2);
+    }
+
+    #[test]
+    fn the_size_line_fits_every_length() {
+        for (len, line) in [(0, &b"0\r\n"[..]), (1, b"1\r\n"), (255, b"ff\r\n"), (usize::MAX, b"ffffffffffffffff\r\n")]
+        {
+            let (buf, n) = chunk_line(len);
+            assert_eq!(&buf[..n as usize], line, "{len}");
+        }
+    }
+
+    #[test]
+    fn the_head_goes_first_and_a_chunked_body_ends_with_the_last_chunk() {
+        let mut o = Out { head: Bytes::from_static(b"HTTP/1.1 200 OK\r\n\r\n"), ..Out::default() };
+        assert!(o.idle() && !o.is_empty());
+        o.frame(Bytes::from_static(b"retry: 1000\n\n"), true);
+        assert_eq!(drain(&mut o, usize::MAX), b"HTTP/1.1 200 OK\r\n\r\nd\r\nretry: 1000\n\n\r\n");
+        o.end(true);
+        assert_eq!(drain(&mut o, usize::MAX), b"0\r\n\r\n");
+    }
+
+    #[test]
+    fn http10_bodies_are_the_bytes_alone_and_end_at_close() {
+        let mut o = Out { head: Bytes::from_static(b"HTTP/1.0 200 OK\r\n\r\n"), ..Out::default() };
+        o.frame(Bytes::from_static(b"data: a\n\n"), false);
+        assert_eq!(drain(&mut o, usize::MAX), b"HTTP/1.0 200 OK\r\n\r\ndata: a\n\n");
+        o.end(false);
+        assert!(o.is_empty());
+    }
+
+    #[test]
+    fn short_writes_resume_where_they_stopped() {
+        for step in 1..=8 {
+            let mut o = Out { head: Bytes::from_static(b"HEAD\r\n"), ..Out::default() };
+            o.frame(Bytes::from_static(b"0123456789abcdefXYZ"), true);
+            assert_eq!(drain(&mut o, step), b"HEAD\r\n13\r\n0123456789abcdefXYZ\r\n", "{step}");
+            o.frame(Bytes::from_static(b"z"), true);
+            assert_eq!(drain(&mut o, step), b"1\r\nz\r\n", "{step}");
+            // The pump ends the body only once the last write is out (`idle`).
+            o.end(true);
+            assert_eq!(drain(&mut o, step), b"0\r\n\r\n", "{step}");
+        }
+    }
+
+    #[test]
+    fn empty_data_queues_nothing() {
+        for chunked in [true, false] {
+            let mut o = Out::default();
+            o.frame(Bytes::new(), chunked);
+            assert!(o.idle() && o.is_empty(), "{chunked}");
         }
     }
 }

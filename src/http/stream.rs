@@ -4,7 +4,6 @@ use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
@@ -151,15 +150,9 @@ pub(super) async fn open(
     let user = identity.user_id.clone();
     let mut preamble = VecDeque::with_capacity(4);
     preamble.push_back(sse::retry(DEFAULT_RETRY_MS));
+    let heartbeat_ms = shared.config.heartbeat_interval.as_millis() as u64;
     let connected = |id: EventId, resumed: bool, replayed: usize| {
-        let data = serde_json::json!({
-            "userId": &*user,
-            "connectionId": sub.id(),
-            "resumed": resumed,
-            "replayed": replayed,
-            "heartbeatMs": shared.config.heartbeat_interval.as_millis() as u64,
-        });
-        sse::encode("connected", Some(id), &data.to_string())
+        sse::connected(id, &user, sub.id(), resumed, replayed, heartbeat_ms)
     };
     let here = EventId::horizon(now.history, now.horizon);
     let reset = |reason: &str, message: &str| sse::reset(here, reason, message);
@@ -271,10 +264,4 @@ fn unauthorized(e: &AuthError, peer: SocketAddr) -> Response<Body> {
 /// The first address of `X-Forwarded-For` (the client as the nearest proxy saw it), if valid.
 fn forwarded_for(headers: &hyper::HeaderMap) -> Option<std::net::IpAddr> {
     headers.get("x-forwarded-for")?.to_str().ok()?.split(',').next()?.trim().parse().ok()
-}
-
-/// The shared heartbeat: one timer for every stream, bytes encoded once per tick.
-pub fn heartbeat(at: crate::pg::source::Position) -> Bytes {
-    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
-    sse::encode("heartbeat", Some(EventId::horizon(at.history, at.horizon)), &format!("{{\"timestamp\":{ms}}}"))
 }

@@ -1,8 +1,25 @@
 //! Smoke run of the benchmark tool (`pgsse-bench all --quick`): a throwaway PostgreSQL, one pgsse,
 //! 2,000 streams from two load processes, a few hundred INSERTs and three broadcasts. Checks that
 //! the tool works end to end and that nothing is lost or misrouted. Never asserts timings.
+//!
+//! The gateway is the `pgsse` binary next to `pgsse-bench`, which `cargo test --workspace` builds
+//! (or the one `PGSSE_BIN` names).
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// The gateway binary the benchmark runs.
+fn pgsse_bin() -> PathBuf {
+    let bin = std::env::var_os("PGSSE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_BIN_EXE_pgsse-bench")).with_file_name("pgsse"));
+    assert!(
+        bin.is_file(),
+        "{} not found: run `cargo test --workspace`, or `cargo build --bin pgsse` first",
+        bin.display()
+    );
+    bin
+}
 
 #[test]
 fn bench_tool_runs_and_loses_nothing() {
@@ -11,7 +28,10 @@ fn bench_tool_runs_and_loses_nothing() {
     let json = dir.join("results.json");
     let out = Command::new(env!("CARGO_BIN_EXE_pgsse-bench"))
         .args(["all", "--quick", "2000", "--workers", "2", "--no-pin", "--systems", "pgsse"])
-        .args(["--pgsse-bin", env!("CARGO_BIN_EXE_pgsse"), "--root", env!("CARGO_MANIFEST_DIR")])
+        .arg("--pgsse-bin")
+        .arg(pgsse_bin())
+        .arg("--root")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
         .arg("--json")
         .arg(&json)
         .output()

@@ -1,24 +1,17 @@
 //! Child processes under a watchdog (they stop when the orchestrator dies, even by SIGKILL),
-//! /proc readings (RSS, CPU ticks, children) and a throwaway PostgreSQL cluster.
+//! /proc readings (RSS, CPU ticks, children) and a throwaway PostgreSQL cluster (on
+//! `pgsse::pg::throwaway`).
 
+use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use pgsse::pg::throwaway::{self, ServerUser, Watchdog};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-
-/// `sh` runs the program in the background with output to `$BENCH_LOG`, prints its pid, and
-/// SIGINTs it (SIGKILL 5 s later) when our end of its stdin pipe closes.
-const WATCHDOG: &str = r#"exec 3<&0
-"$0" "$@" 3<&- </dev/null >>"$BENCH_LOG" 2>&1 &
-pid=$!
-echo $pid
-( read _ <&3; kill -INT $pid 2>/dev/null; sleep 5; kill -KILL $pid 2>/dev/null ) >/dev/null 2>&1 &
-wait $pid"#;
 
 pub struct Proc {
     pub name: String,
@@ -35,28 +28,34 @@ pub struct Spawn<'a> {
     pub log: PathBuf,
     /// `taskset -c <cpus>` in front when set.
     pub cpus: Option<&'a str>,
-    pub as_user: Option<(u32, u32)>,
+    pub as_user: Option<&'a ServerUser>,
     pub cwd: Option<&'a Path>,
 }
 
 impl Spawn<'_> {
+    /// Starts the program under the watchdog: SIGINT when our end of its stdin closes (we stop
+    /// it, or die), SIGKILL 5 s later.
     pub async fn start(self) -> anyhow::Result<Proc> {
-        let mut cmd = Command::new("/bin/sh");
-        cmd.arg("-c").arg(WATCHDOG);
-        if let Some(c) = self.cpus {
-            cmd.args(["taskset", "-c", c]);
-        }
-        cmd.arg(self.program).args(&self.args).env("BENCH_LOG", &self.log);
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
-        if let Some((uid, gid)) = self.as_user {
-            cmd.as_std_mut().uid(uid).gid(gid);
-        }
+        let (program, mut args): (&str, Vec<OsString>) = match self.cpus {
+            Some(c) => ("taskset", vec!["-c".into(), c.into(), self.program.into()]),
+            None => (self.program, Vec::new()),
+        };
+        args.extend(self.args.iter().map(OsString::from));
+        let dog = Watchdog {
+            program: OsStr::new(program),
+            args,
+            log: &self.log,
+            grace: Duration::from_secs(5),
+            remove: None,
+            user: self.as_user,
+        };
+        let mut cmd = dog.command();
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v))).stdout(Stdio::piped());
         if let Some(d) = self.cwd {
             cmd.current_dir(d);
         }
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).kill_on_drop(true);
+        let mut cmd = Command::from(cmd);
+        cmd.kill_on_drop(true);
         let mut watchdog = cmd.spawn().with_context(|| format!("spawn {}", self.program))?;
         let out = watchdog.stdout.take().context("watchdog stdout")?;
         let mut line = String::new();
@@ -174,38 +173,6 @@ pub fn descendants(pid: u32) -> Vec<(u32, String)> {
     out
 }
 
-/// The (uid, gid) PostgreSQL runs as when we are root.
-pub fn server_user() -> Option<(u32, u32)> {
-    let status = fs::read_to_string("/proc/self/status").ok()?;
-    let euid: u32 = status.lines().find(|l| l.starts_with("Uid:"))?.split_whitespace().nth(2)?.parse().ok()?;
-    if euid != 0 {
-        return None;
-    }
-    let passwd = fs::read_to_string("/etc/passwd").ok()?;
-    ["postgres", "nobody"].iter().find_map(|name| {
-        passwd.lines().find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.len() > 3 && f[0] == *name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
-        })
-    })
-}
-
-fn pg_bindir() -> anyhow::Result<PathBuf> {
-    let mut dirs: Vec<PathBuf> =
-        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
-    if let Ok(o) = std::process::Command::new("pg_config").arg("--bindir").output() {
-        dirs.push(PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
-    }
-    let mut versions: Vec<PathBuf> =
-        fs::read_dir("/usr/lib/postgresql").into_iter().flatten().flatten().map(|e| e.path().join("bin")).collect();
-    versions.sort();
-    dirs.extend(versions.into_iter().rev());
-    dirs.into_iter()
-        .find(|d| d.join("initdb").is_file() && d.join("postgres").is_file())
-        .map(|d| fs::canonicalize(&d).unwrap_or(d))
-        .context("PostgreSQL server binaries (initdb, postgres) not found: apt-get install postgresql")
-}
-
 /// Appended to postgresql.conf. Durability is off: the benchmark measures the CPU path of
 /// INSERT -> trigger -> NOTIFY, not this machine's disk.
 const PG_CONF: &str = "
@@ -227,28 +194,17 @@ pub struct Postgres {
 
 impl Postgres {
     pub async fn start(dir: &Path, cpus: Option<&str>) -> anyhow::Result<Postgres> {
-        let bin = pg_bindir()?;
-        let user = server_user();
+        let bins = throwaway::Bins::find().context("apt-get install postgresql")?;
+        let user = throwaway::server_user()?;
         fs::create_dir_all(dir)?;
-        if let Some((uid, gid)) = user {
-            std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
-        }
+        throwaway::chown(dir, user.as_ref())?;
         let data = dir.join("data");
-        let mut initdb = std::process::Command::new(bin.join("initdb"));
-        initdb.arg("-D").arg(&data).args(["-U", "postgres", "--auth=trust", "--no-sync", "--no-locale", "-E", "UTF8"]);
-        if let Some((uid, gid)) = user {
-            initdb.uid(uid).gid(gid);
-        }
-        let out = initdb.current_dir(dir).stdin(Stdio::null()).output().context("run initdb")?;
-        if !out.status.success() {
-            bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        let conf = data.join("postgresql.conf");
-        let mut text = fs::read_to_string(&conf)?;
-        text.push_str(PG_CONF);
-        fs::write(&conf, text)?;
+        let mut initdb = throwaway::initdb_command(&bins, &data, user.as_ref());
+        initdb.arg("--auth=trust");
+        throwaway::initdb_result(&initdb.output().context("run initdb")?)?;
+        throwaway::append_conf(&data, PG_CONF)?;
         let port = free_port()?;
-        let postgres = bin.join("postgres");
+        let postgres = bins.postgres;
         let proc = Spawn {
             name: "postgres",
             program: &postgres.to_string_lossy(),
@@ -263,7 +219,7 @@ impl Postgres {
             env: vec![],
             log: dir.join("postgres.log"),
             cpus,
-            as_user: user,
+            as_user: user.as_ref(),
             cwd: Some(dir),
         }
         .start()
@@ -292,7 +248,7 @@ impl Postgres {
 }
 
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(throwaway::free_port()?)
 }
 
 /// When pinned, servers run on this CPU and the load generators (and the orchestrator) on

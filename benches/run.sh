@@ -28,7 +28,7 @@ if ! command -v initdb >/dev/null 2>&1; then
   export PATH="$bindir:$PATH"
 fi
 (cd benches/node && npm ci --no-audit --no-fund --loglevel=error)
-cargo build --release --bin pgsse --bin pgsse-bench
+cargo build --release -p pgsse -p pgsse-bench --bins
 
 # One process may hold at most 20,000 open files here; the tool raises its soft limit to the hard one.
 exec ./target/release/pgsse-bench all --report BENCHMARKS.md --json target/bench-results.json \

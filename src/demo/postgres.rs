@@ -1,29 +1,27 @@
 //! A throwaway PostgreSQL for `pgsse demo`: temp data dir, free port, gone when the demo ends.
 //!
-//! * The server binaries are looked up on PATH, via `pg_config --bindir`, and where Debian,
-//!   Homebrew and Postgres.app put them.
-//! * PostgreSQL refuses to run as root, so when the demo runs as root the binaries run as the
-//!   `postgres` user (or `nobody`), through std's `CommandExt::uid/gid`.
-//! * `postgres` runs under a small `sh` watchdog whose stdin is a pipe from the demo. When the pipe
-//!   hits EOF (the demo stopped it, or died in any way, even SIGKILL), the watchdog fast-stops the
-//!   server and removes the temp dir. The watchdog has its own process group, so a Ctrl-C in the
-//!   terminal reaches only the demo, which drains the gateway first and then stops the server.
+//! * Built on [`crate::pg::throwaway`]: the server programs, the OS user when root, the watchdog.
+//! * When the demo stops the server, or dies in any way (even SIGKILL), the watchdog fast-stops
+//!   the server and removes the temp dir. The watchdog has its own process group, so a Ctrl-C in
+//!   the terminal reaches only the demo, which drains the gateway first and then stops the server.
 //! * Only TCP on 127.0.0.1, with a random password (no unix socket, no trust authentication).
 
-use std::fmt::Write as _;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tokio::process::{Child, ChildStdin, Command};
 
 use super::DemoError;
+use crate::pg::throwaway::{self, Bins, ServerUser, ThrowawayError, Watchdog};
 
 /// How long the server may take to accept connections.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a fast shutdown may take before the server is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the watchdog gives a server its owner left behind before killing it.
+const WATCHDOG_GRACE: Duration = Duration::from_secs(30);
 /// Attempts at finding a free port (another process may take the one we picked).
 const PORT_ATTEMPTS: usize = 5;
 
@@ -38,95 +36,19 @@ const SERVER_SETTINGS: [&str; 7] = [
     "log_min_messages=warning",
 ];
 
-/// Runs postgres ("$0" "$@") with stdin as a lifeline; see the module docs.
-const WATCHDOG: &str = r#"exec 3<&0
-"$0" "$@" 3<&- </dev/null &
-pid=$!
-(
-  read _ <&3
-  if kill -INT "$pid" 2>/dev/null; then
-    i=0
-    while kill -0 "$pid" 2>/dev/null && [ "$i" -lt 300 ]; do sleep 0.1; i=$((i+1)); done
-    kill -KILL "$pid" 2>/dev/null
-    rm -rf "$PGSSE_DEMO_DIR"
-  fi
-) </dev/null >/dev/null 2>&1 &
-exec 3<&-
-wait "$pid""#;
-
-/// The server binaries.
-#[derive(Debug, Clone)]
-pub struct Bins {
-    pub initdb: PathBuf,
-    pub postgres: PathBuf,
+/// The first directory holding the server programs, or what to install.
+fn find_bins(dirs: &[PathBuf]) -> Result<Bins, DemoError> {
+    Bins::find_in(dirs).map_err(|_| DemoError::PostgresNotFound)
 }
 
-/// Where server binaries may be, in order of preference.
-fn candidate_dirs() -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> =
-        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
-    if let Ok(out) = std::process::Command::new("pg_config").arg("--bindir").stderr(Stdio::null()).output() {
-        let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if out.status.success() && !dir.is_empty() {
-            dirs.push(PathBuf::from(dir));
+fn pg_error(e: ThrowawayError) -> DemoError {
+    match e {
+        ThrowawayError::NotFound => DemoError::PostgresNotFound,
+        ThrowawayError::NoServerUser => {
+            DemoError::Postgres(format!("{e}. Run the demo as a normal user, or pass --database-url"))
         }
+        other => DemoError::Postgres(other.to_string()),
     }
-    for (parent, prefix) in [
-        ("/usr/lib/postgresql", ""),
-        ("/opt/homebrew/opt", "postgresql"),
-        ("/usr/local/opt", "postgresql"),
-        ("/Applications/Postgres.app/Contents/Versions", ""),
-    ] {
-        let Ok(entries) = std::fs::read_dir(parent) else { continue };
-        let mut found: Vec<(Vec<u32>, PathBuf)> = entries
-            .flatten()
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                name.starts_with(prefix).then(|| (version_key(&name), e.path().join("bin")))
-            })
-            .collect();
-        // Newest version first.
-        found.sort_by(|a, b| b.0.cmp(&a.0));
-        dirs.extend(found.into_iter().map(|(_, d)| d));
-    }
-    dirs
-}
-
-/// The numbers in a name, for sorting versions: "postgresql@16" -> [16], "9.6" -> [9, 6].
-fn version_key(name: &str) -> Vec<u32> {
-    name.split(|c: char| !c.is_ascii_digit()).filter_map(|s| s.parse().ok()).collect()
-}
-
-/// The first directory holding both `initdb` and `postgres` (`pg_ctl` is not needed).
-pub fn find_bins(dirs: &[PathBuf]) -> Result<Bins, DemoError> {
-    for dir in dirs {
-        let (initdb, postgres) = (dir.join("initdb"), dir.join("postgres"));
-        if initdb.is_file() && postgres.is_file() {
-            // Resolve symlinks so initdb finds its share directory next to the real binary.
-            let initdb = std::fs::canonicalize(&initdb).unwrap_or(initdb);
-            let postgres = std::fs::canonicalize(&postgres).unwrap_or(postgres);
-            return Ok(Bins { initdb, postgres });
-        }
-    }
-    Err(DemoError::PostgresNotFound)
-}
-
-/// The user to run the server as when we are root: (uid, gid) of `postgres`, else `nobody`.
-fn server_user() -> Result<(u32, u32, String), DemoError> {
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let lookup = |name: &str| {
-        passwd.lines().find_map(|line| {
-            let f: Vec<&str> = line.split(':').collect();
-            (f.len() >= 4 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?, name.to_string())))?
-        })
-    };
-    lookup("postgres").or_else(|| lookup("nobody")).filter(|(uid, _, _)| *uid != 0).ok_or_else(|| {
-        DemoError::Postgres(
-            "running as root, and PostgreSQL refuses to run as root, but there is neither a `postgres` nor a \
-             `nobody` user to run it as. Run the demo as a normal user, or pass --database-url"
-                .into(),
-        )
-    })
 }
 
 /// A running throwaway server. `stop` it; dropping it only closes the lifeline (the watchdog then
@@ -159,43 +81,28 @@ impl LocalPostgres {
     /// initdb into a fresh temp dir, then start the server on a free port and wait until it
     /// accepts connections. Cancel-safe: dropping the future kills initdb and removes the dir.
     pub async fn start() -> Result<LocalPostgres, DemoError> {
-        let bins = find_bins(&candidate_dirs())?;
+        let bins = find_bins(&throwaway::candidate_dirs())?;
+        let user = throwaway::server_user().map_err(pg_error)?;
         let name = format!("pgsse-demo-{}-{:08x}", std::process::id(), rand::random::<u32>());
         let mut dir = std::env::temp_dir().join(&name);
-        std::fs::create_dir(&dir).map_err(|e| io_error("creating", &dir, e))?;
-        // The owner of what we just created is our effective uid (no libc needed).
-        let euid = std::fs::metadata(&dir).map(|m| m.uid());
-        let runner = match euid {
-            Ok(0) => match server_user() {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    let _ = std::fs::remove_dir(&dir);
-                    return Err(e);
-                }
-            },
-            _ => None,
-        };
-        if runner.is_some() && !dir.parent().is_some_and(world_traversable) {
+        if user.is_some() && !dir.parent().is_some_and(world_traversable) {
             // The server user could not reach a dir under e.g. /root/tmp: use /tmp instead.
-            let _ = std::fs::remove_dir(&dir);
             dir = Path::new("/tmp").join(&name);
-            std::fs::create_dir(&dir).map_err(|e| io_error("creating", &dir, e))?;
         }
+        std::fs::create_dir(&dir).map_err(|e| io_error("creating", &dir, e))?;
         let mut guard = DirGuard(Some(dir.clone()));
-        let ids = runner.as_ref().map(|(u, g, _)| (*u, *g));
-        if let Some((uid, gid)) = ids {
-            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).map_err(|e| io_error("chown", &dir, e))?;
-        }
+        throwaway::chown(&dir, user.as_ref()).map_err(pg_error)?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| io_error("chmod", &dir, e))?;
 
         let password = format!("{:032x}", rand::random::<u128>());
-        initdb(&bins, &dir, &password, ids).await?;
+        initdb(&bins, &dir, &password, user.as_ref()).await?;
         let log_path = dir.join("postgres.log");
         let mut last = String::new();
         for _ in 0..PORT_ATTEMPTS {
-            let port = free_port()?;
-            let (watchdog, lifeline) = spawn(&bins, &dir, &log_path, port, ids)?;
+            let port =
+                throwaway::free_port().map_err(|e| io_error("finding a free port on", Path::new("127.0.0.1"), e))?;
+            let (watchdog, lifeline) = spawn(&bins, &dir, &log_path, port, user.as_ref())?;
             let mut pg = LocalPostgres { port, password: password.clone(), dir: dir.clone(), watchdog, lifeline };
             match pg.wait_ready(&log_path).await {
                 Ok(()) => {
@@ -286,47 +193,22 @@ fn io_error(what: &str, path: &Path, e: std::io::Error) -> DemoError {
 }
 
 fn log_tail(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
+    throwaway::log_tail(log, 20)
 }
 
-/// A command for a server binary: as the server user when we are root, with no PG* variables
-/// that could point it elsewhere.
-fn server_command(program: &Path, ids: Option<(u32, u32)>) -> Command {
-    let mut cmd = Command::new(program);
-    if let Some((uid, gid)) = ids {
-        cmd.uid(uid).gid(gid);
-    }
-    for var in ["PGDATA", "PGPORT", "PGHOST", "PGUSER", "PGDATABASE", "PGOPTIONS", "PGPASSWORD"] {
-        cmd.env_remove(var);
-    }
-    cmd
-}
-
-async fn initdb(bins: &Bins, dir: &Path, password: &str, ids: Option<(u32, u32)>) -> Result<(), DemoError> {
+async fn initdb(bins: &Bins, dir: &Path, password: &str, user: Option<&ServerUser>) -> Result<(), DemoError> {
     let pwfile = dir.join("pwfile");
     std::fs::write(&pwfile, format!("{password}\n")).map_err(|e| io_error("writing", &pwfile, e))?;
-    if let Some((uid, gid)) = ids {
-        std::os::unix::fs::chown(&pwfile, Some(uid), Some(gid)).map_err(|e| io_error("chown", &pwfile, e))?;
-    }
-    let out = server_command(&bins.initdb, ids)
-        .current_dir(dir)
-        .arg("-D")
-        .arg(dir.join("data"))
-        .args(["-U", "postgres", "--auth=scram-sha-256", "--no-sync", "--no-locale", "-E", "UTF8"])
-        .arg(format!("--pwfile={}", pwfile.display()))
-        .stdin(Stdio::null())
+    throwaway::chown(&pwfile, user).map_err(pg_error)?;
+    let mut cmd = throwaway::initdb_command(bins, &dir.join("data"), user);
+    cmd.arg("--auth=scram-sha-256").arg(format!("--pwfile={}", pwfile.display()));
+    let out = Command::from(cmd)
         .kill_on_drop(true)
         .output()
         .await
         .map_err(|e| DemoError::Postgres(format!("cannot run {}: {e}", bins.initdb.display())))?;
     let _ = std::fs::remove_file(&pwfile);
-    if !out.status.success() {
-        let mut msg = format!("initdb failed ({}):\n", out.status);
-        let _ = write!(msg, "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        return Err(DemoError::Postgres(msg));
-    }
-    Ok(())
+    throwaway::initdb_result(&out).map_err(pg_error)
 }
 
 fn spawn(
@@ -334,37 +216,32 @@ fn spawn(
     dir: &Path,
     log_path: &Path,
     port: u16,
-    ids: Option<(u32, u32)>,
+    user: Option<&ServerUser>,
 ) -> Result<(Child, Option<ChildStdin>), DemoError> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log_path)
-        .map_err(|e| io_error("opening", log_path, e))?;
-    let log2 = log.try_clone().map_err(|e| io_error("opening", log_path, e))?;
-    let mut cmd = server_command(Path::new("/bin/sh"), ids);
-    cmd.current_dir(dir)
-        .env("PGSSE_DEMO_DIR", dir)
-        .arg("-c")
-        .arg(WATCHDOG)
-        .arg(&bins.postgres)
-        .arg("-D")
-        .arg(dir.join("data"))
-        .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k", ""]);
-    for s in SERVER_SETTINGS {
-        cmd.args(["-c", s]);
+    let mut args: Vec<std::ffi::OsString> = vec!["-D".into(), dir.join("data").into()];
+    for a in ["-p", &port.to_string(), "-h", "127.0.0.1", "-k", ""] {
+        args.push(a.into());
     }
-    cmd.stdin(Stdio::piped()).stdout(log).stderr(log2).process_group(0).kill_on_drop(false);
-    let mut child = cmd.spawn().map_err(|e| DemoError::Postgres(format!("cannot start /bin/sh: {e}")))?;
+    for s in SERVER_SETTINGS {
+        args.extend(["-c".into(), s.into()]);
+    }
+    let dog = Watchdog {
+        program: bins.postgres.as_os_str(),
+        args,
+        log: log_path,
+        grace: WATCHDOG_GRACE,
+        remove: Some(dir),
+        user,
+    };
+    let mut cmd = dog.command();
+    // Its own process group: a Ctrl-C in the terminal reaches only the demo, which stops the server.
+    cmd.current_dir(dir).process_group(0);
+    let mut child = Command::from(cmd)
+        .kill_on_drop(false)
+        .spawn()
+        .map_err(|e| DemoError::Postgres(format!("cannot start /bin/sh: {e}")))?;
     let lifeline = child.stdin.take();
     Ok((child, lifeline))
-}
-
-fn free_port() -> Result<u16, DemoError> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| DemoError::Postgres(format!("cannot find a free port: {e}")))
 }
 
 #[cfg(test)]
@@ -378,12 +255,5 @@ mod tests {
         assert!(err.contains("sudo apt-get install postgresql"), "{err}");
         assert!(err.contains("brew install postgresql@16"), "{err}");
         assert!(err.contains("--database-url"), "{err}");
-    }
-
-    #[test]
-    fn versions_sort_numerically() {
-        let mut v = ["9.6", "16", "postgresql@15", "13"].map(version_key).to_vec();
-        v.sort();
-        assert_eq!(v, [vec![9, 6], vec![13], vec![15], vec![16]]);
     }
 }

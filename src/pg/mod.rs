@@ -9,6 +9,7 @@ pub mod retention;
 mod seen;
 pub mod sessions;
 pub mod source;
+pub mod throwaway;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -3,25 +3,26 @@
 //! * `initdb` runs once per test process into a template directory; every
 //!   cluster is a `cp -a` of that template, so a cluster starts in a fraction
 //!   of a second.
-//! * When the tests run as root, the server binaries run as the `postgres`
-//!   user (or `nobody`), since Postgres refuses to run as root.
-//! * Every `postgres` process runs under a small `sh` watchdog whose stdin is a
-//!   pipe from the test process: when the test process exits for any reason
-//!   (even SIGKILL) the pipe hits EOF and the watchdog fast-stops postgres. A
+//! * The server programs, the OS user when root (Postgres refuses to run as
+//!   root) and the watchdog are `pgsse::pg::throwaway`'s, as for `pgsse demo`.
+//! * Every `postgres` process runs under that watchdog, whose stdin is a pipe
+//!   from the test process: when the test process exits for any reason (even
+//!   SIGKILL) the pipe hits EOF and the watchdog fast-stops postgres. A
 //!   process-wide janitor removes the temp directory the same way.
 //! * Crashes (SIGKILL) and standbys (`pg_basebackup`) are in `cluster_ops.rs`.
 
+use std::ffi::OsString;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use pgsse::pg::throwaway::{self, Bins, ServerUser, Watchdog};
 use tokio_postgres::NoTls;
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -44,132 +45,41 @@ logging_collector = off
 ";
 
 // ---------------------------------------------------------------------------
-// Environment discovery
+// Environment discovery (pgsse::pg::throwaway, once per test process)
 // ---------------------------------------------------------------------------
-
-struct PgBins {
-    initdb: PathBuf,
-    postgres: PathBuf,
-}
 
 /// A PostgreSQL client or server program (e.g. "pg_basebackup") of the same installation as
 /// the server the clusters run.
 pub(super) fn pg_program(name: &str) -> PathBuf {
     let bins = pg_bins();
-    let path = bins.postgres.with_file_name(name);
-    assert!(path.is_file(), "{} not found next to {}", name, bins.postgres.display());
-    path
+    bins.program(name).unwrap_or_else(|| panic!("{name} not found next to {}", bins.postgres.display()))
 }
 
-fn pg_bins() -> &'static PgBins {
-    static BINS: OnceLock<PgBins> = OnceLock::new();
+fn pg_bins() -> &'static Bins {
+    static BINS: OnceLock<Bins> = OnceLock::new();
     BINS.get_or_init(|| {
-        let mut candidates: Vec<PathBuf> = Vec::new();
-        if let Some(path) = std::env::var_os("PATH") {
-            candidates.extend(std::env::split_paths(&path));
-        }
-        if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
-            if out.status.success() {
-                let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
-                if !dir.is_empty() {
-                    candidates.push(PathBuf::from(dir));
-                }
-            }
-        }
-        if let Ok(rd) = fs::read_dir("/usr/lib/postgresql") {
-            let mut versions: Vec<PathBuf> = rd.flatten().map(|e| e.path().join("bin")).collect();
-            versions.sort();
-            versions.reverse();
-            candidates.extend(versions);
-        }
-        for dir in &candidates {
-            let initdb = dir.join("initdb");
-            let postgres = dir.join("postgres");
-            if initdb.is_file() && postgres.is_file() {
-                // Resolve symlinks (e.g. /usr/local/bin/initdb -> /usr/lib/postgresql/15/bin/initdb)
-                // so initdb finds its share directory next to the real binary.
-                let initdb = fs::canonicalize(&initdb).unwrap_or(initdb);
-                let postgres = fs::canonicalize(&postgres).unwrap_or(postgres);
-                return PgBins { initdb, postgres };
-            }
-        }
-        panic!(
-            "PostgreSQL server binaries (initdb, postgres) not found: searched PATH, \
-             `pg_config --bindir` and /usr/lib/postgresql/*/bin. Install the PostgreSQL \
-             server (e.g. `apt-get install postgresql`) to run the integration tests."
-        );
-    })
-}
-
-/// The (uid, gid) to run the server binaries as; `None` = the current user.
-fn run_as() -> Option<(u32, u32)> {
-    static RUN_AS: OnceLock<Option<(u32, u32)>> = OnceLock::new();
-    *RUN_AS.get_or_init(|| {
-        let euid = current_uid();
-        if euid != 0 {
-            return None;
-        }
-        let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
-        let lookup = |name: &str| -> Option<(u32, u32)> {
-            passwd.lines().find_map(|line| {
-                let f: Vec<&str> = line.split(':').collect();
-                if f.len() >= 4 && f[0] == name {
-                    Some((f[2].parse().ok()?, f[3].parse().ok()?))
-                } else {
-                    None
-                }
-            })
-        };
-        Some(lookup("postgres").or_else(|| lookup("nobody")).unwrap_or_else(|| {
+        Bins::find().unwrap_or_else(|e| {
             panic!(
-                "running as root, but neither a `postgres` nor a `nobody` user exists in \
-                 /etc/passwd; PostgreSQL refuses to run as root"
+                "{e}. Install the PostgreSQL server (e.g. `apt-get install postgresql`) to run the \
+                 integration tests."
             )
-        }))
+        })
     })
 }
 
-fn current_uid() -> u32 {
-    use std::os::unix::fs::MetadataExt;
-    static UID: OnceLock<u32> = OnceLock::new();
-    *UID.get_or_init(|| {
-        // Effective uid from /proc/self/status ("Uid: real effective saved fs").
-        if let Ok(status) = fs::read_to_string("/proc/self/status") {
-            if let Some(euid) = status
-                .lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2))
-                .and_then(|v| v.parse().ok())
-            {
-                return euid;
-            }
-        }
-        // Fallback: the owner of a file we just created is our effective uid.
-        let probe = std::env::temp_dir().join(format!(".pgsse-uid-probe-{}", std::process::id()));
-        fs::write(&probe, b"").expect("cannot write a probe file in the temp dir");
-        let uid = fs::metadata(&probe).map(|m| m.uid()).expect("stat probe file");
-        let _ = fs::remove_file(&probe);
-        uid
-    })
+/// The user to run the server programs as; `None` = the current user.
+fn run_as() -> Option<&'static ServerUser> {
+    static RUN_AS: OnceLock<Option<ServerUser>> = OnceLock::new();
+    RUN_AS.get_or_init(|| throwaway::server_user().unwrap_or_else(|e| panic!("{e}"))).as_ref()
 }
 
 fn chown_to_runner(path: &Path) {
-    if let Some((uid, gid)) = run_as() {
-        std::os::unix::fs::chown(path, Some(uid), Some(gid))
-            .unwrap_or_else(|e| panic!("chown {} to {uid}:{gid}: {e}", path.display()));
-    }
+    throwaway::chown(path, run_as()).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// A `Command` that runs as the server user.
 pub(super) fn server_command(program: &Path) -> Command {
-    let mut cmd = Command::new(program);
-    if let Some((uid, gid)) = run_as() {
-        cmd.uid(uid).gid(gid);
-    }
-    for var in ["PGDATA", "PGPORT", "PGHOST", "PGUSER", "PGDATABASE", "PGOPTIONS"] {
-        cmd.env_remove(var);
-    }
-    cmd
+    throwaway::server_command(program, run_as())
 }
 
 // ---------------------------------------------------------------------------
@@ -250,36 +160,12 @@ fn template_data_dir() -> &'static Path {
         fs::create_dir_all(&dir).expect("create template dir");
         chown_to_runner(&dir);
         let data = dir.join("data");
-        let out = server_command(&bins.initdb)
-            .current_dir(&dir)
-            .arg("-D")
-            .arg(&data)
-            .args([
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "--no-sync",
-                "--no-locale",
-                "-E",
-                "UTF8",
-                "--no-instructions",
-                "--wal-segsize=1",
-            ])
-            .stdin(Stdio::null())
+        let out = throwaway::initdb_command(bins, &data, run_as())
+            .args(["--auth=trust", "--no-instructions", "--wal-segsize=1"])
             .output()
             .unwrap_or_else(|e| panic!("failed to run {}: {e}", bins.initdb.display()));
-        if !out.status.success() {
-            panic!(
-                "initdb failed ({}):\n--- stdout ---\n{}\n--- stderr ---\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let conf_path = data.join("postgresql.conf");
-        let mut conf = fs::read_to_string(&conf_path).expect("read postgresql.conf");
-        conf.push_str(CONF);
-        fs::write(&conf_path, conf).expect("write postgresql.conf");
+        throwaway::initdb_result(&out).unwrap_or_else(|e| panic!("{e}"));
+        throwaway::append_conf(&data, CONF).unwrap_or_else(|e| panic!("{e}"));
         // initdb --auth=trust already trusts local and host connections; make
         // it explicit (and cover every address) regardless of the version.
         // `all` does not match replication connections (pg_basebackup, standbys): name them.
@@ -516,42 +402,29 @@ impl PgCluster {
     fn try_start(&self) -> Result<(), StartError> {
         let bins = pg_bins();
         let log_offset = fs::metadata(&self.log_file).map(|m| m.len()).unwrap_or(0);
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_file)
-            .unwrap_or_else(|e| panic!("open {}: {e}", self.log_file.display()));
-        let log2 = log.try_clone().expect("dup log file");
-        // fd 3 keeps the test process' pipe; postgres gets neither it nor stdin.
-        // When the pipe hits EOF (stop(), or the test process died), the
-        // background reader SIGINTs (fast shutdown) postgres; the shell itself
-        // exits as soon as postgres exits, so Rust can observe startup failures.
-        // Once postgres is gone (e.g. SIGKILLed by `crash()`), the reader is
-        // ended too, so it can never signal a pid that was reused meanwhile.
-        let script = r#"exec 3<&0
-"$0" "$@" 3<&- </dev/null &
-pid=$!
-( read _ <&3; kill -INT $pid 2>/dev/null ) >/dev/null 2>&1 &
-reader=$!
-wait $pid
-status=$?
-kill $reader 2>/dev/null
-exit $status"#;
-        let mut cmd = server_command(Path::new("/bin/sh"));
-        cmd.current_dir(&self.dir)
-            .arg("-c")
-            .arg(script)
-            .arg(&bins.postgres)
-            .arg("-D")
-            .arg(&self.data_dir)
-            .arg("-p")
-            .arg(self.port.to_string())
-            .arg("-k")
-            .arg(&self.dir)
-            .args(["-h", "127.0.0.1"])
-            .stdin(Stdio::piped())
-            .stdout(log)
-            .stderr(log2);
+        // The watchdog SIGINTs (fast shutdown) postgres when its stdin hits EOF (stop(), or the
+        // test process died); the shell exits as soon as postgres exits, so startup failures
+        // show. Once postgres is gone (e.g. SIGKILLed by `crash()`), it signals nothing any more.
+        let args: Vec<OsString> = vec![
+            "-D".into(),
+            self.data_dir.clone().into(),
+            "-p".into(),
+            self.port.to_string().into(),
+            "-k".into(),
+            self.dir.clone().into(),
+            "-h".into(),
+            "127.0.0.1".into(),
+        ];
+        let dog = Watchdog {
+            program: bins.postgres.as_os_str(),
+            args,
+            log: &self.log_file,
+            grace: SHUTDOWN_TIMEOUT,
+            remove: None,
+            user: run_as(),
+        };
+        let mut cmd = dog.command();
+        cmd.current_dir(&self.dir);
         let watchdog = cmd.spawn().unwrap_or_else(|e| panic!("spawn postgres watchdog: {e}"));
         let watchdog_pid = Some(watchdog.id());
         *self.server.lock().unwrap_or_else(|e| e.into_inner()) = Some(Server { watchdog });
@@ -638,12 +511,7 @@ pub(super) fn append_conf(data_dir: &Path, conf: &str) {
     if conf.trim().is_empty() {
         return;
     }
-    let path = data_dir.join("postgresql.conf");
-    let mut text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    text.push_str("\n# --- added by the test ---\n");
-    text.push_str(conf);
-    text.push('\n');
-    fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    throwaway::append_conf(data_dir, &format!("# --- added by the test ---\n{conf}")).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// The parent of process `pid` (from /proc), `None` if there is no such process.
@@ -750,8 +618,5 @@ where
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0 to find a free port")
+    throwaway::free_port().expect("bind 127.0.0.1:0 to find a free port")
 }

@@ -71,7 +71,7 @@ fn readiness(shared: &Shared) -> Response<Body> {
             "horizon": position.map(|p| p.horizon.to_string()),
             "history": position.map(|p| format!("{:08x}", p.history)),
             "connections": shared.hub.connection_count(),
-            "jwks": shared.config.jwt.as_ref().and_then(|a| a.remote()).map(|r| r.describe()),
+            "jwks": shared.auth.jwt().and_then(|j| j.remote()).map(|r| r.describe()),
             // Streams work while retention fails, so it is reported, not a reason to be unready.
             "retention": shared.retention.to_json(),
         }),

@@ -22,8 +22,8 @@ pub struct Shared {
     pub source: Arc<SourceState>,
     pub pool: crate::pg::Pool,
     pub metrics: Metrics,
-    /// Session lookups for cookie authentication (`--auth better-auth`).
-    pub sessions: Option<Arc<crate::pg::sessions::SessionStore>>,
+    /// The front door: every authentication method `--auth` turned on.
+    pub auth: crate::auth::Authenticator,
     /// Cancelled when the drain starts: streams are refused and idle connections closed.
     pub draining: CancellationToken,
     /// How pruning `pgsse.events` is going (reported by `/readyz`, never a reason for 503).

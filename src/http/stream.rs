@@ -12,11 +12,10 @@ use tokio::sync::Notify;
 
 use super::body::{error, unavailable, Body, StreamBody};
 use super::shared::Shared;
-use crate::auth::session::session_key;
-use crate::auth::{AuthError, Authenticator, Identity};
+use crate::auth::{AuthError, Refusal};
+use crate::defaults::DEFAULT_MAX_REPLAY_EVENTS;
 use crate::hub::Full;
-use crate::pg::replay::{self, Replay, DEFAULT_MAX_REPLAY_EVENTS};
-use crate::pg::sessions::Found;
+use crate::pg::replay::{self, Replay};
 use crate::pg::PgError;
 use crate::sse::{self, EventId, DEFAULT_RETRY_MS};
 
@@ -42,13 +41,13 @@ pub(super) async fn open(
             span.record("client", tracing::field::display(client));
         }
     }
-    let identity = match authenticate(shared, &req).await {
+    let identity = match shared.auth.authenticate(req.headers(), req.uri().query()).await {
         Ok(i) => i,
-        Err(Refusal::Auth(e)) => {
+        Err(Refusal::Denied(e)) => {
             shared.metrics.auth_failure(e.code());
             return unauthorized(&e, peer);
         }
-        Err(Refusal::Lookup(e)) => {
+        Err(Refusal::Unavailable(e)) => {
             shared.metrics.refused("session_lookup_failed");
             tracing::warn!(error = %e, "session lookup failed");
             return unavailable("session_lookup_failed", "could not check the session; retry", 1);
@@ -165,39 +164,6 @@ pub(super) async fn open(
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     resp
-}
-
-enum Refusal {
-    Auth(AuthError),
-    Lookup(PgError),
-}
-
-/// Picks the method the request uses: a Bearer header means JWT; otherwise the session cookie
-/// when cookie authentication is on and the cookie is present; otherwise a JWT from the token
-/// cookie or query parameter.
-async fn authenticate(shared: &Shared, req: &Request<()>) -> Result<Identity, Refusal> {
-    let headers = req.headers();
-    let jwt = shared.config.jwt.as_deref();
-    if let (Some(cookie), Some(store), false) = (
-        shared.config.sessions.as_ref().map(|s| &s.cookie),
-        shared.sessions.as_ref(),
-        jwt.is_some() && Authenticator::has_bearer(headers),
-    ) {
-        if let Some(token) = cookie.token(headers) {
-            let token = token.map_err(Refusal::Auth)?;
-            return match store.find(&token).await.map_err(Refusal::Lookup)? {
-                Found::Live(s) => {
-                    Ok(Identity { user_id: s.user_id, expires_at: s.expires_at, session: Some(session_key(&token)) })
-                }
-                Found::Expired(exp) => Err(Refusal::Auth(AuthError::SessionExpired { exp })),
-                Found::Missing => Err(Refusal::Auth(AuthError::SessionNotFound)),
-            };
-        }
-    }
-    match jwt {
-        Some(a) => a.authenticate_fresh(headers, req.uri().query()).await.map_err(Refusal::Auth),
-        None => Err(Refusal::Auth(AuthError::MissingToken)),
-    }
 }
 
 fn unauthorized(e: &AuthError, peer: SocketAddr) -> Response<Body> {

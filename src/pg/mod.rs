@@ -15,11 +15,10 @@ use std::time::Duration;
 
 use tokio_postgres::NoTls;
 
+use crate::defaults::DEFAULT_CONNECT_TIMEOUT;
+pub use crate::defaults::DEFAULT_DB_TIMEOUT;
 pub(crate) use deadline::within;
-pub use deadline::{Pool, DEFAULT_DB_TIMEOUT};
-
-/// How long a connection attempt may take before it counts as failed.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub use deadline::Pool;
 
 /// Everything that can go wrong at the Postgres boundary.
 #[derive(Debug, thiserror::Error)]

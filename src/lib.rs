@@ -17,7 +17,10 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod cli;
+mod clock;
 pub mod config;
+pub mod defaults;
 pub mod demo;
 pub mod http;
 pub mod hub;
@@ -73,6 +76,7 @@ pub async fn run_with(
     };
 
     let sessions = config
+        .auth
         .sessions
         .as_ref()
         .map(|s| Arc::new(pg::sessions::SessionStore::new(pool.clone(), &s.lookup, s.cache_ttl, s.cache_size)));
@@ -80,7 +84,7 @@ pub async fn run_with(
         pg::source::Source::new(config.database.clone(), hub.clone(), source_state.clone(), config.marker_interval)
             .with_sessions(sessions.clone())
             .with_db_timeout(config.db_timeout);
-    if let Some(remote) = config.jwt.as_ref().and_then(|a| a.remote()) {
+    if let Some(remote) = config.auth.jwt.as_ref().and_then(|j| j.remote()) {
         tokio::spawn(auth::remote::keep_fresh(remote.clone(), metrics.clone(), stop.clone()));
     }
     let tasks = [
@@ -103,6 +107,15 @@ pub async fn run_with(
         }
         tokio::spawn(http::serve_metrics(l, metrics.clone(), stop.clone()));
     }
+    let authenticator = auth::Authenticator::new(
+        config.auth.jwt.clone(),
+        config
+            .auth
+            .sessions
+            .as_ref()
+            .zip(sessions)
+            .map(|(s, store)| auth::SessionAuth { cookie: s.cookie.clone(), store }),
+    );
     let draining = CancellationToken::new();
     let shared = Arc::new(http::Shared {
         config,
@@ -110,7 +123,7 @@ pub async fn run_with(
         source: source_state,
         pool,
         metrics,
-        sessions,
+        auth: authenticator,
         draining,
         extra,
         retention,
@@ -134,7 +147,7 @@ async fn expiries(hub: Arc<hub::Hub>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let now = clock::unix_now();
         if hub.next_expiry().is_some_and(|t| t <= now) {
             let n = hub.expire(now, &notice);
             tracing::debug!(streams = n, "closed streams whose credential expired");

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use pgsse::config::{Cli, Command, Config, SqlAction, SqlArgs, TokenArgs};
+use pgsse::cli::{Cli, Command, SqlAction, SqlArgs, TokenArgs};
+use pgsse::config::Config;
 
 /// Exit code for configuration mistakes, as for usage errors.
 const EXIT_CONFIG: u8 = 2;

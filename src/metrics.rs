@@ -7,10 +7,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-/// Where `/metrics` is served unless `--metrics-listen` says otherwise: loopback, a port apart
-/// from the public one, so it is never exposed through the proxy by accident.
-pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
-
 type Labels = Vec<(&'static str, &'static str)>;
 
 /// Cheap to clone: every metric is an `Arc` inside.

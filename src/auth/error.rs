@@ -1,4 +1,5 @@
-//! Why a request failed authentication, with a stable machine code for each reason.
+//! Why a request failed authentication (with a stable machine code for each reason), why it got
+//! no answer at all, and why an authentication setting cannot be used.
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -63,6 +64,48 @@ impl AuthError {
             Self::SessionNotFound => "session_not_found",
             Self::SessionExpired { .. } => "session_expired",
         }
+    }
+}
+
+/// Why the front door gave a request no identity.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// The credentials were missing or refused (401).
+    #[error(transparent)]
+    Denied(#[from] AuthError),
+    /// The session store could not answer; the client should retry (503).
+    #[error("{0}")]
+    Unavailable(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// An authentication setting, named for `config` to map to its flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setting {
+    JwtSecret,
+    PublicKeyFile,
+    JwksFile,
+    JwksUrl,
+    Algorithms,
+    Issuer,
+    Audience,
+    UserClaim,
+    TokenCookie,
+    TokenQueryParam,
+    CookiePrefix,
+    SessionSecret,
+}
+
+/// One unusable authentication setting. Setup collects these and reports them all together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct SetupError {
+    pub setting: Setting,
+    pub message: String,
+}
+
+impl SetupError {
+    pub fn new(setting: Setting, message: impl Into<String>) -> Self {
+        Self { setting, message: message.into() }
     }
 }
 

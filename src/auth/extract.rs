@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use hyper::header::{AUTHORIZATION, COOKIE};
 use hyper::HeaderMap;
 
-use super::AuthError;
+use super::error::AuthError;
 
 /// Returns the first token source present. A present-but-broken source is an
 /// error rather than a reason to look further: only one token is ever tried.
@@ -121,6 +121,11 @@ fn decode(input: &str, plus_is_space: bool) -> Option<Cow<'_, str>> {
 
 fn hex(b: &u8) -> Option<u8> {
     char::from(*b).to_digit(16).map(|d| d as u8)
+}
+
+/// RFC 6265 cookie-name: a token, i.e. visible ASCII without separators.
+pub(crate) fn is_cookie_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
 }
 
 #[cfg(test)]

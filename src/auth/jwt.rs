@@ -9,9 +9,9 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::error::sanitize;
+use super::error::{sanitize, AuthError};
+use super::identity::Identity;
 use super::keys::algorithm_from_token;
-use super::{AuthError, Identity};
 
 /// Upper bound on token length; real tokens are far smaller, and this caps
 /// the work an anonymous client can make us do.

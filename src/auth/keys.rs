@@ -1,12 +1,8 @@
 //! Verification keys from every configured source, which algorithms each may verify, and kid selection.
 
-use std::path::Path;
-
 use jsonwebtoken::{Algorithm, DecodingKey};
 
-use super::error::sanitize;
-use super::{jwks, pem, AuthConfig, AuthError};
-use crate::config::ConfigError;
+use super::error::{sanitize, AuthError, Setting, SetupError};
 
 pub(crate) const ALGORITHMS: [Algorithm; 12] = [
     Algorithm::HS256,
@@ -100,41 +96,6 @@ pub(crate) struct KeySet {
 }
 
 impl KeySet {
-    /// Loads every configured key, pushing one error per broken source.
-    pub(crate) fn load(cfg: &AuthConfig, errors: &mut Vec<ConfigError>) -> KeySet {
-        let mut keys = Vec::new();
-        if let Some(secret) = &cfg.jwt_secret {
-            if secret.is_empty() {
-                errors.push(ConfigError::new("--jwt-secret", "must not be empty"));
-            } else {
-                if secret.len() < 32 {
-                    tracing::warn!("--jwt-secret is shorter than 32 bytes; HS256 wants at least 32");
-                }
-                keys.push(VerifyKey::new(KeyKind::Hmac, DecodingKey::from_secret(secret.as_bytes())));
-            }
-        }
-        for path in &cfg.jwt_public_key_files {
-            match read(path).and_then(|text| pem::load_public_key(&text)) {
-                Ok((kind, key)) => keys.push(VerifyKey::new(kind, key)),
-                Err(msg) => {
-                    errors.push(ConfigError::new("--jwt-public-key-file", format!("{}: {msg}", path.display())))
-                }
-            }
-        }
-        if let Some(path) = &cfg.jwks_file {
-            match read(path).and_then(|text| jwks::load(&text)) {
-                Ok(loaded) => {
-                    for skipped in &loaded.skipped {
-                        tracing::warn!(file = %path.display(), "skipping JWK: {skipped}");
-                    }
-                    keys.extend(loaded.keys);
-                }
-                Err(msg) => errors.push(ConfigError::new("--jwks-file", format!("{}: {msg}", path.display()))),
-            }
-        }
-        KeySet { keys }
-    }
-
     pub(crate) fn from_keys(keys: Vec<VerifyKey>) -> KeySet {
         KeySet { keys }
     }
@@ -191,7 +152,7 @@ pub(crate) fn allowed_algorithms(
     keys: &KeySet,
     remote: bool,
     check_keys: bool,
-    errors: &mut Vec<ConfigError>,
+    errors: &mut Vec<SetupError>,
 ) -> Vec<Algorithm> {
     // A JWKS URL can serve any asymmetric key; which ones is only known at run time.
     let fits = |alg: Algorithm| keys.supports(alg) || (remote && !KeyKind::Hmac.supports(alg));
@@ -201,16 +162,16 @@ pub(crate) fn allowed_algorithms(
         match algorithm_from_config(name) {
             None => {
                 let known: Vec<_> = ALGORITHMS.into_iter().map(alg_name).collect();
-                errors.push(ConfigError::new(
-                    "--jwt-algorithms",
+                errors.push(SetupError::new(
+                    Setting::Algorithms,
                     format!("unknown algorithm {name:?}; expected one of {}", known.join(", ")),
                 ));
             }
             Some(alg) if allowed.contains(&alg) => {}
             Some(alg) => {
                 if check_keys && !fits(alg) {
-                    errors.push(ConfigError::new(
-                        "--jwt-algorithms",
+                    errors.push(SetupError::new(
+                        Setting::Algorithms,
                         format!("{} needs {}, and none is configured", alg_name(alg), needed_key(alg)),
                     ));
                 }
@@ -232,9 +193,4 @@ fn needed_key(alg: Algorithm) -> &'static str {
         Algorithm::EdDSA => "an Ed25519 key (--jwt-public-key-file or --jwks-file)",
         _ => "an RSA key (--jwt-public-key-file or --jwks-file)",
     }
-}
-
-fn read(path: &Path) -> Result<String, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-    String::from_utf8(bytes).map_err(|_| "not a text file (PEM or JSON expected)".to_owned())
 }

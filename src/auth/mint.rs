@@ -38,7 +38,7 @@ pub fn mint_hs256(
     issuer: Option<&str>,
     audience: Option<&str>,
 ) -> Result<String, MintError> {
-    mint_at(sub, secret, ttl, issuer, audience, super::unix_now())
+    mint_at(sub, secret, ttl, issuer, audience, crate::clock::unix_now())
 }
 
 pub(crate) fn mint_at(

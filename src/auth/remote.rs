@@ -9,9 +9,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::jwks;
 use super::keys::KeySet;
+use crate::defaults::DEFAULT_JWKS_MIN_REFETCH;
 
-pub const DEFAULT_JWKS_REFRESH: Duration = Duration::from_secs(600);
-pub const DEFAULT_JWKS_MIN_REFETCH: Duration = Duration::from_secs(30);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// A JWK set larger than this is not a JWK set.
 const MAX_JWKS_BYTES: usize = 1 << 20;

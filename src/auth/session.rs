@@ -5,14 +5,15 @@
 //! HMAC-SHA256(secret, token). Only the signature is checked here; whether the session exists
 //! and is unexpired is the session store's job (`pg::sessions`).
 
+use std::sync::Arc;
+
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use hyper::HeaderMap;
 
-use super::{extract, AuthError};
-use crate::config::ConfigError;
+use super::error::{AuthError, Setting, SetupError};
+use super::extract::{self, is_cookie_name};
 
-pub const DEFAULT_COOKIE_PREFIX: &str = "better-auth";
 /// Session tokens longer than this are not Better Auth's (it uses 32 characters).
 const MAX_TOKEN_LEN: usize = 512;
 
@@ -27,6 +28,21 @@ pub fn session_key(token: &str) -> SessionKey {
     key
 }
 
+/// A live session: whose it is and until when (unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub user_id: Arc<str>,
+    pub expires_at: Option<u64>,
+}
+
+/// What a session lookup found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Found {
+    Live(Session),
+    Expired(u64),
+    Missing,
+}
+
 pub struct SessionCookie {
     /// `__Secure-` form first: browsers only send it over HTTPS, where it is the one set.
     names: [String; 2],
@@ -35,18 +51,15 @@ pub struct SessionCookie {
 
 impl SessionCookie {
     /// `secrets`: the app's current secret first, then older ones still accepted (rotation).
-    pub fn new(prefix: &str, secrets: &[String]) -> Result<Self, Vec<ConfigError>> {
+    pub fn new(prefix: &str, secrets: &[String]) -> Result<Self, Vec<SetupError>> {
         let mut errors = Vec::new();
-        if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b)) {
-            errors.push(ConfigError::new(
-                "--better-auth-cookie-prefix",
-                format!("{prefix:?} is not a cookie name prefix"),
-            ));
+        if !is_cookie_name(prefix) {
+            errors.push(SetupError::new(Setting::CookiePrefix, format!("{prefix:?} is not a cookie name prefix")));
         }
         let secrets: Vec<&String> = secrets.iter().filter(|s| !s.is_empty()).collect();
         if secrets.is_empty() {
-            errors.push(ConfigError::new(
-                "--better-auth-secret",
+            errors.push(SetupError::new(
+                Setting::SessionSecret,
                 "required with --auth better-auth (the app's BETTER_AUTH_SECRET; comma-separate old ones to rotate)",
             ));
         }
@@ -141,6 +154,6 @@ mod tests {
     #[test]
     fn needs_a_secret() {
         let errs = SessionCookie::new("better-auth", &[]).err().expect("error");
-        assert_eq!(errs[0].flag, "--better-auth-secret");
+        assert_eq!(errs[0].setting, Setting::SessionSecret);
     }
 }

@@ -1,91 +1,14 @@
 //! Authentication flags: which methods are on (`--auth`), JWT keys, and session-cookie lookup.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Args;
-
 use super::{parse_duration, ConfigError};
-use crate::auth::remote::DEFAULT_JWKS_REFRESH;
-use crate::auth::session::{SessionCookie, DEFAULT_COOKIE_PREFIX};
-use crate::auth::{AuthConfig, Authenticator};
-use crate::pg::sessions::{self, Lookup};
-
-pub const DEFAULT_AUTH: &str = "jwt";
-
-#[derive(Debug, Args, Clone)]
-pub struct AuthArgs {
-    /// Authentication methods, comma-separated: `jwt` (Bearer header, cookie or query token) and/or
-    /// `better-auth` (the app's Better Auth session cookie, checked against its session table).
-    #[arg(long, env = "PGSSE_AUTH", value_delimiter = ',', default_value = DEFAULT_AUTH)]
-    pub auth: Vec<String>,
-    /// HMAC secret for HS256/HS384/HS512 tokens.
-    #[arg(long, env = "PGSSE_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
-    /// PEM public key file (RSA, EC P-256/P-384 or Ed25519); repeat or comma-separate for several.
-    #[arg(long, env = "PGSSE_JWT_PUBLIC_KEY_FILE", value_delimiter = ',')]
-    pub jwt_public_key_file: Vec<PathBuf>,
-    /// JWK set file; the key is chosen by the token's `kid`.
-    #[arg(long, env = "PGSSE_JWKS_FILE")]
-    pub jwks_file: Option<PathBuf>,
-    /// Allowed JWT algorithms, comma-separated (default: all that fit the configured keys).
-    #[arg(long, env = "PGSSE_JWT_ALGORITHMS", value_delimiter = ',')]
-    pub jwt_algorithms: Vec<String>,
-    /// Required `iss` claim.
-    #[arg(long, env = "PGSSE_JWT_ISSUER")]
-    pub jwt_issuer: Option<String>,
-    /// Required `aud` claim.
-    #[arg(long, env = "PGSSE_JWT_AUDIENCE")]
-    pub jwt_audience: Option<String>,
-    /// Claim that holds the user id.
-    #[arg(long, env = "PGSSE_USER_CLAIM", default_value = super::DEFAULT_USER_CLAIM)]
-    pub user_claim: String,
-    /// Also read the token from this cookie.
-    #[arg(long, env = "PGSSE_TOKEN_COOKIE")]
-    pub token_cookie: Option<String>,
-    /// Query parameter that may carry the token (EventSource cannot set headers); empty disables.
-    #[arg(long, env = "PGSSE_TOKEN_QUERY_PARAM", default_value = super::DEFAULT_TOKEN_QUERY_PARAM)]
-    pub token_query_param: String,
-
-    /// JWK set URL, e.g. https://app.example.com/api/auth/jwks (Better Auth's JWT plugin);
-    /// fetched at start, refreshed, and refetched early for an unknown `kid`.
-    #[arg(long, env = "PGSSE_JWKS_URL")]
-    pub jwks_url: Option<String>,
-    /// How often --jwks-url is refetched.
-    #[arg(long, env = "PGSSE_JWKS_REFRESH", default_value = "10m")]
-    pub jwks_refresh: String,
-
-    /// The app's Better Auth secret (also BETTER_AUTH_SECRET); comma-separate to accept old ones
-    /// during a rotation, newest first.
-    #[arg(long, env = "PGSSE_BETTER_AUTH_SECRET", value_delimiter = ',', hide_env_values = true)]
-    pub better_auth_secret: Vec<String>,
-    /// Cookie name prefix: the cookie is `<prefix>.session_token` (or `__Secure-<prefix>.session_token`).
-    #[arg(long, env = "PGSSE_BETTER_AUTH_COOKIE_PREFIX", default_value = DEFAULT_COOKIE_PREFIX)]
-    pub better_auth_cookie_prefix: String,
-    /// The app's session table (schema-qualified if needed).
-    #[arg(long, env = "PGSSE_SESSION_TABLE", default_value = sessions::DEFAULT_SESSION_TABLE)]
-    pub session_table: String,
-    /// Its column holding the session token.
-    #[arg(long, env = "PGSSE_SESSION_TOKEN_COLUMN", default_value = sessions::DEFAULT_TOKEN_COLUMN)]
-    pub session_token_column: String,
-    /// Its column holding the user id.
-    #[arg(long, env = "PGSSE_SESSION_USER_COLUMN", default_value = sessions::DEFAULT_USER_COLUMN)]
-    pub session_user_column: String,
-    /// Its column holding the expiry.
-    #[arg(long, env = "PGSSE_SESSION_EXPIRES_COLUMN", default_value = sessions::DEFAULT_EXPIRES_COLUMN)]
-    pub session_expires_column: String,
-    /// Instead of the table columns: a query taking the token as $1 and returning the user id
-    /// (text) and optionally the expiry (timestamptz) of a live session.
-    #[arg(long, env = "PGSSE_SESSION_QUERY")]
-    pub session_query: Option<String>,
-    /// How long a found session is trusted without asking the database again.
-    #[arg(long, env = "PGSSE_SESSION_CACHE_TTL", default_value = "10s")]
-    pub session_cache_ttl: String,
-    /// Most sessions kept in that cache.
-    #[arg(long, env = "PGSSE_SESSION_CACHE_SIZE", default_value_t = sessions::DEFAULT_CACHE_SIZE)]
-    pub session_cache_size: usize,
-}
+use crate::auth::session::SessionCookie;
+use crate::auth::{JwtConfig, JwtVerifier, Setting, SetupError};
+use crate::cli::AuthArgs;
+use crate::defaults::DEFAULT_JWKS_REFRESH;
+use crate::pg::sessions::Lookup;
 
 /// Session-cookie authentication, ready to use once a pool exists.
 #[derive(Clone)]
@@ -96,10 +19,35 @@ pub struct SessionSetup {
     pub cache_size: usize,
 }
 
-/// What `AuthArgs::build` yields.
+/// Every authentication method `--auth` turned on, checked and ready.
+#[derive(Clone, Default)]
 pub struct AuthSetup {
-    pub jwt: Option<Arc<Authenticator>>,
+    /// JWT verification, when `--auth` includes `jwt`.
+    pub jwt: Option<Arc<JwtVerifier>>,
+    /// Session-cookie authentication, when `--auth` includes `better-auth`.
     pub sessions: Option<SessionSetup>,
+}
+
+/// The flag that sets an authentication setting.
+fn flag(setting: Setting) -> &'static str {
+    match setting {
+        Setting::JwtSecret => "--jwt-secret",
+        Setting::PublicKeyFile => "--jwt-public-key-file",
+        Setting::JwksFile => "--jwks-file",
+        Setting::JwksUrl => "--jwks-url",
+        Setting::Algorithms => "--jwt-algorithms",
+        Setting::Issuer => "--jwt-issuer",
+        Setting::Audience => "--jwt-audience",
+        Setting::UserClaim => "--user-claim",
+        Setting::TokenCookie => "--token-cookie",
+        Setting::TokenQueryParam => "--token-query-param",
+        Setting::CookiePrefix => "--better-auth-cookie-prefix",
+        Setting::SessionSecret => "--better-auth-secret",
+    }
+}
+
+fn report(errs: &mut Vec<ConfigError>, problems: Vec<SetupError>) {
+    errs.extend(problems.into_iter().map(|e| ConfigError::new(flag(e.setting), e.message)));
 }
 
 impl AuthArgs {
@@ -126,7 +74,7 @@ impl AuthArgs {
             }
         };
         let jwt = if methods.contains(&"jwt") {
-            let cfg = AuthConfig {
+            let cfg = JwtConfig {
                 jwt_secret: self.jwt_secret.clone(),
                 jwt_public_key_files: self.jwt_public_key_file.clone(),
                 jwks_file: self.jwks_file.clone(),
@@ -144,7 +92,7 @@ impl AuthArgs {
                 jwks_url: self.jwks_url.clone().filter(|u| !u.is_empty()),
                 jwks_refresh,
             };
-            Authenticator::new(&cfg).map_err(|e| errs.extend(e)).ok().map(Arc::new)
+            JwtVerifier::new(&cfg).map_err(|e| report(errs, e)).ok().map(Arc::new)
         } else {
             None
         };
@@ -159,7 +107,7 @@ impl AuthArgs {
                 secrets = vec![s];
             }
         }
-        let cookie = SessionCookie::new(&self.better_auth_cookie_prefix, &secrets).map_err(|e| errs.extend(e)).ok();
+        let cookie = SessionCookie::new(&self.better_auth_cookie_prefix, &secrets).map_err(|e| report(errs, e)).ok();
         let lookup = match self.session_query.as_deref().map(str::trim).filter(|q| !q.is_empty()) {
             Some(q) if !q.contains("$1") => {
                 errs.push(ConfigError::new("--session-query", "must use $1 for the session token"));
@@ -221,7 +169,7 @@ mod tests {
             "s3cret",
         ])
         .unwrap_or_else(|e| panic!("{e}"));
-        assert!(ok.jwt.is_none() && ok.sessions.is_some());
+        assert!(ok.auth.jwt.is_none() && ok.auth.sessions.is_some());
     }
 
     #[test]

@@ -2,15 +2,14 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::Parser;
 
-use crate::auth::Authenticator;
+use crate::cli::ServeArgs;
 
 mod auth;
-pub use auth::{AuthArgs, SessionSetup};
+pub use auth::{AuthSetup, SessionSetup};
 
 /// One problem with one flag. `Config` validation collects these and reports them all together.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,161 +41,6 @@ impl fmt::Display for ConfigError {
 #[error("{}", .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
 pub struct ConfigErrors(pub Vec<ConfigError>);
 
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-pub const DEFAULT_PATH: &str = "/api/notifications/stream";
-pub const DEFAULT_HEARTBEAT_INTERVAL: &str = "30s";
-pub const DEFAULT_TOKEN_QUERY_PARAM: &str = "access_token";
-pub const DEFAULT_USER_CLAIM: &str = "sub";
-pub const DEFAULT_RETENTION: &str = "24h";
-pub const DEFAULT_MARKER_INTERVAL: &str = "250ms";
-pub const DEFAULT_QUEUE_BYTES: &str = "1MiB";
-pub const DEFAULT_REPLAY_TIMEOUT: &str = "10s";
-pub const DEFAULT_DB_TIMEOUT: &str = "5s";
-pub const DEFAULT_POOL_SIZE: usize = 4;
-pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "15s";
-pub const DEFAULT_DRAIN_PERIOD: &str = "10s";
-pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
-pub const DEFAULT_MAX_CONNECTIONS_PER_USER: usize = 64;
-pub const DEFAULT_MAX_HEADER_BYTES: &str = "16KiB";
-pub const DEFAULT_HEADER_READ_TIMEOUT: &str = "10s";
-
-#[derive(Debug, Parser)]
-#[command(name = "pgsse", version, about = "Server-Sent Events gateway fed by PostgreSQL LISTEN/NOTIFY")]
-pub struct Cli {
-    /// Log format: text or json. Verbosity follows RUST_LOG (default: info).
-    #[arg(long, global = true, env = "PGSSE_LOG_FORMAT", default_value = "text")]
-    pub log_format: String,
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the gateway.
-    Serve(Box<ServeArgs>),
-    /// Print or apply the SQL a DBA installs.
-    Sql {
-        #[command(subcommand)]
-        action: SqlAction,
-    },
-    /// Mint an HS256 JWT for curl and local testing.
-    Token(TokenArgs),
-    /// Try pgsse in a minute: throwaway PostgreSQL, demo table and page, live gateway.
-    Demo(crate::demo::DemoArgs),
-}
-
-#[derive(Debug, Subcommand)]
-pub enum SqlAction {
-    /// Print (or with --apply, run) the install script: schema pgsse, event log, triggers API.
-    Install(SqlArgs),
-    /// Print (or with --apply, run) the uninstall script: removes everything pgsse created.
-    Uninstall(SqlArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct SqlArgs {
-    /// Run the script against --database-url instead of printing it.
-    #[arg(long)]
-    pub apply: bool,
-    /// PostgreSQL URL (also DATABASE_URL).
-    #[arg(long, env = "PGSSE_DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
-}
-
-#[derive(Debug, Args)]
-pub struct TokenArgs {
-    /// The user id (the `sub` claim).
-    #[arg(long, env = "PGSSE_SUB")]
-    pub sub: String,
-    /// HS256 secret (the same as `serve --jwt-secret`).
-    #[arg(long, env = "PGSSE_JWT_SECRET")]
-    pub secret: String,
-    /// Lifetime, e.g. 15m, 1h, 7d.
-    #[arg(long, default_value = "1h", env = "PGSSE_TTL")]
-    pub ttl: String,
-    /// `iss` claim to include.
-    #[arg(long, env = "PGSSE_JWT_ISSUER")]
-    pub issuer: Option<String>,
-    /// `aud` claim to include.
-    #[arg(long, env = "PGSSE_JWT_AUDIENCE")]
-    pub audience: Option<String>,
-}
-
-/// `pgsse serve` flags. Values are taken as text and validated together in `Config::from_args`,
-/// so one run reports every mistake.
-#[derive(Debug, Args, Clone)]
-pub struct ServeArgs {
-    /// PostgreSQL URL, e.g. postgres://pgsse@db/app (also DATABASE_URL).
-    #[arg(long, env = "PGSSE_DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
-    /// Address to accept browser connections on.
-    #[arg(long, env = "PGSSE_LISTEN", default_value = DEFAULT_LISTEN)]
-    pub listen: String,
-    /// URL path of the event stream.
-    #[arg(long, env = "PGSSE_PATH", default_value = DEFAULT_PATH)]
-    pub path: String,
-    /// How often every stream gets `event: heartbeat` (keeps proxies from closing idle streams).
-    #[arg(long, env = "PGSSE_HEARTBEAT_INTERVAL", default_value = DEFAULT_HEARTBEAT_INTERVAL)]
-    pub heartbeat_interval: String,
-
-    #[command(flatten)]
-    pub auth: auth::AuthArgs,
-
-    /// How long events stay in pgsse.events for resuming clients.
-    #[arg(long, env = "PGSSE_RETENTION", default_value = DEFAULT_RETENTION)]
-    pub retention: String,
-    /// How often the horizon marker is sent (bounds how stale resume positions are).
-    #[arg(long, env = "PGSSE_MARKER_INTERVAL", default_value = DEFAULT_MARKER_INTERVAL)]
-    pub marker_interval: String,
-    /// Bytes queued for one stream before it is closed as too slow (e.g. 1MiB, 256KiB).
-    #[arg(long, env = "PGSSE_MAX_QUEUE_BYTES", default_value = DEFAULT_QUEUE_BYTES)]
-    pub max_queue_bytes: String,
-    /// How long a resuming stream may wait for its replay before it gets 503.
-    #[arg(long, env = "PGSSE_REPLAY_TIMEOUT", default_value = DEFAULT_REPLAY_TIMEOUT)]
-    pub replay_timeout: String,
-    /// Every database round trip (markers, the LISTEN connection's queries, each step of a replay,
-    /// session lookups, housekeeping) must answer within this, or its connection is treated as
-    /// lost: a database that goes silent is noticed, the gateway reconnects and catches up.
-    #[arg(long, env = "PGSSE_DB_TIMEOUT", default_value = DEFAULT_DB_TIMEOUT)]
-    pub db_timeout: String,
-    /// Connections in the pool used for replay and retention (the LISTEN and marker connections are extra).
-    #[arg(long, env = "PGSSE_DB_POOL_SIZE", default_value_t = DEFAULT_POOL_SIZE)]
-    pub db_pool_size: usize,
-    /// On SIGTERM/SIGINT, open streams are closed spread over this period (each first gets a
-    /// jittered `retry:`), so clients do not all reconnect at once.
-    #[arg(long, env = "PGSSE_DRAIN_PERIOD", default_value = DEFAULT_DRAIN_PERIOD)]
-    pub drain_period: String,
-    /// How long shutdown may take in all (at least the drain period) before the process exits.
-    #[arg(long, env = "PGSSE_SHUTDOWN_TIMEOUT", default_value = DEFAULT_SHUTDOWN_TIMEOUT)]
-    pub shutdown_timeout: String,
-    /// Open streams allowed in this process (0: no limit); beyond it 503 + Retry-After.
-    #[arg(long, env = "PGSSE_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
-    pub max_connections: usize,
-    /// Open streams allowed per user (0: no limit); beyond it 429.
-    #[arg(long, env = "PGSSE_MAX_CONNECTIONS_PER_USER", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_USER)]
-    pub max_connections_per_user: usize,
-    /// Largest request head accepted (431 beyond it).
-    #[arg(long, env = "PGSSE_MAX_HEADER_BYTES", default_value = DEFAULT_MAX_HEADER_BYTES)]
-    pub max_header_bytes: String,
-    /// A client must send its whole request head within this time.
-    #[arg(long, env = "PGSSE_HEADER_READ_TIMEOUT", default_value = DEFAULT_HEADER_READ_TIMEOUT)]
-    pub header_read_timeout: String,
-    /// Origins allowed to open streams cross-origin with credentials, exact (https://app.example.com);
-    /// repeat or comma-separate. Never `*`.
-    #[arg(long, env = "PGSSE_CORS_ORIGIN", value_delimiter = ',')]
-    pub cors_origin: Vec<String>,
-    /// Address for Prometheus metrics at /metrics (`off` disables). Keep it off the public port.
-    #[arg(long, env = "PGSSE_METRICS_LISTEN", default_value = crate::metrics::DEFAULT_METRICS_LISTEN)]
-    pub metrics_listen: String,
-    /// Behind a proxy: log the client address from X-Forwarded-For (used for logs only).
-    #[arg(long, env = "PGSSE_TRUST_PROXY")]
-    pub trust_proxy: bool,
-    /// Let several pgsse processes listen on the same address (SO_REUSEPORT); the kernel spreads
-    /// connections over them. How one machine holds more streams than one process may open files.
-    #[arg(long, env = "PGSSE_REUSE_PORT")]
-    pub reuse_port: bool,
-}
-
 /// Validated configuration of `pgsse serve`.
 #[derive(Clone)]
 pub struct Config {
@@ -204,10 +48,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub path: String,
     pub heartbeat_interval: Duration,
-    /// JWT verification, when `--auth` includes `jwt`.
-    pub jwt: Option<Arc<Authenticator>>,
-    /// Session-cookie authentication, when `--auth` includes `better-auth`.
-    pub sessions: Option<auth::SessionSetup>,
+    /// The authentication methods `--auth` turned on.
+    pub auth: AuthSetup,
     pub retention: Duration,
     pub marker_interval: Duration,
     pub queue_bytes: usize,
@@ -376,8 +218,7 @@ impl Config {
                 listen,
                 path: a.path.clone(),
                 heartbeat_interval,
-                jwt: auth.jwt,
-                sessions: auth.sessions,
+                auth,
                 retention,
                 marker_interval,
                 queue_bytes,

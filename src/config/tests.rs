@@ -81,7 +81,6 @@ fn sizes_and_durations() {
 
 #[test]
 fn db_timeout_default_and_minimum() {
-    assert_eq!(parse_duration(DEFAULT_DB_TIMEOUT), Some(crate::pg::DEFAULT_DB_TIMEOUT));
     let c = Config::from_argv(["--database-url", "postgres://u@h/db", "--jwt-secret", "s"]).expect("valid");
     assert_eq!(c.db_timeout, crate::pg::DEFAULT_DB_TIMEOUT);
     assert_eq!(c.database.get_tcp_user_timeout(), Some(&crate::pg::DEFAULT_DB_TIMEOUT));
@@ -89,4 +88,65 @@ fn db_timeout_default_and_minimum() {
         .err()
         .expect("too short");
     assert_eq!(errs.0.iter().map(|e| e.flag).collect::<Vec<_>>(), ["--db-timeout"]);
+}
+
+/// What `--help` shows as defaults comes back, through parsing and validation, as the typed values
+/// in `defaults`.
+#[test]
+fn flag_defaults_are_the_typed_defaults() {
+    use crate::cli::{Cli, Command};
+    use crate::defaults::*;
+    use clap::Parser;
+
+    let c = Config::from_argv(["--database-url", "postgres://u@h/db", "--jwt-secret", "s"]).expect("valid");
+    assert_eq!(c.listen, DEFAULT_LISTEN);
+    assert_eq!(c.path, DEFAULT_PATH);
+    assert_eq!(c.heartbeat_interval, DEFAULT_HEARTBEAT_INTERVAL);
+    assert_eq!(c.retention, DEFAULT_RETENTION);
+    assert_eq!(c.marker_interval, DEFAULT_MARKER_INTERVAL);
+    assert_eq!(c.queue_bytes, DEFAULT_QUEUE_BYTES);
+    assert_eq!(c.replay_timeout, DEFAULT_REPLAY_TIMEOUT);
+    assert_eq!(c.db_timeout, DEFAULT_DB_TIMEOUT);
+    assert_eq!(c.pool_size, DEFAULT_POOL_SIZE);
+    assert_eq!(c.shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT);
+    assert_eq!(c.drain_period, DEFAULT_DRAIN_PERIOD);
+    assert_eq!(c.max_connections, DEFAULT_MAX_CONNECTIONS);
+    assert_eq!(c.max_connections_per_user, DEFAULT_MAX_CONNECTIONS_PER_USER);
+    assert_eq!(c.max_header_bytes, DEFAULT_MAX_HEADER_BYTES);
+    assert_eq!(c.header_read_timeout, DEFAULT_HEADER_READ_TIMEOUT);
+    assert_eq!(c.metrics_listen, Some(DEFAULT_METRICS_LISTEN));
+    assert!(c.auth.jwt.is_some() && c.auth.sessions.is_none(), "--auth defaults to {DEFAULT_AUTH}");
+
+    let c = Config::from_argv([
+        "--database-url",
+        "postgres://u@h/db",
+        "--auth",
+        "better-auth",
+        "--better-auth-secret",
+        "s",
+    ])
+    .expect("valid");
+    let sessions = c.auth.sessions.expect("sessions");
+    assert_eq!((sessions.cache_ttl, sessions.cache_size), (DEFAULT_SESSION_CACHE_TTL, DEFAULT_SESSION_CACHE_SIZE));
+    match sessions.lookup {
+        crate::pg::sessions::Lookup::Table { table, token, user, expires } => assert_eq!(
+            [table.as_str(), &token, &user, &expires],
+            [DEFAULT_SESSION_TABLE, DEFAULT_TOKEN_COLUMN, DEFAULT_USER_COLUMN, DEFAULT_EXPIRES_COLUMN]
+        ),
+        other => panic!("{other:?}"),
+    }
+
+    let cli = |argv: &[&str]| Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{e}"));
+    let serve = cli(&["pgsse", "serve"]);
+    assert_eq!(serve.log_format, DEFAULT_LOG_FORMAT);
+    let Command::Serve(serve) = serve.command else { panic!("not serve") };
+    let a = &serve.auth;
+    assert_eq!(a.auth, [DEFAULT_AUTH]);
+    assert_eq!((a.user_claim.as_str(), a.token_query_param.as_str()), (DEFAULT_USER_CLAIM, DEFAULT_TOKEN_QUERY_PARAM));
+    assert_eq!(parse_duration(&a.jwks_refresh), Some(DEFAULT_JWKS_REFRESH));
+    assert_eq!(a.better_auth_cookie_prefix, DEFAULT_COOKIE_PREFIX);
+    let Command::Token(token) = cli(&["pgsse", "token", "--sub", "u", "--secret", "s"]).command else { panic!() };
+    assert_eq!(parse_duration(&token.ttl), Some(DEFAULT_TOKEN_TTL));
+    let Command::Demo(demo) = cli(&["pgsse", "demo"]).command else { panic!("not demo") };
+    assert_eq!(demo.listen.parse(), Ok(DEFAULT_LISTEN));
 }

@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cli::DemoArgs;
 use crate::config::ConfigErrors;
 use crate::pg::{self, PgError};
 
@@ -22,17 +23,6 @@ pub const COOKIE: &str = "pgsse_token";
 pub const USERS: [&str; 3] = ["alice", "bob", "carol"];
 /// Lifetime of the tokens the demo mints.
 const TOKEN_TTL: Duration = Duration::from_secs(12 * 3600);
-
-/// Flags of `pgsse demo`.
-#[derive(Debug, clap::Args)]
-pub struct DemoArgs {
-    /// Use this database instead of starting a throwaway PostgreSQL.
-    #[arg(long, env = "PGSSE_DATABASE_URL")]
-    pub database_url: Option<String>,
-    /// Address to serve the demo page and the stream on.
-    #[arg(long, env = "PGSSE_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: String,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {

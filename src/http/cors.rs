@@ -6,7 +6,7 @@ use hyper::header::{
 };
 use hyper::{Response, StatusCode};
 
-use super::{error, Body};
+use super::body::{error, Body};
 use crate::config::Config;
 
 /// Request headers a cross-origin stream may send: the token, and `Last-Event-ID` as sent by

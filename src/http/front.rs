@@ -5,6 +5,8 @@
 //! connection's whole life, which is most of what an idle stream costs. A stream needs neither:
 //! its request is read once, and every event is already encoded in shared bytes.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -15,11 +17,15 @@ use std::time::{Duration, SystemTime};
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use hyper::{Method, Request, Response, StatusCode, Version};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
-use super::{error, pump, Body, Shared};
+use super::body::{error, Body};
+use super::shared::Shared;
+use super::{pump, routes};
+use crate::config::Config;
 
 /// Header fields parsed per request head, as in hyper.
 const MAX_HEADERS: usize = 100;
@@ -43,7 +49,7 @@ pub(super) async fn serve(
     socket: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
-    hyper_conn: Arc<super::HyperConn>,
+    hyper_conn: Arc<HyperConn>,
     watcher: hyper_util::server::graceful::Watcher,
 ) {
     // Everything before the stream is boxed and freed once it opens: this task's size is what
@@ -63,7 +69,7 @@ async fn open(
     mut socket: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
-    hyper_conn: Arc<super::HyperConn>,
+    hyper_conn: Arc<HyperConn>,
     watcher: hyper_util::server::graceful::Watcher,
 ) -> Option<(pump::Pump, hyper_util::server::graceful::Watcher)> {
     let mut buf = BytesMut::new();
@@ -102,7 +108,7 @@ async fn open(
             }
             Head::Stream(req, keep_alive) => {
                 let version = req.version();
-                let (parts, body) = super::stream_endpoint(req, &shared, peer, None).await.into_parts();
+                let (parts, body) = routes::stream_endpoint(req, &shared, peer, None).await.into_parts();
                 match body {
                     Body::Stream(body) => {
                         let chunked = version == Version::HTTP_11;
@@ -123,6 +129,53 @@ async fn open(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Serves connections with hyper from wherever the front left them: every request that is not
+/// a plain stream GET (health, readiness, preflight, the demo's routes), and all later requests
+/// on that connection, streams included.
+pub(super) struct HyperConn {
+    builder: hyper::server::conn::http1::Builder,
+}
+
+impl HyperConn {
+    pub(super) fn new(config: &Config) -> Self {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.header_read_timeout)
+            .max_buf_size(config.max_header_bytes.max(8192))
+            .writev(false);
+        Self { builder }
+    }
+
+    async fn serve(
+        &self,
+        io: TokioIo<Rewound>,
+        peer: SocketAddr,
+        shared: Arc<Shared>,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) {
+        let abort = Arc::new(Notify::new());
+        let service = {
+            let abort = abort.clone();
+            hyper::service::service_fn(move |req| {
+                let (shared, abort) = (shared.clone(), abort.clone());
+                // Boxed: hyper keeps the service future's slot for the connection's whole life.
+                let fut: Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>> =
+                    Box::pin(async move { Ok::<_, Infallible>(routes::route(req, &shared, peer, abort).await) });
+                fut
+            })
+        };
+        let conn = watcher.watch(self.builder.serve_connection(io, service));
+        tokio::select! {
+            r = conn => if let Err(e) = r {
+                // Peers hanging up mid-stream is normal life for SSE.
+                tracing::debug!(error = %e, "connection ended");
+            },
+            _ = abort.notified() => tracing::debug!("connection cut: client not reading"),
         }
     }
 }

@@ -13,7 +13,7 @@ use bytes::{Buf, Bytes};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
-use super::stream::StreamBody;
+use super::body::StreamBody;
 
 /// How a stream ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

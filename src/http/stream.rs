@@ -3,19 +3,17 @@
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Request, Response, StatusCode};
 use tokio::sync::Notify;
 
-use super::{error, unavailable, Body, Shared};
-use crate::auth::session::session_key;
-use crate::auth::{AuthError, Authenticator, Identity};
-use crate::hub::{Full, Item, Next, Subscription};
-use crate::pg::replay::{self, Replay, DEFAULT_MAX_REPLAY_EVENTS};
-use crate::pg::sessions::Found;
+use super::body::{error, unavailable, Body, StreamBody};
+use super::shared::Shared;
+use crate::auth::{AuthError, Refusal};
+use crate::defaults::DEFAULT_MAX_REPLAY_EVENTS;
+use crate::hub::Full;
+use crate::pg::replay::{self, Replay};
 use crate::pg::PgError;
 use crate::sse::{self, EventId, DEFAULT_RETRY_MS};
 
@@ -25,54 +23,6 @@ pub const LAST_EVENT_ID_PARAM: &str = "lastEventId";
 /// The (form-decoded) value of `name` in a query string, if present and valid UTF-8.
 fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     crate::auth::find_query_param(query?, name)?.ok().map(|v| v.into_owned())
-}
-
-/// The body of one open stream: first what was prepared at open (retry, `connected`, replay or
-/// `reset`), then live events from the hub minus those the replay already sent.
-pub struct StreamBody {
-    preamble: VecDeque<Bytes>,
-    replayed: HashSet<i64>,
-    /// The position a resumed stream came back with: every event below it was delivered on an
-    /// earlier connection, so a live copy (from a replica whose horizon lags) is dropped.
-    resumed_from: u64,
-    sub: Subscription,
-}
-
-impl StreamBody {
-    /// Ready when the hub cut this stream because its client stopped reading.
-    pub(super) fn poll_cut(&self, cx: &mut Context<'_>) -> Poll<()> {
-        self.sub.poll_cut(cx)
-    }
-
-    pub(super) fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
-        if !self.preamble.is_empty() {
-            // One write for the whole preamble, and its queue's buffer freed for the stream's life.
-            let mut all = std::mem::take(&mut self.preamble);
-            if all.len() == 1 {
-                return Poll::Ready(all.pop_front());
-            }
-            let mut joined = bytes::BytesMut::with_capacity(all.iter().map(Bytes::len).sum());
-            all.iter().for_each(|b| joined.extend_from_slice(b));
-            return Poll::Ready(Some(joined.freeze()));
-        }
-        let (replayed, below) = (&mut self.replayed, &mut self.resumed_from);
-        let skip = |item: &Item| {
-            if item.log_id == Item::RESYNC {
-                // A new history: what this stream resumed from says nothing about its events.
-                (*below, *replayed) = (0, HashSet::new());
-                return false;
-            }
-            item.tx < *below || (!replayed.is_empty() && replayed.remove(&item.log_id))
-        };
-        match self.sub.poll_next(cx, skip) {
-            Poll::Ready(Next::Data(b)) => Poll::Ready(Some(b)),
-            Poll::Ready(Next::Closed(reason)) => {
-                tracing::debug!(conn = self.sub.id(), ?reason, "stream closed by the gateway");
-                Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
 }
 
 /// Opens a stream for `req` (a GET on the stream path; its body, if any, is not read). `abort` is
@@ -89,13 +39,13 @@ pub(super) async fn open(
             span.record("client", tracing::field::display(client));
         }
     }
-    let identity = match authenticate(shared, &req).await {
+    let identity = match shared.auth.authenticate(req.headers(), req.uri().query()).await {
         Ok(i) => i,
-        Err(Refusal::Auth(e)) => {
+        Err(Refusal::Denied(e)) => {
             shared.metrics.auth_failure(e.code());
             return unauthorized(&e, peer);
         }
-        Err(Refusal::Lookup(e)) => {
+        Err(Refusal::Unavailable(e)) => {
             shared.metrics.refused("session_lookup_failed");
             tracing::warn!(error = %e, "session lookup failed");
             return unavailable("session_lookup_failed", "could not check the session; retry", 1);
@@ -200,45 +150,12 @@ pub(super) async fn open(
         }
     }
     tracing::debug!("stream opened");
-    let mut resp = Response::new(Body::Stream(Box::new(StreamBody { preamble, replayed, resumed_from, sub })));
+    let mut resp = Response::new(Body::Stream(Box::new(StreamBody::new(preamble, replayed, resumed_from, sub))));
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     resp
-}
-
-enum Refusal {
-    Auth(AuthError),
-    Lookup(PgError),
-}
-
-/// Picks the method the request uses: a Bearer header means JWT; otherwise the session cookie
-/// when cookie authentication is on and the cookie is present; otherwise a JWT from the token
-/// cookie or query parameter.
-async fn authenticate(shared: &Shared, req: &Request<()>) -> Result<Identity, Refusal> {
-    let headers = req.headers();
-    let jwt = shared.config.jwt.as_deref();
-    if let (Some(cookie), Some(store), false) = (
-        shared.config.sessions.as_ref().map(|s| &s.cookie),
-        shared.sessions.as_ref(),
-        jwt.is_some() && Authenticator::has_bearer(headers),
-    ) {
-        if let Some(token) = cookie.token(headers) {
-            let token = token.map_err(Refusal::Auth)?;
-            return match store.find(&token).await.map_err(Refusal::Lookup)? {
-                Found::Live(s) => {
-                    Ok(Identity { user_id: s.user_id, expires_at: s.expires_at, session: Some(session_key(&token)) })
-                }
-                Found::Expired(exp) => Err(Refusal::Auth(AuthError::SessionExpired { exp })),
-                Found::Missing => Err(Refusal::Auth(AuthError::SessionNotFound)),
-            };
-        }
-    }
-    match jwt {
-        Some(a) => a.authenticate_fresh(headers, req.uri().query()).await.map_err(Refusal::Auth),
-        None => Err(Refusal::Auth(AuthError::MissingToken)),
-    }
 }
 
 fn unauthorized(e: &AuthError, peer: SocketAddr) -> Response<Body> {

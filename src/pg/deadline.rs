@@ -11,11 +11,6 @@ use std::time::Duration;
 use super::PgError;
 use crate::metrics::Metrics;
 
-/// Well above any healthy round trip of the gateway's small statements (a marker, a LISTEN, a
-/// session lookup, a batch of 1,000 deletes) on a busy server, so load alone does not cause
-/// reconnects; short enough that a silent database is noticed within seconds.
-pub const DEFAULT_DB_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// `fut`, or `PgError::Deadline` once `limit` has passed.
 pub(crate) async fn within<T, E>(
     conn: &'static str,

@@ -16,11 +16,10 @@ use std::time::Duration;
 
 use tokio_postgres::NoTls;
 
+use crate::defaults::DEFAULT_CONNECT_TIMEOUT;
+pub use crate::defaults::DEFAULT_DB_TIMEOUT;
 pub(crate) use deadline::within;
-pub use deadline::{Pool, DEFAULT_DB_TIMEOUT};
-
-/// How long a connection attempt may take before it counts as failed.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub use deadline::Pool;
 
 /// Everything that can go wrong at the Postgres boundary.
 #[derive(Debug, thiserror::Error)]
@@ -39,12 +38,26 @@ pub enum PgError {
     Deadline { conn: &'static str, limit: Duration },
 }
 
-/// `db error` alone says nothing: add the server's message (or the I/O cause) behind it.
-fn describe(e: &tokio_postgres::Error) -> String {
-    match std::error::Error::source(e) {
-        Some(cause) => format!("{e}: {cause}"),
-        None => e.to_string(),
+/// `db error` alone says nothing: the server's message with its SQLSTATE, detail and hint, or
+/// the chain of causes behind a client-side error.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut s = format!("{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code());
+        if let Some(d) = db.detail() {
+            s.push_str(&format!("\nDETAIL: {d}"));
+        }
+        if let Some(h) = db.hint() {
+            s.push_str(&format!("\nHINT: {h}"));
+        }
+        return s;
     }
+    let mut s = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(inner) = cause {
+        s.push_str(&format!(": {inner}"));
+        cause = inner.source();
+    }
+    s
 }
 
 /// Parses and completes a connection URL: sets `application_name` and a connect timeout unless

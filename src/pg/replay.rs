@@ -9,10 +9,6 @@ use std::time::Duration;
 use super::{within, PgError, StoredEvent, EVENT_COLUMNS};
 use crate::sse::{EventId, History};
 
-/// A resume asking for more than this many events is answered with `reset` instead: the app's
-/// own refetch is cheaper than streaming that much history through one connection.
-pub const DEFAULT_MAX_REPLAY_EVENTS: usize = 10_000;
-
 #[derive(Debug)]
 pub enum Replay {
     Events(Vec<StoredEvent>),

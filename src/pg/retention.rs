@@ -1,7 +1,7 @@
 //! Retention: prunes old rows of `pgsse.events` in small batches and records how far it went.
 
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
 use tokio_util::sync::CancellationToken;
@@ -9,7 +9,6 @@ use tokio_util::sync::CancellationToken;
 use super::PgError;
 use crate::metrics::Metrics;
 
-pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// Rows deleted per statement: small enough not to hold locks or bloat WAL bursts.
 pub const BATCH: i64 = 1000;
 /// Pause between batches when there is more to delete.
@@ -77,7 +76,7 @@ impl RetentionStatus {
     /// Records a round that ended without error; true when the previous one had failed.
     fn succeeded(&self) -> bool {
         let mut s = self.inner();
-        s.last_success_at = Some(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()));
+        s.last_success_at = Some(crate::clock::unix_now());
         s.last_error.take().is_some()
     }
 

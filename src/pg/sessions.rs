@@ -5,18 +5,15 @@
 //! `pgsse.watch_sessions` trigger) evicts the entry at once, so the cache never outlives it.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::future::BoxFuture;
 
 use super::PgError;
-use crate::auth::session::{session_key, SessionKey};
-
-pub const DEFAULT_SESSION_TABLE: &str = "session";
-pub const DEFAULT_TOKEN_COLUMN: &str = "token";
-pub const DEFAULT_USER_COLUMN: &str = "userId";
-pub const DEFAULT_EXPIRES_COLUMN: &str = "expiresAt";
-pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(10);
-pub const DEFAULT_CACHE_SIZE: usize = 10_000;
+use crate::auth::session::{session_key, Found, Session, SessionKey};
+use crate::auth::SessionLookup;
+use crate::clock::{unix_now, unix_secs};
 
 /// How to find a session by its token.
 #[derive(Debug, Clone)]
@@ -53,13 +50,6 @@ fn qualified(name: &str) -> String {
     name.split('.').map(ident).collect::<Vec<_>>().join(".")
 }
 
-/// A live session: whose it is and until when (unix seconds).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Session {
-    pub user_id: Arc<str>,
-    pub expires_at: Option<u64>,
-}
-
 struct Cached {
     session: Session,
     at: Instant,
@@ -71,14 +61,6 @@ pub struct SessionStore {
     ttl: Duration,
     capacity: usize,
     cache: Mutex<HashMap<SessionKey, Cached>>,
-}
-
-/// What a lookup found.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Found {
-    Live(Session),
-    Expired(u64),
-    Missing,
 }
 
 impl SessionStore {
@@ -109,7 +91,7 @@ impl SessionStore {
         let Some(user) = user.filter(|u| !u.is_empty()) else { return Ok(Found::Missing) };
         let expires_at = if row.len() > 1 {
             let t: Option<SystemTime> = row.try_get(1)?;
-            t.map(|t| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+            t.map(unix_secs)
         } else {
             None
         };
@@ -137,8 +119,10 @@ impl SessionStore {
     }
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+impl SessionLookup for SessionStore {
+    fn find<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Found, Box<dyn std::error::Error + Send + Sync>>> {
+        Box::pin(async move { Ok(SessionStore::find(self, token).await?) })
+    }
 }
 
 #[cfg(test)]

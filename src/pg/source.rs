@@ -31,14 +31,11 @@ pub use self::state::{Position, SourceState};
 use super::payload::{self, Message, Verifier};
 use super::seen::Seen;
 use super::sessions::SessionStore;
-use super::{within, PgError, StoredEvent, DEFAULT_DB_TIMEOUT, EVENT_COLUMNS};
+use super::{within, PgError, StoredEvent, EVENT_COLUMNS};
+use crate::defaults::{DEFAULT_BACKOFF_MAX, DEFAULT_BACKOFF_MIN, DEFAULT_DB_TIMEOUT};
 use crate::hub::{Hub, Item};
 use crate::metrics::Metrics;
 use crate::sse::{self, EventId};
-
-pub const DEFAULT_MARKER_INTERVAL: Duration = Duration::from_millis(250);
-pub const DEFAULT_BACKOFF_MIN: Duration = Duration::from_millis(100);
-pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 pub struct Source {
     db: tokio_postgres::Config,
@@ -438,7 +435,7 @@ impl Source {
     /// is gone or expired. Streams whose session was merely extended keep going (they close at
     /// the expiry they opened with, then reconnect).
     fn on_sessions(&self, changes: Vec<(String, Option<i64>)>) {
-        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        let now_ms = crate::clock::unix_now_ms();
         let notice = Item::notice(sse::auth_expired("session_revoked"));
         for (hex, expires_ms) in changes {
             let Some(key) = payload::decode_key(&hex) else {

@@ -570,27 +570,7 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
-/// Human-readable description of a tokio-postgres error, including the
-/// server's message, detail and hint.
-pub fn describe_pg_error(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        let mut s = format!("{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code());
-        if let Some(d) = db.detail() {
-            s.push_str(&format!("\nDETAIL: {d}"));
-        }
-        if let Some(h) = db.hint() {
-            s.push_str(&format!("\nHINT: {h}"));
-        }
-        return s;
-    }
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(inner) = src {
-        s.push_str(&format!(": {inner}"));
-        src = inner.source();
-    }
-    s
-}
+pub use pgsse::pg::describe as describe_pg_error;
 
 fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))

@@ -14,6 +14,9 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::{json, Value};
 
 use super::*;
+use crate::clock::unix_now;
+use hyper::HeaderMap;
+use jsonwebtoken::Algorithm;
 
 const RSA_PUBLIC_PEM: &[u8] = include_bytes!("../../../tests/fixtures/keys/rsa_public.pem");
 const SECRET: &str = "a-test-secret-that-is-32-bytes-long";
@@ -22,24 +25,24 @@ fn path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keys").join(name)
 }
 
-fn with_secret() -> AuthConfig {
-    AuthConfig { jwt_secret: Some(SECRET.into()), ..AuthConfig::default() }
+fn with_secret() -> JwtConfig {
+    JwtConfig { jwt_secret: Some(SECRET.into()), ..JwtConfig::default() }
 }
 
-fn with_files(names: &[&str]) -> AuthConfig {
-    AuthConfig { jwt_public_key_files: names.iter().map(|n| path(n)).collect(), ..AuthConfig::default() }
+fn with_files(names: &[&str]) -> JwtConfig {
+    JwtConfig { jwt_public_key_files: names.iter().map(|n| path(n)).collect(), ..JwtConfig::default() }
 }
 
-fn with_jwks(name: &str) -> AuthConfig {
-    AuthConfig { jwks_file: Some(path(name)), ..AuthConfig::default() }
+fn with_jwks(name: &str) -> JwtConfig {
+    JwtConfig { jwks_file: Some(path(name)), ..JwtConfig::default() }
 }
 
-fn auth(cfg: &AuthConfig) -> Authenticator {
-    Authenticator::new(cfg).unwrap()
+fn auth(cfg: &JwtConfig) -> JwtVerifier {
+    JwtVerifier::new(cfg).unwrap()
 }
 
-fn setup_errors(cfg: &AuthConfig) -> Vec<ConfigError> {
-    Authenticator::new(cfg).unwrap_err()
+fn setup_errors(cfg: &JwtConfig) -> Vec<SetupError> {
+    JwtVerifier::new(cfg).unwrap_err()
 }
 
 fn claims() -> Value {
@@ -84,7 +87,7 @@ fn unsigned(header: Value, signature: &str) -> String {
 #[test]
 fn authenticator_is_shareable() {
     fn assert_send_sync<T: Send + Sync>() {}
-    assert_send_sync::<Authenticator>();
+    assert_send_sync::<JwtVerifier>();
     let cfg = with_secret();
     assert!(!format!("{cfg:?}{:?}", auth(&cfg)).contains(SECRET));
 }

@@ -34,7 +34,7 @@ fn checks_expiry_and_not_before() {
 
 #[test]
 fn checks_issuer_and_audience() {
-    let cfg = AuthConfig { issuer: Some("https://idp".into()), audience: Some("pgsse".into()), ..with_secret() };
+    let cfg = JwtConfig { issuer: Some("https://idp".into()), audience: Some("pgsse".into()), ..with_secret() };
     let a = auth(&cfg);
     let exp = unix_now() + 600;
     let token = |claims: Value| sign(Algorithm::HS256, &hmac(), None, &claims);
@@ -50,7 +50,7 @@ fn checks_issuer_and_audience() {
 
 #[test]
 fn user_claim_is_configurable_and_may_be_numeric() {
-    let a = auth(&AuthConfig { user_claim: "uid".into(), ..with_secret() });
+    let a = auth(&JwtConfig { user_claim: "uid".into(), ..with_secret() });
     let exp = unix_now() + 600;
     let token = |claims: Value| sign(Algorithm::HS256, &hmac(), None, &claims);
     assert_eq!(&*a.verify(&token(json!({"uid": "u-1", "sub": "x", "exp": exp}))).unwrap().user_id, "u-1");
@@ -62,7 +62,7 @@ fn user_claim_is_configurable_and_may_be_numeric() {
 
 #[test]
 fn authenticate_reads_header_cookie_and_query() {
-    let cfg = AuthConfig { token_cookie: Some("session".into()), ..with_secret() };
+    let cfg = JwtConfig { token_cookie: Some("session".into()), ..with_secret() };
     let a = auth(&cfg);
     let token = sign(Algorithm::HS256, &hmac(), None, &claims());
     let headers = |name, value: String| {
@@ -80,7 +80,7 @@ fn authenticate_reads_header_cookie_and_query() {
     both.insert(AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {token} x")).unwrap());
     assert_eq!(code(a.authenticate(&both, None)), "malformed_token");
 
-    let no_query = auth(&AuthConfig { token_query_param: None, ..with_secret() });
+    let no_query = auth(&JwtConfig { token_query_param: None, ..with_secret() });
     assert_eq!(code(no_query.authenticate(&HeaderMap::new(), Some(&query))), "missing_token");
 }
 
@@ -88,7 +88,7 @@ fn authenticate_reads_header_cookie_and_query() {
 fn minted_tokens_verify() {
     let ttl = Duration::from_secs(3600);
     let token = mint_hs256("alice", SECRET.as_bytes(), ttl, Some("https://idp"), Some("pgsse")).unwrap();
-    let cfg = AuthConfig { issuer: Some("https://idp".into()), audience: Some("pgsse".into()), ..with_secret() };
+    let cfg = JwtConfig { issuer: Some("https://idp".into()), audience: Some("pgsse".into()), ..with_secret() };
     let id = auth(&cfg).verify(&token).unwrap();
     assert_eq!(&*id.user_id, "alice");
     let exp = id.expires_at.unwrap();
@@ -99,7 +99,7 @@ fn minted_tokens_verify() {
 
 #[test]
 fn garbage_is_rejected_without_panic_or_echo() {
-    let a = auth(&AuthConfig { jwt_secret: Some(SECRET.into()), ..with_jwks("jwks.json") });
+    let a = auth(&JwtConfig { jwt_secret: Some(SECRET.into()), ..with_jwks("jwks.json") });
     let mut rng = StdRng::seed_from_u64(42);
     let valid = sign(Algorithm::HS256, &hmac(), None, &claims());
     let alphabet: Vec<char> = "AZaz09-_.=+/ \t%\"{}é\0".chars().collect();

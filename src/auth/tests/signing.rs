@@ -72,7 +72,7 @@ fn single_key_jwks_serves_tokens_without_kid() {
 
 #[test]
 fn unknown_kid_falls_back_to_keys_without_kid() {
-    let a = auth(&AuthConfig { jwt_secret: Some(SECRET.into()), ..with_jwks("jwks.json") });
+    let a = auth(&JwtConfig { jwt_secret: Some(SECRET.into()), ..with_jwks("jwks.json") });
     assert!(a.verify(&sign(Algorithm::HS256, &hmac(), Some("session"), &claims())).is_ok());
 }
 
@@ -85,8 +85,8 @@ fn rejects_alg_none() {
     }
     let two_segments = unsigned(json!({"alg": "none"}), "");
     assert_eq!(code(a.verify(two_segments.trim_end_matches('.'))), "malformed_token");
-    let cfg = AuthConfig { algorithms: vec!["none".into()], ..with_secret() };
-    assert_eq!(setup_errors(&cfg)[0].flag, "--jwt-algorithms");
+    let cfg = JwtConfig { algorithms: vec!["none".into()], ..with_secret() };
+    assert_eq!(setup_errors(&cfg)[0].setting, Setting::Algorithms);
 }
 
 #[test]
@@ -97,19 +97,19 @@ fn public_key_is_never_an_hmac_secret() {
     assert_eq!(err.code(), "algorithm_not_allowed");
     assert_eq!(err.to_string(), "algorithm HS256 is not allowed (allowed: RS256, RS384, RS512, PS256, PS384, PS512)");
     // Forcing HS256 onto the allow-list without a secret is a setup error.
-    let forced = AuthConfig { algorithms: vec!["RS256".into(), "HS256".into()], ..with_files(&["rsa_public.pem"]) };
+    let forced = JwtConfig { algorithms: vec!["RS256".into(), "HS256".into()], ..with_files(&["rsa_public.pem"]) };
     let errors = setup_errors(&forced);
     assert_eq!(errors.len(), 1);
     assert!(errors[0].message.contains("HS256 needs --jwt-secret"), "{}", errors[0]);
     // With a secret as well, HS256 is checked against the secret only.
-    let both = auth(&AuthConfig { jwt_secret: Some(SECRET.into()), ..with_files(&["rsa_public.pem"]) });
+    let both = auth(&JwtConfig { jwt_secret: Some(SECRET.into()), ..with_files(&["rsa_public.pem"]) });
     assert_eq!(code(both.verify(&confused)), "invalid_signature");
 }
 
 #[test]
 fn algorithm_must_be_on_allow_list() {
-    let cfg = AuthConfig { algorithms: vec!["rs256".into()], ..with_files(&["rsa_public.pem"]) };
-    let a = auth(&AuthConfig { jwt_secret: Some(SECRET.into()), ..cfg });
+    let cfg = JwtConfig { algorithms: vec!["rs256".into()], ..with_files(&["rsa_public.pem"]) };
+    let a = auth(&JwtConfig { jwt_secret: Some(SECRET.into()), ..cfg });
     assert!(a.verify(&sign(Algorithm::RS256, &rsa(), None, &claims())).is_ok());
     let err = a.verify(&sign(Algorithm::HS256, &hmac(), None, &claims())).unwrap_err();
     assert_eq!(err.to_string(), "algorithm HS256 is not allowed (allowed: RS256)");
@@ -118,21 +118,21 @@ fn algorithm_must_be_on_allow_list() {
 
 #[test]
 fn setup_errors_are_collected() {
-    let cfg = AuthConfig {
+    let cfg = JwtConfig {
         jwt_public_key_files: vec![path("missing.pem"), path("jwks.json")],
         algorithms: vec!["HS256".into(), "HS999".into()],
         ..with_secret()
     };
     let errors = setup_errors(&cfg);
-    let flags: Vec<_> = errors.iter().map(|e| e.flag).collect();
-    assert_eq!(flags, ["--jwt-public-key-file", "--jwt-public-key-file", "--jwt-algorithms"], "{errors:?}");
+    let settings: Vec<_> = errors.iter().map(|e| e.setting).collect();
+    assert_eq!(settings, [Setting::PublicKeyFile, Setting::PublicKeyFile, Setting::Algorithms], "{errors:?}");
     assert!(errors[0].message.contains("missing.pem: cannot read"));
     assert!(errors[1].message.contains("no PEM block"));
     assert!(errors[2].message.contains("\"HS999\""));
 
-    let none = setup_errors(&AuthConfig::default());
+    let none = setup_errors(&JwtConfig::default());
     assert!(none[0].message.contains("no verification key"), "{}", none[0]);
-    let many = AuthConfig {
+    let many = JwtConfig {
         jwt_secret: Some(String::new()),
         jwks_file: Some(path("rsa_public.pem")),
         user_claim: String::new(),
@@ -140,10 +140,16 @@ fn setup_errors_are_collected() {
         token_cookie: Some("a b".into()),
         ..with_files(&["rsa_private.pem"])
     };
-    let flags: Vec<_> = setup_errors(&many).iter().map(|e| e.flag).collect();
-    let expected =
-        ["--jwt-secret", "--jwt-public-key-file", "--jwks-file", "--user-claim", "--jwt-issuer", "--token-cookie"];
-    assert_eq!(flags, expected);
-    let es256 = setup_errors(&AuthConfig { algorithms: vec!["ES256".into()], ..with_secret() });
+    let settings: Vec<_> = setup_errors(&many).iter().map(|e| e.setting).collect();
+    let expected = [
+        Setting::JwtSecret,
+        Setting::PublicKeyFile,
+        Setting::JwksFile,
+        Setting::UserClaim,
+        Setting::Issuer,
+        Setting::TokenCookie,
+    ];
+    assert_eq!(settings, expected);
+    let es256 = setup_errors(&JwtConfig { algorithms: vec!["ES256".into()], ..with_secret() });
     assert!(es256[0].message.contains("P-256"), "{}", es256[0]);
 }

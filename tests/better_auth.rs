@@ -6,13 +6,13 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::gateway::{self, request, Gateway};
+use common::gateway::{self, request, Gateway, STREAM_PATH};
 use common::{exec, SseClient};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 const T: Duration = Duration::from_secs(15);
-const PATH: &str = "/api/notifications/stream";
-const SECRET: &str = "pgsse-better-auth-interop-secret-0123456789";
+/// The real better-auth server's secret, which the gateway is given to check its cookies.
+const BETTER_AUTH_SECRET: &str = "pgsse-better-auth-interop-secret-0123456789";
 
 /// `tests/better-auth/server.mjs`: a real Better Auth on Postgres, on a free port.
 struct BetterAuth {
@@ -31,7 +31,7 @@ impl BetterAuth {
             .arg("server.mjs")
             .current_dir(&dir)
             .env("DATABASE_URL", db)
-            .env("BETTER_AUTH_SECRET", SECRET)
+            .env("BETTER_AUTH_SECRET", BETTER_AUTH_SECRET)
             .env("PORT", "0")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -96,7 +96,7 @@ impl BetterAuth {
 }
 
 async fn status(gw: &Gateway, headers: &[(&str, &str)]) -> (u16, String) {
-    let (status, _, body) = request(&gw.addr, "GET", PATH, headers).await;
+    let (status, _, body) = request(&gw.addr, "GET", STREAM_PATH, headers).await;
     let code =
         serde_json::from_str::<serde_json::Value>(&body).ok().and_then(|v| v["error"].as_str().map(String::from));
     (status, code.unwrap_or_default())
@@ -122,7 +122,7 @@ async fn real_better_auth_cookies_jwts_and_sign_out() {
             "--auth",
             "jwt,better-auth",
             "--better-auth-secret",
-            SECRET,
+            BETTER_AUTH_SECRET,
             "--jwks-url",
             &jwks,
             "--jwt-issuer",
@@ -134,7 +134,7 @@ async fn real_better_auth_cookies_jwts_and_sign_out() {
     .await;
 
     // The real session cookie: accepted, the right user, events flow.
-    let mut s = SseClient::connect(&gw.addr, PATH, &[("Cookie", &cookie)]).await.expect("connect");
+    let mut s = SseClient::connect(&gw.addr, STREAM_PATH, &[("Cookie", &cookie)]).await.expect("connect");
     assert_eq!(s.status, 200);
     let connected = s.next_named("connected", T).await.expect("connected");
     let v: serde_json::Value = serde_json::from_str(&connected.data).expect("json");
@@ -147,7 +147,8 @@ async fn real_better_auth_cookies_jwts_and_sign_out() {
     assert!(e.data.contains("from the app"));
 
     // The real JWT from the JWT plugin, verified with its JWKS (EdDSA).
-    let mut j = SseClient::connect(&gw.addr, PATH, &[("Authorization", &format!("Bearer {jwt}"))]).await.expect("c");
+    let mut j =
+        SseClient::connect(&gw.addr, STREAM_PATH, &[("Authorization", &format!("Bearer {jwt}"))]).await.expect("c");
     assert_eq!(j.status, 200);
     let v: serde_json::Value =
         serde_json::from_str(&j.next_named("connected", T).await.expect("c").data).expect("json");

@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::gateway::{install, readyz, try_stream, wait_ready, GatewayProcess};
-use common::{connect, PgCluster, SseClient, SseEvent, DURABLE_CONF};
+use common::{connect, insert_rows, title, PgCluster, SseClient, SseEvent, DURABLE_CONF};
 
 /// Generous: these tests restart databases; nothing here measures time.
 const T: Duration = Duration::from_secs(30);
@@ -87,7 +87,7 @@ impl Tab {
             self.last_id = Some(id.clone());
         }
         match e.event.as_str() {
-            "notification" => self.received.push(title_of(e)),
+            "notification" => self.received.push(title(e)),
             "heartbeat" => self.heartbeats += 1,
             "reset" => {
                 // The app refetches: every row inserted so far is in what it reads.
@@ -157,12 +157,6 @@ async fn connect_stream(addr: &str, user: &str, last_id: Option<&str>, deadline:
     }
 }
 
-fn title_of(e: &SseEvent) -> String {
-    let v: serde_json::Value =
-        serde_json::from_str(&e.data).unwrap_or_else(|err| panic!("event data is not JSON ({err}): {e:?}"));
-    v["notification"]["title"].as_str().unwrap_or_else(|| panic!("a notification without a title: {e:?}")).to_string()
-}
-
 async fn gateway_ready(addr: &str) -> bool {
     matches!(readyz(addr).await, Some((200, _)))
 }
@@ -170,16 +164,6 @@ async fn gateway_ready(addr: &str) -> bool {
 /// Waits until the gateway says it is not ready (it noticed its database went away).
 async fn wait_unready(addr: &str) -> bool {
     common::wait_until(T, || async { !gateway_ready(addr).await }).await
-}
-
-/// Inserts one row per title for `user`, each in its own transaction.
-async fn insert_rows(db: &str, user: &str, titles: &[String]) {
-    let c = connect(db).await;
-    for t in titles {
-        c.execute("INSERT INTO notifications (user_id, title) VALUES ($1, $2)", &[&user, t])
-            .await
-            .unwrap_or_else(|e| panic!("insert {t:?} on {db}: {}", common::describe_pg_error(&e)));
-    }
 }
 
 /// A new transaction id (as a number) from `db`; each call uses up one.

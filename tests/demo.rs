@@ -133,9 +133,8 @@ async fn embedded_postgres_serves_the_page_streams_and_cleans_up_on_ctrl_c() {
     // The stream, with the cookie the page's login sets; a row inserted with the printed psql URL.
     let cookie = login(&demo.addr, "alice").await;
     assert!(gateway::wait_ready(&demo.addr, T).await);
-    let mut s = SseClient::connect(&demo.addr, "/api/notifications/stream", &[("Cookie", cookie.as_str())])
-        .await
-        .expect("connect");
+    let mut s =
+        SseClient::connect(&demo.addr, gateway::STREAM_PATH, &[("Cookie", cookie.as_str())]).await.expect("connect");
     assert_eq!(s.status, 200);
     assert_eq!(s.next_event(T).await.expect("connected").event, "connected");
     exec(&demo.psql_url, "INSERT INTO notifications (user_id, title) VALUES ('alice', 'Hello')").await;

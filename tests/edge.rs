@@ -4,12 +4,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::gateway::{self, notifications_db, request, Gateway, GatewayProcess};
+use common::gateway::{self, notifications_db, request, Gateway, GatewayProcess, STREAM_PATH};
 use common::{exec, free_port, SseClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T: Duration = Duration::from_secs(10);
-const PATH: &str = "/api/notifications/stream";
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
@@ -36,7 +35,7 @@ async fn sigterm_drains_streams_spread_out_and_exits_zero() {
         .await,
         "/readyz turns 503 at once"
     );
-    let c = SseClient::connect(&addr, PATH, &[("Authorization", &format!("Bearer {}", gateway::token("late")))])
+    let c = SseClient::connect(&addr, STREAM_PATH, &[("Authorization", &format!("Bearer {}", gateway::token("late")))])
         .await
         .expect("still accepting");
     assert_eq!(c.status, 503, "new streams are refused while draining");
@@ -75,11 +74,11 @@ async fn connection_limits_answer_503_and_429() {
     let _a1 = gw.stream("a", &[]).await;
     let _a2 = gw.stream("a", &[]).await;
     let bearer = |u: &str| format!("Bearer {}", gateway::token(u));
-    let (status, headers, body) = request(&gw.addr, "GET", PATH, &[("Authorization", &bearer("a"))]).await;
+    let (status, headers, body) = request(&gw.addr, "GET", STREAM_PATH, &[("Authorization", &bearer("a"))]).await;
     assert_eq!(status, 429, "{body}");
     assert!(header(&headers, "retry-after").is_some());
     let _b = gw.stream("b", &[]).await;
-    let (status, headers, body) = request(&gw.addr, "GET", PATH, &[("Authorization", &bearer("c"))]).await;
+    let (status, headers, body) = request(&gw.addr, "GET", STREAM_PATH, &[("Authorization", &bearer("c"))]).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(serde_json::from_str::<serde_json::Value>(&body).expect("json")["error"], "too_many_connections");
     assert!(header(&headers, "retry-after").is_some());
@@ -94,7 +93,7 @@ async fn oversized_heads_get_431_and_slow_heads_are_cut() {
     let db = notifications_db().await;
     let gw = Gateway::start(&db, &["--header-read-timeout", "500ms", "--max-header-bytes", "8KiB"]).await;
     let big = "x".repeat(20_000);
-    let (status, _, _) = request(&gw.addr, "GET", PATH, &[("X-Big", &big)]).await;
+    let (status, _, _) = request(&gw.addr, "GET", STREAM_PATH, &[("X-Big", &big)]).await;
     assert_eq!(status, 431);
 
     // Slowloris: half a request head, then nothing.
@@ -120,7 +119,8 @@ async fn a_client_that_never_reads_is_cut_alone() {
     let sock = tokio::net::TcpSocket::new_v4().expect("socket");
     sock.set_recv_buffer_size(4096).expect("rcvbuf");
     let mut stuck = sock.connect(gw.addr.parse().expect("addr")).await.expect("connect");
-    let req = format!("GET {PATH} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n", gateway::token("slow"));
+    let req =
+        format!("GET {STREAM_PATH} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n", gateway::token("slow"));
     stuck.write_all(req.as_bytes()).await.expect("write");
     assert!(common::wait_until(T, || async { gw.connections().await == 2 }).await);
 
@@ -163,19 +163,19 @@ async fn cors_allows_listed_origins_only() {
         ("Access-Control-Request-Method", "GET"),
         ("Access-Control-Request-Headers", "last-event-id, authorization"),
     ];
-    let (status, headers, _) = request(&gw.addr, "OPTIONS", PATH, &pre).await;
+    let (status, headers, _) = request(&gw.addr, "OPTIONS", STREAM_PATH, &pre).await;
     assert_eq!(status, 204);
     assert_eq!(header(&headers, "access-control-allow-origin"), Some("https://app.example.com"));
     assert_eq!(header(&headers, "access-control-allow-credentials"), Some("true"));
     assert!(header(&headers, "access-control-allow-headers").is_some_and(|h| h.contains("last-event-id")));
     assert!(header(&headers, "vary").is_some_and(|v| v.contains("Origin")));
 
-    let (status, headers, _) = request(&gw.addr, "OPTIONS", PATH, &[("Origin", "https://evil.example")]).await;
+    let (status, headers, _) = request(&gw.addr, "OPTIONS", STREAM_PATH, &[("Origin", "https://evil.example")]).await;
     assert_eq!(status, 403);
     assert_eq!(header(&headers, "access-control-allow-origin"), None);
 
     let auth = format!("Bearer {}", gateway::token("x"));
-    let s = SseClient::connect(&gw.addr, PATH, &[("Authorization", &auth), ("Origin", "http://localhost:3000")])
+    let s = SseClient::connect(&gw.addr, STREAM_PATH, &[("Authorization", &auth), ("Origin", "http://localhost:3000")])
         .await
         .expect("connect");
     assert_eq!(s.status, 200);
@@ -190,9 +190,10 @@ async fn cors_allows_listed_origins_only() {
 async fn a_stream_is_closed_when_its_token_expires() {
     let db = notifications_db().await;
     let gw = Gateway::start(&db, &[]).await;
-    let short =
-        pgsse::auth::mint_hs256("exp", gateway::SECRET.as_bytes(), Duration::from_secs(2), None, None).expect("mint");
-    let mut s = SseClient::connect(&gw.addr, PATH, &[("Authorization", &format!("Bearer {short}"))]).await.expect("c");
+    let short = pgsse::auth::mint_hs256("exp", gateway::JWT_SECRET.as_bytes(), Duration::from_secs(2), None, None)
+        .expect("mint");
+    let mut s =
+        SseClient::connect(&gw.addr, STREAM_PATH, &[("Authorization", &format!("Bearer {short}"))]).await.expect("c");
     assert_eq!(s.status, 200);
     s.next_named("connected", T).await.expect("connected");
     exec(&db, "INSERT INTO notifications (user_id, title) VALUES ('exp', 'before expiry')").await;
@@ -212,7 +213,7 @@ async fn metrics_count_what_happens() {
     s.next_named("connected", T).await.expect("connected");
     exec(&db, "INSERT INTO notifications (user_id, title) VALUES ('m', 'counted')").await;
     s.next_named("notification", T).await.expect("event");
-    let _ = request(&gw.addr, "GET", PATH, &[("Authorization", "Bearer nope")]).await;
+    let _ = request(&gw.addr, "GET", STREAM_PATH, &[("Authorization", "Bearer nope")]).await;
     let (status, headers, text) = request(&metrics_addr, "GET", "/metrics", &[]).await;
     assert_eq!(status, 200);
     assert!(header(&headers, "content-type").is_some_and(|c| c.contains("openmetrics-text")));

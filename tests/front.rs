@@ -5,26 +5,19 @@ mod common;
 
 use std::time::Duration;
 
-use common::gateway::{self, notifications_db, Gateway};
-use common::{exec, SseClient};
+use common::gateway::{self, notifications_db, Gateway, STREAM_PATH};
+use common::{insert, title, SseClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const T: Duration = Duration::from_secs(10);
-const PATH: &str = "/api/notifications/stream";
 
 fn stream_request(user: &str, version: &str, extra: &str) -> String {
-    format!("GET {PATH} {version}\r\nHost: x\r\nAuthorization: Bearer {}\r\n{extra}\r\n", gateway::token(user))
-}
-
-async fn insert(db: &str, user: &str, title: &str) {
-    exec(db, &format!("INSERT INTO notifications (user_id, title) VALUES ('{user}', '{title}')")).await;
+    format!("GET {STREAM_PATH} {version}\r\nHost: x\r\nAuthorization: Bearer {}\r\n{extra}\r\n", gateway::token(user))
 }
 
 async fn title_of_next(s: &mut SseClient) -> String {
-    let e = s.next_named("notification", T).await.expect("a notification");
-    let v: serde_json::Value = serde_json::from_str(&e.data).expect("json");
-    v["notification"]["title"].as_str().expect("title").to_string()
+    title(&s.next_named("notification", T).await.expect("a notification"))
 }
 
 #[tokio::test]
@@ -68,7 +61,7 @@ async fn a_stream_after_another_request_on_the_same_connection_works() {
 
     // A refused stream (bad token) keeps the connection; the retry on it succeeds.
     let sock = TcpStream::connect(&gw.addr).await.expect("connect");
-    let bad = format!("GET {PATH} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\n\r\n");
+    let bad = format!("GET {STREAM_PATH} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\n\r\n");
     let refused = SseClient::send(sock, bad.as_bytes()).await.expect("head");
     assert_eq!(refused.status, 401);
     assert!(refused.header("www-authenticate").is_some());
@@ -120,14 +113,14 @@ async fn malformed_and_oversized_heads_get_json_errors() {
     let db = notifications_db().await;
     let gw = Gateway::start(&db, &["--max-header-bytes", "8KiB"]).await;
     let cases: Vec<(Vec<u8>, u16, &str)> = vec![
-        (b"GET /api/notifications/stream HTTP/1.1\r\nBad Header\r\n\r\n".to_vec(), 400, "bad_request"),
+        (format!("GET {STREAM_PATH} HTTP/1.1\r\nBad Header\r\n\r\n").into_bytes(), 400, "bad_request"),
         (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n".to_vec(), 400, "bad_request"),
         (
-            format!("GET {PATH} HTTP/1.1\r\nHost: x\r\nCookie: {}\r\n\r\n", "c".repeat(9000)).into_bytes(),
+            format!("GET {STREAM_PATH} HTTP/1.1\r\nHost: x\r\nCookie: {}\r\n\r\n", "c".repeat(9000)).into_bytes(),
             431,
             "request_header_fields_too_large",
         ),
-        (format!("GET {PATH} HTTP/1.1\r\n{}\r\n", "X-A: 1\r\n".repeat(120)).into_bytes(), 400, "bad_request"),
+        (format!("GET {STREAM_PATH} HTTP/1.1\r\n{}\r\n", "X-A: 1\r\n".repeat(120)).into_bytes(), 400, "bad_request"),
     ];
     for (req, status, code) in cases {
         let sock = TcpStream::connect(&gw.addr).await.expect("connect");

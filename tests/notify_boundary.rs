@@ -7,15 +7,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::gateway::{self, notifications_db, request, Gateway};
-use common::{connect, exec, free_port, shared_cluster};
+use common::sql::url_as;
+use common::{connect, exec, free_port, json, shared_cluster};
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, NoTls};
 
 const T: Duration = Duration::from_secs(10);
-
-fn json(e: &common::SseEvent) -> serde_json::Value {
-    serde_json::from_str(&e.data).expect("event data is JSON")
-}
 
 /// A LISTEN connection as `url`'s role on `channels`; yields (channel, payload).
 async fn listen(url: &str, channels: &[&str]) -> (tokio_postgres::Client, mpsc::UnboundedReceiver<(String, String)>) {
@@ -47,17 +44,12 @@ async fn drain(url: &str, rx: &mut mpsc::UnboundedReceiver<(String, String)>, fe
     }
 }
 
-/// The database URL of `db_url` with another user.
-fn as_role(db_url: &str, role: &str) -> String {
-    db_url.replacen("postgres://postgres@", &format!("postgres://{role}@"), 1)
-}
-
 #[tokio::test]
 async fn a_role_that_can_only_connect_reads_no_row_content() {
     let db = notifications_db().await;
     let role = format!("snoop_{}", free_port());
     shared_cluster().create_role(&role, false);
-    let snoop = as_role(&db, &role);
+    let snoop = url_as(&db, &role);
     let gw = Gateway::start(&db, &[]).await;
     let mut s = gw.stream("alice", &[]).await;
     s.next_named("connected", T).await.expect("connected");

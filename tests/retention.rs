@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::gateway::{notifications_db, readyz, request, Gateway};
-use common::{connect, exec, free_port, shared_cluster};
+use common::sql::url_as;
+use common::{connect, exec, free_port, insert_rows, shared_cluster};
 use pgsse::pg::retention::{prune_batch, Batch, LOCK_KEY};
 
 /// The grants README.md and the header of sql/install.sql give the gateway's role.
@@ -34,13 +35,6 @@ fn new_role(tag: &str) -> String {
     let name = format!("gw_{tag}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
     shared_cluster().create_role(&name, false);
     name
-}
-
-/// `url` with `role` as the user (the test cluster trusts every local login).
-fn url_as(url: &str, role: &str) -> String {
-    let (scheme, rest) = url.split_once("://").expect("url has a scheme");
-    let (_, host) = rest.split_once('@').expect("url has a user");
-    format!("{scheme}://{role}@{host}")
 }
 
 /// The ERROR lines of the cluster's log, to say why a test's SQL failed.
@@ -86,12 +80,6 @@ fn capture_logs() -> (Arc<Mutex<Vec<u8>>>, tracing::subscriber::DefaultGuard) {
     (buf, tracing::subscriber::set_default(subscriber))
 }
 
-async fn insert_rows(db: &str, n: usize) {
-    for i in 0..n {
-        exec(db, &format!("INSERT INTO notifications (user_id, title) VALUES ('r', 'n{i}')")).await;
-    }
-}
-
 #[tokio::test]
 async fn prunes_with_the_documented_grants() {
     let db = notifications_db().await;
@@ -100,7 +88,7 @@ async fn prunes_with_the_documented_grants() {
     let metrics = format!("127.0.0.1:{}", free_port());
     let gw = Gateway::start(&url_as(&db, &role), &["--retention", "1s", "--metrics-listen", &metrics]).await;
 
-    insert_rows(&db, 3).await;
+    insert_rows(&db, "r", &["n0", "n1", "n2"]).await;
     let pruned = common::wait_until(T, || async {
         scalar(&db, "SELECT count(*) FROM pgsse.events").await == 0
             && scalar(&db, "SELECT (pruned_tx::text)::bigint FROM pgsse.meta").await > 0
@@ -128,7 +116,7 @@ async fn readyz_and_metrics_show_retention_failing_until_the_grant_is_made() {
     exec(&db, &grants).await;
     let metrics = format!("127.0.0.1:{}", free_port());
     let gw = Gateway::start(&url_as(&db, &role), &["--retention", "1s", "--metrics-listen", &metrics]).await;
-    insert_rows(&db, 2).await;
+    insert_rows(&db, "r", &["n0", "n1"]).await;
 
     let failing =
         common::wait_until(T, || async { readyz(&gw.addr).await.is_some_and(|(_, v)| v["retention"]["ok"] == false) })

@@ -7,15 +7,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
-use common::gateway::{self, request, Gateway};
+use common::gateway::{self, request, Gateway, STREAM_PATH};
 use common::{exec, free_port, SseClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::{AsyncMessage, NoTls};
 
 const T: Duration = Duration::from_secs(10);
-const PATH: &str = "/api/notifications/stream";
-const SECRET: &str = "better-auth-secret-for-tests-0123456789";
-const OLD_SECRET: &str = "the-previous-better-auth-secret-0000";
+/// The Better Auth secret session cookies are signed with, and the one it replaced.
+const COOKIE_SECRET: &str = "better-auth-secret-for-tests-0123456789";
+const OLD_COOKIE_SECRET: &str = "the-previous-better-auth-secret-0000";
 
 /// Better Auth's schema for sessions (camelCase, as its migrations create it) plus the watched
 /// notifications table.
@@ -59,11 +59,11 @@ async fn session(db: &str, id: &str, token: &str, user: &str, expires: &str) {
 }
 
 async fn open(gw: &Gateway, cookie: &str) -> SseClient {
-    SseClient::connect(&gw.addr, PATH, &[("Cookie", cookie)]).await.expect("connect")
+    SseClient::connect(&gw.addr, STREAM_PATH, &[("Cookie", cookie)]).await.expect("connect")
 }
 
 async fn refused(gw: &Gateway, cookie: &str) -> String {
-    let (status, _, body) = request(&gw.addr, "GET", PATH, &[("Cookie", cookie)]).await;
+    let (status, _, body) = request(&gw.addr, "GET", STREAM_PATH, &[("Cookie", cookie)]).await;
     assert_eq!(status, 401, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).expect("json");
     v["error"].as_str().unwrap_or_default().to_string()
@@ -72,7 +72,7 @@ async fn refused(gw: &Gateway, cookie: &str) -> String {
 async fn camel_gateway() -> (String, Gateway) {
     let db = gateway::notifications_db().await;
     exec(&db, CAMEL).await;
-    let secrets = format!("{SECRET},{OLD_SECRET}");
+    let secrets = format!("{COOKIE_SECRET},{OLD_COOKIE_SECRET}");
     let gw = Gateway::start(&db, &["--auth", "jwt,better-auth", "--better-auth-secret", &secrets]).await;
     (db, gw)
 }
@@ -81,7 +81,7 @@ async fn camel_gateway() -> (String, Gateway) {
 async fn a_signed_session_cookie_opens_a_stream_for_its_user() {
     let (db, gw) = camel_gateway().await;
     session(&db, "s1", "tokenAAA", "user-1", "now() + interval '1 hour'").await;
-    let mut s = open(&gw, &cookie(SECRET, "tokenAAA")).await;
+    let mut s = open(&gw, &cookie(COOKIE_SECRET, "tokenAAA")).await;
     assert_eq!(s.status, 200);
     let c = s.next_named("connected", T).await.expect("connected");
     assert!(c.data.contains("\"userId\":\"user-1\""), "{}", c.data);
@@ -90,7 +90,7 @@ async fn a_signed_session_cookie_opens_a_stream_for_its_user() {
 
     // Rotation: a cookie signed with the previous secret still works.
     session(&db, "s2", "tokenBBB", "user-2", "now() + interval '1 hour'").await;
-    assert_eq!(open(&gw, &cookie(OLD_SECRET, "tokenBBB")).await.status, 200);
+    assert_eq!(open(&gw, &cookie(OLD_COOKIE_SECRET, "tokenBBB")).await.status, 200);
     // JWT keeps working alongside.
     let _ = gateway::stream(&gw.addr, "jwt-user", &[]).await;
     gw.stop().await;
@@ -102,11 +102,11 @@ async fn bad_cookies_and_dead_sessions_get_401() {
     session(&db, "s1", "tokenAAA", "user-1", "now() + interval '1 hour'").await;
     session(&db, "s2", "tokenOLD", "user-1", "now() - interval '1 minute'").await;
     assert_eq!(refused(&gw, &cookie("some-other-secret", "tokenAAA")).await, "invalid_session");
-    let tampered = cookie(SECRET, "tokenAAA").replacen("tokenAAA", "tokenAAB", 1);
+    let tampered = cookie(COOKIE_SECRET, "tokenAAA").replacen("tokenAAA", "tokenAAB", 1);
     assert_eq!(refused(&gw, &tampered).await, "invalid_session");
     assert_eq!(refused(&gw, "better-auth.session_token=garbage").await, "invalid_session");
-    assert_eq!(refused(&gw, &cookie(SECRET, "no-such-token")).await, "session_not_found");
-    assert_eq!(refused(&gw, &cookie(SECRET, "tokenOLD")).await, "session_expired");
+    assert_eq!(refused(&gw, &cookie(COOKIE_SECRET, "no-such-token")).await, "session_not_found");
+    assert_eq!(refused(&gw, &cookie(COOKIE_SECRET, "tokenOLD")).await, "session_expired");
     gw.stop().await;
 }
 
@@ -114,7 +114,7 @@ async fn bad_cookies_and_dead_sessions_get_401() {
 async fn signing_out_closes_open_streams_and_the_cache_does_not_outlive_it() {
     let (db, gw) = camel_gateway().await;
     session(&db, "s1", "tokenAAA", "user-1", "now() + interval '1 hour'").await;
-    let c = cookie(SECRET, "tokenAAA");
+    let c = cookie(COOKIE_SECRET, "tokenAAA");
     let mut a = open(&gw, &c).await;
     let mut b = open(&gw, &c).await;
     for s in [&mut a, &mut b] {
@@ -175,10 +175,10 @@ async fn a_re_sent_session_payload_closes_nothing() {
     let metrics_addr = format!("127.0.0.1:{}", free_port());
     let gw = Gateway::start(
         &db,
-        &["--auth", "better-auth", "--better-auth-secret", SECRET, "--metrics-listen", &metrics_addr],
+        &["--auth", "better-auth", "--better-auth-secret", COOKIE_SECRET, "--metrics-listen", &metrics_addr],
     )
     .await;
-    let c = cookie(SECRET, "tokenAAA");
+    let c = cookie(COOKIE_SECRET, "tokenAAA");
 
     // Session A, signed out: its stream closes, and the payload that closed it is captured.
     session(&db, "sA", "tokenAAA", "user-1", "now() + interval '1 hour'").await;
@@ -238,7 +238,7 @@ async fn a_re_sent_session_payload_closes_nothing() {
 async fn streams_close_when_the_session_expires() {
     let (db, gw) = camel_gateway().await;
     session(&db, "s1", "tokenEXP", "user-1", "now() + interval '2 seconds'").await;
-    let mut s = open(&gw, &cookie(SECRET, "tokenEXP")).await;
+    let mut s = open(&gw, &cookie(COOKIE_SECRET, "tokenEXP")).await;
     assert_eq!(s.status, 200);
     s.next_named("connected", T).await.expect("connected");
     let e = s.next_named("auth-expired", Duration::from_secs(5)).await.expect("closed at expiresAt");
@@ -258,7 +258,7 @@ async fn snake_case_tables_and_custom_queries_work() {
             "--auth",
             "better-auth",
             "--better-auth-secret",
-            SECRET,
+            COOKIE_SECRET,
             "--session-table",
             "public.sessions",
             "--session-user-column",
@@ -268,7 +268,7 @@ async fn snake_case_tables_and_custom_queries_work() {
         ],
     )
     .await;
-    let mut s = open(&gw, &cookie(SECRET, "tok1")).await;
+    let mut s = open(&gw, &cookie(COOKIE_SECRET, "tok1")).await;
     assert_eq!(s.status, 200);
     assert!(s.next_named("connected", T).await.expect("connected").data.contains("\"userId\":\"42\""));
     exec(&db, "UPDATE sessions SET expires_at = now() - interval '1 second' WHERE token = 'tok1'").await;
@@ -277,12 +277,15 @@ async fn snake_case_tables_and_custom_queries_work() {
 
     let query = "SELECT user_id::text, expires_at FROM sessions WHERE token = $1 AND expires_at > now()";
     exec(&db, "INSERT INTO sessions (token, user_id, expires_at) VALUES ('tok2', 7, now() + interval '1 hour')").await;
-    let gw =
-        Gateway::start(&db, &["--auth", "better-auth", "--better-auth-secret", SECRET, "--session-query", query]).await;
-    let mut s = open(&gw, &cookie(SECRET, "tok2")).await;
+    let gw = Gateway::start(
+        &db,
+        &["--auth", "better-auth", "--better-auth-secret", COOKIE_SECRET, "--session-query", query],
+    )
+    .await;
+    let mut s = open(&gw, &cookie(COOKIE_SECRET, "tok2")).await;
     assert_eq!(s.status, 200);
     assert!(s.next_named("connected", T).await.expect("connected").data.contains("\"userId\":\"7\""));
-    assert_eq!(refused(&gw, &cookie(SECRET, "tok1")).await, "session_not_found");
+    assert_eq!(refused(&gw, &cookie(COOKIE_SECRET, "tok1")).await, "session_not_found");
     gw.stop().await;
 }
 
@@ -349,20 +352,22 @@ async fn jwks_urls_are_fetched_refetched_for_new_kids_and_survive_outages() {
     // The issuer rotates to an Ed25519 key: the unknown kid triggers one refetch, then works.
     *server.body.lock().expect("lock") = (200, full.to_string());
     let token = eddsa_token("ed-1", "alice");
-    let s = SseClient::connect(&gw.addr, PATH, &[("Authorization", &format!("Bearer {token}"))]).await.expect("c");
+    let s =
+        SseClient::connect(&gw.addr, STREAM_PATH, &[("Authorization", &format!("Bearer {token}"))]).await.expect("c");
     assert_eq!(s.status, 200, "refetched for the new kid");
     let hits = server.hits.load(Ordering::SeqCst);
     // Unknown kids do not hammer the issuer: within the rate limit, no more fetches.
     for _ in 0..5 {
         let t = eddsa_token("nope", "mallory");
-        let (status, _, _) = request(&gw.addr, "GET", PATH, &[("Authorization", &format!("Bearer {t}"))]).await;
+        let (status, _, _) = request(&gw.addr, "GET", STREAM_PATH, &[("Authorization", &format!("Bearer {t}"))]).await;
         assert_eq!(status, 401);
     }
     assert_eq!(server.hits.load(Ordering::SeqCst), hits, "rate-limited refetch");
 
     // An outage keeps the cached keys and shows in /readyz.
     *server.body.lock().expect("lock") = (500, "down".into());
-    let s2 = SseClient::connect(&gw.addr, PATH, &[("Authorization", &format!("Bearer {token}"))]).await.expect("c");
+    let s2 =
+        SseClient::connect(&gw.addr, STREAM_PATH, &[("Authorization", &format!("Bearer {token}"))]).await.expect("c");
     assert_eq!(s2.status, 200);
     drop((s, s2));
     gw.stop().await;
@@ -378,7 +383,7 @@ async fn a_jwks_outage_keeps_cached_keys_and_shows_in_readyz() {
     let auth = format!("Bearer {token}");
     assert!(
         common::wait_until(T, || async {
-            SseClient::connect(&gw.addr, PATH, &[("Authorization", &auth)]).await.is_ok_and(|s| s.status == 200)
+            SseClient::connect(&gw.addr, STREAM_PATH, &[("Authorization", &auth)]).await.is_ok_and(|s| s.status == 200)
         })
         .await
     );
@@ -393,7 +398,7 @@ async fn a_jwks_outage_keeps_cached_keys_and_shows_in_readyz() {
     let (_, v) = gateway::readyz(&gw.addr).await.expect("readyz");
     assert!(v["jwks"]["lastError"].as_str().is_some_and(|e| e.contains("503")), "{v}");
     assert_eq!(v["jwks"]["keys"], 4, "cached keys kept: {v}");
-    let s = SseClient::connect(&gw.addr, PATH, &[("Authorization", &auth)]).await.expect("connect");
+    let s = SseClient::connect(&gw.addr, STREAM_PATH, &[("Authorization", &auth)]).await.expect("connect");
     assert_eq!(s.status, 200, "tokens keep verifying with the cached keys");
     gw.stop().await;
 }

@@ -13,19 +13,10 @@ use std::time::{Duration, Instant};
 
 use common::gateway::{notifications_db, readyz, request, try_stream, wait_ready, Gateway};
 use common::proxy::Proxy;
-use common::{exec, shared_cluster, SseClient};
+use common::{insert, shared_cluster, title, SseClient};
 
 /// Generous: with `--db-timeout 1s` the row arrives in about two seconds.
 const LIMIT: Duration = Duration::from_secs(15);
-
-fn title(e: &common::SseEvent) -> String {
-    let v: serde_json::Value = serde_json::from_str(&e.data).unwrap_or_else(|err| panic!("not JSON ({err}): {e:?}"));
-    v["notification"]["title"].as_str().unwrap_or_default().to_string()
-}
-
-async fn insert(db: &str, title: &str) {
-    exec(db, &format!("INSERT INTO notifications (user_id, title) VALUES ('alice', '{title}')")).await;
-}
 
 /// Resumes from `last` until the gateway answers 200 (a 503 is a normal answer while it cannot
 /// reach the database); returns the stream and how many attempts were refused.
@@ -67,7 +58,7 @@ async fn a_silent_database_is_noticed_and_caught_up() {
     let gw = Gateway::start(&via, &["--db-timeout", "1s", "--db-pool-size", "1", "--metrics-listen", &metrics]).await;
 
     let mut live = gw.stream("alice", &[]).await;
-    insert(&db, "before").await;
+    insert(&db, "alice", "before").await;
     let before = live.next_named("notification", LIMIT).await.expect("the row committed before the silence");
     assert_eq!(title(&before), "before");
     let last = before.id.clone().expect("row events carry an id");
@@ -91,7 +82,7 @@ async fn a_silent_database_is_noticed_and_caught_up() {
         }
     });
     // Committed directly, not through the proxy.
-    insert(&db, "during the silence").await;
+    insert(&db, "alice", "during the silence").await;
     let row = live.next_named("notification", LIMIT).await;
     let arrived = silenced.elapsed();
     assert_eq!(

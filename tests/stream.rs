@@ -7,13 +7,9 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use common::gateway::{self, notifications_db, request, Gateway};
-use common::{connect, exec, SseEvent};
+use common::{connect, exec, json};
 
 const T: Duration = Duration::from_secs(10);
-
-fn json(e: &SseEvent) -> serde_json::Value {
-    serde_json::from_str(&e.data).unwrap_or_else(|err| panic!("event data is not JSON ({err}): {:?}", e.data))
-}
 
 #[tokio::test]
 async fn each_kind_of_change_arrives_in_the_wire_format() {
@@ -259,7 +255,7 @@ async fn heartbeats_are_spread_over_the_interval() {
 async fn bad_credentials_get_401_and_the_gateway_keeps_serving() {
     let db = notifications_db().await;
     let gw = Gateway::start(&db, &[]).await;
-    let path = "/api/notifications/stream";
+    let path = gateway::STREAM_PATH;
     let (status, headers, body) = request(&gw.addr, "GET", path, &[]).await;
     assert_eq!(status, 401);
     let v: serde_json::Value = serde_json::from_str(&body).expect("json body");

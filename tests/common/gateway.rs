@@ -6,12 +6,15 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// The HS256 secret every test gateway accepts.
-pub const SECRET: &str = "test-secret-0123456789-abcdefghijkl";
+/// The path of the event stream.
+pub const STREAM_PATH: &str = "/api/notifications/stream";
+
+/// The HS256 secret every test gateway accepts for JWTs.
+pub const JWT_SECRET: &str = "test-secret-0123456789-abcdefghijkl";
 
 /// A token for `user`, valid for an hour.
 pub fn token(user: &str) -> String {
-    pgsse::auth::mint_hs256(user, SECRET.as_bytes(), Duration::from_secs(3600), None, None).expect("mint token")
+    pgsse::auth::mint_hs256(user, JWT_SECRET.as_bytes(), Duration::from_secs(3600), None, None).expect("mint token")
 }
 
 /// A fresh database on the shared cluster with pgsse installed and `notifications` watched.
@@ -37,7 +40,7 @@ pub async fn channel(url: &str) -> String {
 
 /// Standard flags for a test gateway (fast markers, short heartbeat unless overridden).
 fn argv(db_url: &str, extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = ["--database-url", db_url, "--listen", "127.0.0.1:0", "--jwt-secret", SECRET]
+    let mut v: Vec<String> = ["--database-url", db_url, "--listen", "127.0.0.1:0", "--jwt-secret", JWT_SECRET]
         .iter()
         .map(|s| s.to_string())
         .collect();
@@ -122,7 +125,7 @@ pub async fn stream(addr: &str, user: &str, extra_headers: &[(&str, &str)]) -> s
     let auth = format!("Bearer {}", token(user));
     let mut headers = vec![("Authorization", auth.as_str())];
     headers.extend_from_slice(extra_headers);
-    let c = super::SseClient::connect(addr, "/api/notifications/stream", &headers).await.expect("connect");
+    let c = super::SseClient::connect(addr, STREAM_PATH, &headers).await.expect("connect");
     assert_eq!(c.status, 200, "stream for {user}: {c:?}");
     c
 }
@@ -136,7 +139,7 @@ pub async fn try_stream(addr: &str, user: &str, last_event_id: Option<&str>) -> 
     if let Some(id) = last_event_id {
         headers.push(("Last-Event-ID", id));
     }
-    super::SseClient::connect(addr, "/api/notifications/stream", &headers).await
+    super::SseClient::connect(addr, STREAM_PATH, &headers).await
 }
 
 /// A plain HTTP/1.1 request; returns status, lower-cased headers and body.

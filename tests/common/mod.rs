@@ -1,15 +1,21 @@
-//! Shared integration-test harness: private PostgreSQL clusters, SQL helpers
-//! and a minimal SSE client. Each `tests/*.rs` file does `mod common;`.
+//! Shared integration-test harness: private PostgreSQL clusters, SQL helpers, the gateway, a
+//! minimal SSE client, and the bigger harnesses of single suites (chaos run, nginx and Chromium).
+//! Each `tests/*.rs` file does `mod common;`.
 #![allow(dead_code, unused_imports)]
 
 // Written by the gateway tests' author (tests/stream.rs uses `common::gateway`).
+pub mod chaos;
 mod cluster_ops;
+mod events;
 pub mod gateway;
+pub mod nginx;
 mod pg;
 pub mod proxy;
+pub mod sql;
 mod sse;
 
 pub use cluster_ops::DURABLE_CONF;
+pub use events::{insert, insert_rows, json, log_id, split_id, title};
 pub use pg::{connect, describe_pg_error, exec, free_port, fresh_database, shared_cluster, PgCluster};
 pub use sse::{SseClient, SseEvent};
 

@@ -87,7 +87,7 @@ pub async fn heaptrack(ctx: &mut Ctx, conns: u64) -> anyhow::Result<String> {
         .arg("-f")
         .arg(&file)
         .args(["--print-peaks", "1", "--print-allocators", "0", "--print-temporary", "0", "--print-leaks", "0"])
-        .args(["--peak-limit", "14", "--sub-peak-limit", "3", "--print-histogram", "0"])
+        .args(["--peak-limit", "14", "--sub-peak-limit", "3"])
         .output()?;
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::gateway::{self, notifications_db, request, Gateway};
+use common::gateway::{self, notifications_db, Gateway};
 use common::sql::url_as;
 use common::{connect, exec, free_port, json, shared_cluster};
 use tokio::sync::mpsc;
@@ -142,12 +142,7 @@ async fn re_sent_payloads_produce_no_event_and_no_stall() {
     assert_eq!(json(&next)["notification"]["title"], "fresh", "no re-sent event arrived before it: {next:?}");
     // Generous: before, the 200 range re-reads held every stream for about 15 s.
     assert!(took < Duration::from_secs(5), "delivery stalled {took:?} behind re-sent payloads");
-    let (_, _, text) = request(&metrics_addr, "GET", "/metrics", &[]).await;
-    let stale: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("pgsse_payloads_stale_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    assert_eq!(stale, 201, "every re-sent payload was counted as stale:\n{text}");
+    let stale = gateway::metric(&metrics_addr, "pgsse_payloads_stale_total").await;
+    assert_eq!(stale, 201, "every re-sent payload was counted as stale");
     gw.stop().await;
 }

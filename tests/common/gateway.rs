@@ -172,6 +172,13 @@ pub async fn request(
     (status, headers, body.to_string())
 }
 
+/// The value of a counter or gauge (without labels) on the metrics listener at `addr`; 0 if absent.
+pub async fn metric(addr: &str, name: &str) -> u64 {
+    let (_, _, text) = request(addr, "GET", "/metrics", &[]).await;
+    let prefix = format!("{name} ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
 pub async fn readyz(addr: &str) -> Option<(u16, serde_json::Value)> {
     let s = TcpStream::connect(addr).await.ok()?;
     drop(s);

@@ -236,8 +236,8 @@ impl Source {
                 msg = rx.recv() => match msg {
                     Some(Msg::Notify(n)) => {
                         heard = Instant::now();
-                        let dispatch = self.on_notification(client, &fetch, n.payload(), &mut pending);
-                        if let Err(e) = within("listen", t, dispatch).await {
+                        // Only a reference is read back; that read has the deadline (no timer per event).
+                        if let Err(e) = self.on_notification(client, &fetch, n.payload(), &mut pending).await {
                             return End::Lost(e);
                         }
                     }
@@ -351,7 +351,7 @@ impl Source {
                 if !self.seen.insert_ref(tx, lo, hi) {
                     return self.stale("a reference already read");
                 }
-                let rows = client.query(fetch, &[&tx.to_string(), &lo, &hi]).await?;
+                let rows = within("listen", self.timeout, client.query(fetch, &[&tx.to_string(), &lo, &hi])).await?;
                 for row in &rows {
                     let ev = StoredEvent::from_row(row)?;
                     self.dispatch(ev.id, ev.tx, ev.user_id.as_deref(), &ev.event, &ev.data);

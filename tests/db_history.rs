@@ -123,9 +123,10 @@ impl Tab {
         }
     }
 
-    /// Reads events for `d`.
-    async fn pump_for(&mut self, d: Duration) {
-        self.pump_until(d, |_| false).await;
+    /// Reads until the tab's last id is a position past transaction `xid` (heartbeats carry the
+    /// horizon), so the id it holds is one the database must never hand out again.
+    async fn pump_past(&mut self, xid: i64) -> bool {
+        self.pump_until(T, |t| t.last_id.as_deref().is_some_and(|id| common::split_id(id).0 as i64 > xid)).await
     }
 
     /// The reasons of the resets received, e.g. `["history_changed"]`.
@@ -214,8 +215,9 @@ async fn crash_rounds_lose_nothing() {
     let mut resume_from: Option<String> = None;
     let mut rows: Vec<String> = Vec::new();
     for round in 1..=ROUNDS {
-        // A few markers and heartbeats: the tab's last id is a recent position.
-        tab.pump_for(Duration::from_millis(500)).await;
+        // The tab's last id is a recent position: past a transaction id taken just now.
+        let xid = current_xid(&db).await;
+        assert!(tab.pump_past(xid).await, "round {round}: the tab's position never passed transaction {xid}");
         let before = tab.last_id.clone().expect("the tab has an id before the crash");
         resume_from.get_or_insert(before);
 
@@ -331,7 +333,8 @@ async fn promoted_standby_behind_primary_resets_everyone() {
     insert_rows(&old_db, user, &lost).await;
     lost.iter().for_each(|t| tab.expect(t));
     assert!(tab.pump_until(T, |t| lost.iter().all(|r| t.has(r))).await, "the tab got the rows before failover");
-    tab.pump_for(Duration::from_millis(500)).await;
+    let xid = current_xid(&old_db).await;
+    assert!(tab.pump_past(xid).await, "the tab's position never passed transaction {xid}");
     let before_failover = tab.last_id.clone().expect("the tab has an id before the failover");
     let old_xid = current_xid(&old_db).await;
 
@@ -480,7 +483,7 @@ async fn a_base_backup_restored_without_recovery_resets_everyone() {
     let past = common::wait_until(T, || async { horizon_of(&gw.addr).await.is_some_and(|h| h > ahead_xid) }).await;
     assert!(past, "the gateway's horizon never passed transaction {ahead_xid}");
     // Heartbeats carry the horizon: the tab's last id is now past everything the backup has.
-    tab.pump_for(Duration::from_millis(500)).await;
+    assert!(tab.pump_past(ahead_xid).await, "the tab's position never passed transaction {ahead_xid}");
     if !tab.resets.is_empty() {
         failures.push(format!("a clean restart reset the open tab: {:?}", tab.reset_reasons()));
     }

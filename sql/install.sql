@@ -34,7 +34,8 @@
 --                   pgsse.watch() with the table's column names written in
 --                   (static SQL, so its plans are cached). Turns every
 --                   INSERT / UPDATE / DELETE statement on the table into log
---                   rows (one INSERT ... SELECT) and ONE NOTIFY.
+--                   rows (one INSERT ... SELECT) and, in commit mode only,
+--                   ONE NOTIFY.
 --   pgsse.capture() The same, generic (column names as trigger arguments,
 --                   query built and planned on every statement): used by
 --                   tables watched by earlier versions until watch() is run
@@ -68,6 +69,17 @@
 --                   sessions and changed session tokens/expiries so the
 --                   gateways close revoked sessions' streams at once.
 --                   pgsse.unwatch_sessions(tbl) removes it.
+--   pgsse.set_notify_mode('relay' | 'commit'), pgsse.notify_mode()
+--                   How events are announced. 'relay' (a fresh install's
+--                   default): writers only log rows, no NOTIFY in the app's
+--                   transactions; one gateway replica calls pgsse.relay()
+--                   every few milliseconds and announces what committed.
+--                   'commit': each writing statement NOTIFYs as it commits
+--                   (PostgreSQL then commits those transactions one at a
+--                   time). Safe to switch on a live system.
+--   pgsse.relay(gateway, lease, max_txs)
+--                   One relay round; called by the gateway with its own
+--                   grants (below), never by the app.
 --   pgsse.mark(gateway, seq)
 --                   The gateway's signed, durable horizon marker (see below).
 --   pgsse.history() The database's history token, carried in every event id:
@@ -126,6 +138,8 @@
 --     -- GRANT USAGE ON SCHEMA pgsse TO pgsse_gateway;
 --     -- GRANT SELECT, DELETE ON pgsse.events TO pgsse_gateway;
 --     -- GRANT SELECT, UPDATE ON pgsse.meta TO pgsse_gateway;
+--   The same grants run the relay (relay mode): it reads pgsse.events and
+--   pgsse.secret and moves its position and lease in pgsse.meta.
 --   SELECT on pgsse.events serves replays;
 --   DELETE on it and UPDATE on pgsse.meta let retention prune old rows and
 --   record pruned_tx. Replicas take turns pruning through an advisory lock,
@@ -157,9 +171,11 @@
 -- NOTIFY payload (channel: pgsse.secret.channel)
 -- -----------------------------------------------------------------------------
 --
--- Exactly one NOTIFY per statement (or per publish() call) that logged at
--- least one row; it is delivered when the writing transaction commits and is
--- discarded if it rolls back. tx is pg_current_xact_id() of the writing
+-- Commit mode: exactly one NOTIFY per statement (or per publish() call) that
+-- logged at least one row; it is delivered when the writing transaction
+-- commits and is discarded if it rolls back. Relay mode: one NOTIFY per
+-- transaction, in the same format, sent by the relay after it committed
+-- (references then span every row of the transaction). tx is pg_current_xact_id() of the writing
 -- transaction as a decimal string (the same value as pgsse.events.tx).
 --
 -- Every payload is <signature><json>: 64 lowercase hex characters of

@@ -77,7 +77,7 @@
 --                   'commit': each writing statement NOTIFYs as it commits
 --                   (PostgreSQL then commits those transactions one at a
 --                   time). Safe to switch on a live system.
---   pgsse.relay(gateway, lease, max_txs)
+--   pgsse.relay(gateway, lease, max_rows)
 --                   One relay round; called by the gateway with its own
 --                   grants (below), never by the app.
 --   pgsse.mark(gateway, seq)
@@ -952,12 +952,13 @@ COMMENT ON FUNCTION pgsse._snapshot_cut(pg_catalog.pg_snapshot, pg_catalog.pg_sn
 -- the caller's rights (the gateway's grants: SELECT on pgsse.events and
 -- pgsse.secret, SELECT and UPDATE on pgsse.meta), so it is no use to a role
 -- without them. Returns state: 'off' (no relay needed), 'standby' (another
--- replica holds the lease), 'idle', 'relayed' or 'done' (finished draining
--- after a switch back to commit), with the transactions and events sent.
+-- replica holds the lease), 'idle', 'relayed', 'more' (relayed, and more is
+-- waiting beyond max_rows) or 'done' (finished draining after a switch back
+-- to commit), with the transactions and events sent.
 -- The position, the lease and the NOTIFYs commit together: a round that
 -- raced another (or a mode switch) fails whole and sends nothing.
 CREATE OR REPLACE FUNCTION pgsse.relay(
-    gateway text, lease interval DEFAULT '1 second', max_txs integer DEFAULT 1000,
+    gateway text, lease interval DEFAULT '1 second', max_rows integer DEFAULT 10000,
     OUT state text, OUT txs integer, OUT events bigint
 )
 LANGUAGE plpgsql
@@ -968,6 +969,8 @@ DECLARE
     p     pg_catalog.pg_snapshot;
     s     pg_catalog.pg_snapshot;
     cut   xid8;
+    hi    xid8;
+    fresh xid8[];
     drain text[];
     done  boolean;
     r     record;
@@ -1002,13 +1005,19 @@ BEGIN
     -- After the check above, so a transaction that ended before it is visible.
     s := pg_catalog.pg_current_snapshot();
     p := m.relay_snapshot;
-    -- At most max_txs transactions per round (a long backlog goes in rounds).
-    SELECT x.tx INTO cut
-      FROM (SELECT DISTINCT e.tx FROM pgsse.events AS e
-             WHERE e.tx OPERATOR(pg_catalog.>=) pg_catalog.pg_snapshot_xmin(p)
-               AND NOT pg_catalog.pg_visible_in_snapshot(e.tx, p)
-               AND pg_catalog.pg_visible_in_snapshot(e.tx, s)) AS x
-     ORDER BY x.tx OFFSET max_txs LIMIT 1;
+    -- Invisible in p: at or above its xmax, or one of its in-progress list; of those, the ones
+    -- in p's list that have finished since. Neither a transaction held open for hours (which
+    -- holds xmin back) nor a large one still running is read again every round.
+    hi := pg_catalog.pg_snapshot_xmax(p);
+    fresh := ARRAY(SELECT x.x FROM pg_catalog.pg_snapshot_xip(p) AS x(x)
+                    WHERE pg_catalog.pg_visible_in_snapshot(x.x, s));
+    -- About max_rows rows per round, whole transactions (a long backlog goes in rounds): an
+    -- index scan in tx order that stops there.
+    SELECT e.tx INTO cut FROM pgsse.events AS e
+     WHERE e.tx OPERATOR(pg_catalog.>=) hi ORDER BY e.tx OFFSET max_rows LIMIT 1;
+    IF cut IS NOT NULL THEN
+        cut := (SELECT pg_catalog.min(e.tx) FROM pgsse.events AS e WHERE e.tx OPERATOR(pg_catalog.>) cut);
+    END IF;
     -- In the order their last rows were written: a transaction that acted on
     -- another's committed rows wrote after them.
     FOR r IN
@@ -1018,9 +1027,8 @@ BEGIN
           FROM (SELECT e.id, e.tx, e.user_id, e.event, e.data,
                        pg_catalog.count(*) OVER (PARTITION BY e.tx) OPERATOR(pg_catalog.<=) 64 AS few
                   FROM pgsse.events AS e
-                 WHERE e.tx OPERATOR(pg_catalog.>=) pg_catalog.pg_snapshot_xmin(p)
+                 WHERE (e.tx OPERATOR(pg_catalog.>=) hi OR e.tx OPERATOR(pg_catalog.=) ANY (fresh))
                    AND (cut IS NULL OR e.tx OPERATOR(pg_catalog.<) cut)
-                   AND NOT pg_catalog.pg_visible_in_snapshot(e.tx, p)
                    AND pg_catalog.pg_visible_in_snapshot(e.tx, s)) AS w
          GROUP BY w.tx
          ORDER BY hi
@@ -1052,7 +1060,7 @@ BEGIN
         RAISE EXCEPTION 'pgsse.relay: the relay position moved during this round (another replica, or a mode switch)'
             USING ERRCODE = 'serialization_failure';
     END IF;
-    state := CASE WHEN done THEN 'done' WHEN txs > 0 THEN 'relayed' ELSE 'idle' END;
+    state := CASE WHEN done THEN 'done' WHEN cut IS NOT NULL THEN 'more' WHEN txs > 0 THEN 'relayed' ELSE 'idle' END;
 END
 $fn$;
 

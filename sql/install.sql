@@ -969,7 +969,8 @@ DECLARE
     p     pg_catalog.pg_snapshot;
     s     pg_catalog.pg_snapshot;
     cut   xid8;
-    hi    xid8;
+    top   xid8;
+    news  boolean;
     fresh xid8[];
     drain text[];
     done  boolean;
@@ -1008,35 +1009,46 @@ BEGIN
     -- Invisible in p: at or above its xmax, or one of its in-progress list; of those, the ones
     -- in p's list that have finished since. Neither a transaction held open for hours (which
     -- holds xmin back) nor a large one still running is read again every round.
-    hi := pg_catalog.pg_snapshot_xmax(p);
+    top := pg_catalog.pg_snapshot_xmax(p);
     fresh := ARRAY(SELECT x.x FROM pg_catalog.pg_snapshot_xip(p) AS x(x)
                     WHERE pg_catalog.pg_visible_in_snapshot(x.x, s));
+    -- Most rounds find nothing: say so with two index probes whose plans are kept (the queries
+    -- below are planned on every call, their best plan depends on the values).
+    news := (SELECT pg_catalog.max(e.tx) FROM pgsse.events AS e) OPERATOR(pg_catalog.>=) top;
+    IF NOT COALESCE(news, false) AND pg_catalog.cardinality(fresh) OPERATOR(pg_catalog.>) 0 THEN
+        -- One index probe per transaction (= ANY of an array of unknown size may be planned as
+        -- a sequential scan).
+        news := EXISTS (SELECT FROM pg_catalog.unnest(fresh) AS f(x)
+                         WHERE EXISTS (SELECT FROM pgsse.events AS e WHERE e.tx OPERATOR(pg_catalog.=) f.x));
+    END IF;
     -- About max_rows rows per round, whole transactions (a long backlog goes in rounds): an
     -- index scan in tx order that stops there.
-    SELECT e.tx INTO cut FROM pgsse.events AS e
-     WHERE e.tx OPERATOR(pg_catalog.>=) hi ORDER BY e.tx OFFSET max_rows LIMIT 1;
-    IF cut IS NOT NULL THEN
-        cut := (SELECT pg_catalog.min(e.tx) FROM pgsse.events AS e WHERE e.tx OPERATOR(pg_catalog.>) cut);
+    IF news THEN
+        SELECT e.tx INTO cut FROM pgsse.events AS e
+         WHERE e.tx OPERATOR(pg_catalog.>=) top ORDER BY e.tx OFFSET max_rows LIMIT 1;
+        IF cut IS NOT NULL THEN
+            cut := (SELECT pg_catalog.min(e.tx) FROM pgsse.events AS e WHERE e.tx OPERATOR(pg_catalog.>) cut);
+        END IF;
+        -- In the order their last rows were written: a transaction that acted on
+        -- another's committed rows wrote after them.
+        FOR r IN
+            SELECT w.tx, pg_catalog.count(*) AS n, pg_catalog.min(w.id) AS lo, pg_catalog.max(w.id) AS last,
+                   (pg_catalog.json_agg(pg_catalog.json_build_array(w.id, w.user_id, w.event, w.data) ORDER BY w.id)
+                       FILTER (WHERE w.few))::text AS entries
+              FROM (SELECT e.id, e.tx, e.user_id, e.event, e.data,
+                           pg_catalog.count(*) OVER (PARTITION BY e.tx) OPERATOR(pg_catalog.<=) 64 AS few
+                      FROM pgsse.events AS e
+                     WHERE (e.tx OPERATOR(pg_catalog.>=) top OR e.tx OPERATOR(pg_catalog.=) ANY (fresh))
+                       AND (cut IS NULL OR e.tx OPERATOR(pg_catalog.<) cut)
+                       AND pg_catalog.pg_visible_in_snapshot(e.tx, s)) AS w
+             GROUP BY w.tx
+             ORDER BY last
+        LOOP
+            PERFORM pgsse._send(pgsse._payload(r.tx, r.n, r.lo, r.last, r.entries));
+            txs := txs + 1;
+            events := events + r.n;
+        END LOOP;
     END IF;
-    -- In the order their last rows were written: a transaction that acted on
-    -- another's committed rows wrote after them.
-    FOR r IN
-        SELECT w.tx, pg_catalog.count(*) AS n, pg_catalog.min(w.id) AS lo, pg_catalog.max(w.id) AS hi,
-               (pg_catalog.json_agg(pg_catalog.json_build_array(w.id, w.user_id, w.event, w.data) ORDER BY w.id)
-                   FILTER (WHERE w.few))::text AS entries
-          FROM (SELECT e.id, e.tx, e.user_id, e.event, e.data,
-                       pg_catalog.count(*) OVER (PARTITION BY e.tx) OPERATOR(pg_catalog.<=) 64 AS few
-                  FROM pgsse.events AS e
-                 WHERE (e.tx OPERATOR(pg_catalog.>=) hi OR e.tx OPERATOR(pg_catalog.=) ANY (fresh))
-                   AND (cut IS NULL OR e.tx OPERATOR(pg_catalog.<) cut)
-                   AND pg_catalog.pg_visible_in_snapshot(e.tx, s)) AS w
-         GROUP BY w.tx
-         ORDER BY hi
-    LOOP
-        PERFORM pgsse._send(pgsse._payload(r.tx, r.n, r.lo, r.hi, r.entries));
-        txs := txs + 1;
-        events := events + r.n;
-    END LOOP;
     done := cut IS NULL AND m.notify_mode OPERATOR(pg_catalog.=) 'commit' AND drain OPERATOR(pg_catalog.=) '{}';
     -- Nothing to record: write only to keep the lease (and the horizon) fresh.
     IF txs = 0 AND NOT done AND drain IS NOT DISTINCT FROM m.relay_drain

@@ -68,7 +68,7 @@ async fn writers_waiting_on_the_notify_lock_are_reported_and_relay_mode_frees_th
     assert!(
         wait_until(LIMIT, || async {
             let c = common::connect(&url).await;
-            c.query_one("SHOW synchronous_standby_names", &[]).await.is_ok_and(|r| r.get::<_, String>(0) != "")
+            c.query_one("SHOW synchronous_standby_names", &[]).await.is_ok_and(|r| !r.get::<_, String>(0).is_empty())
         })
         .await,
         "the server never picked up synchronous_standby_names"

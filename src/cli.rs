@@ -230,7 +230,7 @@ pub struct DemoArgs {
 }
 
 /// A duration as the flags write it, in its largest whole unit (`24h`, `30s`, `250ms`).
-fn duration_text(d: Duration) -> String {
+pub(crate) fn duration_text(d: Duration) -> String {
     let ms = d.as_millis();
     match ms {
         0 => "0s".to_owned(),

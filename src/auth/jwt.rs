@@ -118,6 +118,10 @@ impl ClaimRules {
 
         let user_id: Arc<str> = match claims.get(&*self.user_claim) {
             None | Some(Value::Null) => return Err(AuthError::MissingUserClaim { claim: self.user_claim.clone() }),
+            // PostgreSQL text cannot hold NUL: such an id could never be replayed or matched.
+            Some(Value::String(s)) if s.contains('\0') => {
+                return Err(AuthError::UserIdNotText { claim: self.user_claim.clone() })
+            }
             Some(Value::String(s)) if !s.is_empty() => s.as_str().into(),
             // Integers only: a float id would print as e.g. "1e21" and match nothing.
             Some(Value::Number(n)) if n.is_u64() || n.is_i64() => n.to_string().into(),

@@ -148,7 +148,7 @@ fn numeric_date(claims: &Map<String, Value>, name: &str, error: &'static str) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::{rngs::StdRng, Rng, SeedableRng};
+    use rand::{rngs::StdRng, RngExt, SeedableRng};
     use serde_json::json;
 
     fn b64(v: &Value) -> String {
@@ -220,15 +220,15 @@ mod tests {
         let alphabet = b"AZaz09-_.=+/ \t\n%\"{}\xc3";
         for round in 0..500 {
             let case: String = if round % 2 == 0 {
-                let len = rng.gen_range(0..80);
-                (0..len).map(|_| char::from(alphabet[rng.gen_range(0..alphabet.len())])).collect()
+                let len = rng.random_range(0..80);
+                (0..len).map(|_| char::from(alphabet[rng.random_range(0..alphabet.len())])).collect()
             } else {
                 let mut chars: Vec<char> = good.chars().collect();
-                for _ in 0..rng.gen_range(1..4) {
-                    let at = rng.gen_range(0..chars.len());
-                    chars[at] = char::from(alphabet[rng.gen_range(0..alphabet.len())]);
+                for _ in 0..rng.random_range(1..4) {
+                    let at = rng.random_range(0..chars.len());
+                    chars[at] = char::from(alphabet[rng.random_range(0..alphabet.len())]);
                 }
-                let keep = rng.gen_range(0..=chars.len());
+                let keep = rng.random_range(0..=chars.len());
                 chars.into_iter().take(keep).collect()
             };
             // Ok is possible for lucky mutations; what matters is no panic.

@@ -85,7 +85,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
 async fn drain_streams(hub: Arc<Hub>, period: Duration) {
     use rand::seq::SliceRandom;
     let mut conns = hub.snapshot();
-    conns.shuffle(&mut rand::thread_rng());
+    conns.shuffle(&mut rand::rng());
     let (n, start) = (conns.len(), Instant::now());
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let mut done = 0;

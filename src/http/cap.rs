@@ -3,11 +3,11 @@
 //! Without a cap, idle connections to any listener (450 to the metrics port were enough) use up
 //! the process's file descriptors, and then the main port cannot accept streams or `/readyz`.
 
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, LazyLock};
 
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::metrics::Metrics;
 
@@ -29,22 +29,25 @@ impl Listener {
 
 /// The open connections of one listener, at most `max`.
 pub(super) struct Cap {
-    slots: Arc<Semaphore>,
+    count: Arc<Count>,
     max: usize,
     listener: Listener,
-    open: Gauge,
     metrics: Metrics,
 }
 
-/// An accepted connection's place under the cap; given back when the connection ends.
-pub(super) struct Slot {
-    _permit: OwnedSemaphorePermit,
-    open: Gauge,
+struct Count {
+    open: AtomicUsize,
+    gauge: Gauge,
 }
+
+/// An accepted connection's place under the cap; given back when the connection ends. One
+/// pointer: every open stream's task carries it for its whole life.
+pub(super) struct Slot(Arc<Count>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.open.dec();
+        self.0.open.fetch_sub(1, Relaxed);
+        self.0.gauge.dec();
     }
 }
 
@@ -62,35 +65,32 @@ static REFUSED: LazyLock<Vec<u8>> = LazyLock::new(|| {
 impl Cap {
     /// `max` is `usize::MAX` for no limit.
     pub(super) fn new(max: usize, listener: Listener, metrics: &Metrics) -> Self {
-        let open = metrics.tcp_open(listener.label());
-        let slots = Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS)));
-        Self { slots, max, listener, open, metrics: metrics.clone() }
+        let count = Count { open: AtomicUsize::new(0), gauge: metrics.tcp_open(listener.label()) };
+        Self { count: Arc::new(count), max, listener, metrics: metrics.clone() }
     }
 
     /// A slot for a connection just accepted, or `None` when the listener is full: the socket
     /// has then been answered 503, and the caller drops (closes) it.
     pub(super) fn admit(&self, socket: &TcpStream) -> Option<Slot> {
-        match self.slots.clone().try_acquire_owned() {
-            Ok(permit) => {
-                self.open.inc();
-                Some(Slot { _permit: permit, open: self.open.clone() })
-            }
-            Err(_) => {
-                let _ = socket.try_write(&REFUSED);
-                self.metrics.tcp_refused(self.listener.label());
-                // One call site per listener, so each has its own rate limit.
-                match self.listener {
-                    Listener::Main => crate::warn_throttled!(
-                        max = self.max,
-                        "connection refused: --max-tcp-connections reached on the main listener"
-                    ),
-                    Listener::Metrics => crate::warn_throttled!(
-                        max = self.max,
-                        "connection refused: --metrics-max-connections reached on the metrics listener"
-                    ),
-                }
-                None
-            }
+        // Only the accept loop adds, so the check and the increment cannot race past `max`.
+        if self.count.open.load(Relaxed) < self.max {
+            self.count.open.fetch_add(1, Relaxed);
+            self.count.gauge.inc();
+            return Some(Slot(self.count.clone()));
         }
+        let _ = socket.try_write(&REFUSED);
+        self.metrics.tcp_refused(self.listener.label());
+        // One call site per listener, so each has its own rate limit.
+        match self.listener {
+            Listener::Main => crate::warn_throttled!(
+                max = self.max,
+                "connection refused: --max-tcp-connections reached on the main listener"
+            ),
+            Listener::Metrics => crate::warn_throttled!(
+                max = self.max,
+                "connection refused: --metrics-max-connections reached on the metrics listener"
+            ),
+        }
+        None
     }
 }

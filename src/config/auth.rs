@@ -202,6 +202,13 @@ impl AuthArgs {
             ));
             None
         });
+        if self.session_cache_size == 0 {
+            let msg = "must be at least 1 (--session-cache-ttl 0s turns the cache off)";
+            errs.push(ConfigError::new("--session-cache-size", msg));
+        } else if cache_ttl == Some(Duration::ZERO) && self.session_cache_size != DEFAULT_SESSION_CACHE_SIZE {
+            let msg = "has no effect: --session-cache-ttl 0s turns the cache off (remove one of the two)";
+            errs.push(ConfigError::new("--session-cache-size", msg));
+        }
         Some(SessionSetup {
             cookie: Arc::new(cookie?),
             lookup: lookup?,
@@ -298,5 +305,21 @@ mod tests {
                 .err()
                 .expect("--jwks-refresh without --jwks-url is refused");
         assert_eq!(errs.0.iter().map(|e| e.flag).collect::<Vec<_>>(), ["--jwks-refresh"]);
+
+        let errs = Config::from_argv([
+            "--database-url",
+            "postgres://u@h/db",
+            "--auth",
+            "better-auth",
+            "--better-auth-secret",
+            "b",
+            "--session-cache-ttl",
+            "0s",
+            "--session-cache-size",
+            "50",
+        ])
+        .err()
+        .expect("a cache size with the cache off is refused");
+        assert_eq!(errs.0.iter().map(|e| e.flag).collect::<Vec<_>>(), ["--session-cache-size"]);
     }
 }

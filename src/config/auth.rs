@@ -261,65 +261,27 @@ mod tests {
         assert_eq!(flags, ["--auth", "--session-query"]);
     }
 
+    /// The flags refused for `args` (after a database URL), and the first message.
+    fn refused(args: &[&str]) -> (Vec<&'static str>, String) {
+        let argv = ["--database-url", "postgres://u@h/db"].iter().chain(args).copied();
+        let errs = Config::from_argv(argv).err().unwrap_or_else(|| panic!("{args:?} is refused"));
+        (errs.0.iter().map(|e| e.flag).collect(), errs.0[0].message.clone())
+    }
+
     #[test]
     fn flags_of_a_method_that_is_off_are_refused_with_the_fix() {
-        let errs = Config::from_argv([
-            "--database-url",
-            "postgres://u@h/db",
-            "--jwt-secret",
-            "s",
-            "--better-auth-secret",
-            "b",
-            "--session-table",
-            "sessions",
-        ])
-        .err()
-        .expect("--better-auth-secret without --auth better-auth is refused");
-        let flags: Vec<_> = errs.0.iter().map(|e| e.flag).collect();
+        let (flags, message) =
+            refused(&["--jwt-secret", "s", "--better-auth-secret", "b", "--session-table", "sessions"]);
         assert_eq!(flags, ["--better-auth-secret", "--session-table"]);
-        assert!(errs.0[0].message.contains("--auth jwt,better-auth"), "{errs}");
+        assert!(message.contains("--auth jwt,better-auth"), "{message}");
 
-        let errs = Config::from_argv([
-            "--database-url",
-            "postgres://u@h/db",
-            "--auth",
-            "better-auth",
-            "--better-auth-secret",
-            "b",
-            "--jwt-secret",
-            "s",
-            "--token-query-param",
-            "t",
-            "--session-query",
-            "SELECT user_id FROM s WHERE token = $1",
-            "--session-user-column",
-            "uid",
-        ])
-        .err()
-        .expect("errors");
-        let flags: Vec<_> = errs.0.iter().map(|e| e.flag).collect();
-        assert_eq!(flags, ["--jwt-secret", "--token-query-param", "--session-user-column"]);
-
-        let errs =
-            Config::from_argv(["--database-url", "postgres://u@h/db", "--jwt-secret", "s", "--jwks-refresh", "1m"])
-                .err()
-                .expect("--jwks-refresh without --jwks-url is refused");
-        assert_eq!(errs.0.iter().map(|e| e.flag).collect::<Vec<_>>(), ["--jwks-refresh"]);
-
-        let errs = Config::from_argv([
-            "--database-url",
-            "postgres://u@h/db",
-            "--auth",
-            "better-auth",
-            "--better-auth-secret",
-            "b",
-            "--session-cache-ttl",
-            "0s",
-            "--session-cache-size",
-            "50",
-        ])
-        .err()
-        .expect("a cache size with the cache off is refused");
-        assert_eq!(errs.0.iter().map(|e| e.flag).collect::<Vec<_>>(), ["--session-cache-size"]);
+        let better_auth = ["--auth", "better-auth", "--better-auth-secret", "b"];
+        let (flags, _) = refused(&[&better_auth[..], &["--jwt-secret", "s", "--token-query-param", "t"]].concat());
+        assert_eq!(flags, ["--jwt-secret", "--token-query-param"]);
+        let query = ["--session-query", "SELECT user_id FROM s WHERE token = $1", "--session-user-column", "uid"];
+        assert_eq!(refused(&[&better_auth[..], &query].concat()).0, ["--session-user-column"]);
+        let cache_off = ["--session-cache-ttl", "0s", "--session-cache-size", "50"];
+        assert_eq!(refused(&[&better_auth[..], &cache_off].concat()).0, ["--session-cache-size"]);
+        assert_eq!(refused(&["--jwt-secret", "s", "--jwks-refresh", "1m"]).0, ["--jwks-refresh"]);
     }
 }

@@ -130,7 +130,8 @@ pub struct ServeArgs {
     /// Largest request head accepted (431 beyond it).
     #[arg(long, env = "PGSSE_MAX_HEADER_BYTES", default_value_t = size_text(DEFAULT_MAX_HEADER_BYTES))]
     pub max_header_bytes: String,
-    /// A client must send its whole request head within this time.
+    /// A client must send its whole request head within this time; a connection idle between
+    /// requests is closed after it too. Both listeners.
     #[arg(long, env = "PGSSE_HEADER_READ_TIMEOUT", default_value_t = duration_text(DEFAULT_HEADER_READ_TIMEOUT))]
     pub header_read_timeout: String,
     /// Origins allowed to open streams cross-origin with credentials, exact (https://app.example.com);
@@ -140,6 +141,16 @@ pub struct ServeArgs {
     /// Address for Prometheus metrics at /metrics (`off` disables). Keep it off the public port.
     #[arg(long, env = "PGSSE_METRICS_LISTEN", default_value_t = DEFAULT_METRICS_LISTEN.to_string())]
     pub metrics_listen: String,
+    /// TCP connections open at once on --listen, streams and idle keep-alive included (0: no
+    /// limit). Beyond it a new connection gets 503 and is closed at once, so the open ones keep
+    /// their file descriptors. At least --max-connections.
+    #[arg(long, env = "PGSSE_MAX_TCP_CONNECTIONS", default_value_t = DEFAULT_MAX_TCP_CONNECTIONS)]
+    pub max_tcp_connections: usize,
+    /// Connections open at once on --metrics-listen (at least 1); beyond it new ones are closed
+    /// at once. Like --listen, a connection that sends no complete request head within
+    /// --header-read-timeout (idle keep-alive included) is closed.
+    #[arg(long, env = "PGSSE_METRICS_MAX_CONNECTIONS", default_value_t = DEFAULT_METRICS_MAX_CONNECTIONS)]
+    pub metrics_max_connections: usize,
     /// Behind a proxy: log the client address from X-Forwarded-For (used for logs only).
     #[arg(long, env = "PGSSE_TRUST_PROXY")]
     pub trust_proxy: bool,
@@ -234,7 +245,7 @@ pub struct DemoArgs {
 }
 
 /// A duration as the flags write it, in its largest whole unit (`24h`, `30s`, `250ms`).
-fn duration_text(d: Duration) -> String {
+pub(crate) fn duration_text(d: Duration) -> String {
     let ms = d.as_millis();
     match ms {
         0 => "0s".to_owned(),

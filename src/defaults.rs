@@ -68,3 +68,12 @@ pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A resume asking for more than this many events is answered with `reset` instead: the app's
 /// own refetch is cheaper than streaming that much history through one connection.
 pub const DEFAULT_MAX_REPLAY_EVENTS: usize = 10_000;
+
+// Listeners, connection caps and log floods.
+/// TCP connections open at once on `--listen`, streams included: room above
+/// `DEFAULT_MAX_CONNECTIONS` for requests that are not streams and heads still arriving.
+pub const DEFAULT_MAX_TCP_CONNECTIONS: usize = DEFAULT_MAX_CONNECTIONS + DEFAULT_MAX_CONNECTIONS / 10;
+/// Connections open at once on `--metrics-listen`: a few scrapers need a few.
+pub const DEFAULT_METRICS_MAX_CONNECTIONS: usize = 16;
+/// Repeated warnings of one kind are logged at most once per this interval (`throttle`).
+pub const DEFAULT_LOG_REPEAT_INTERVAL: Duration = Duration::from_secs(10);

@@ -27,6 +27,7 @@ pub mod hub;
 pub mod metrics;
 pub mod pg;
 pub mod sse;
+pub mod throttle;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -59,6 +60,7 @@ pub async fn run_with(
     extra: Option<Arc<dyn http::ExtraRoutes>>,
 ) -> Result<(), RunError> {
     let metrics = metrics::Metrics::default();
+    check_open_files(&config);
     let limits = hub::Limits {
         queue_bytes: config.queue_bytes,
         max_connections: config.max_connections,
@@ -109,7 +111,8 @@ pub async fn run_with(
         if let Ok(addr) = l.local_addr() {
             tracing::info!(%addr, "metrics at /metrics");
         }
-        tokio::spawn(http::serve_metrics(l, metrics.clone(), stop.clone()));
+        let (header_timeout, max) = (config.header_read_timeout, config.metrics_max_connections);
+        tokio::spawn(http::serve_metrics(l, metrics.clone(), stop.clone(), header_timeout, max));
     }
     let authenticator = auth::Authenticator::new(
         config.auth.jwt.clone(),
@@ -196,6 +199,33 @@ async fn heartbeats(
         }
         slice = (slice + 1) % slices;
     }
+}
+
+/// Warns at start when the open-file limit (`ulimit -n`, systemd's `LimitNOFILE`) is below what
+/// the connection caps allow: past it accepts fail (EMFILE) and the caps cannot protect anything.
+fn check_open_files(config: &Config) {
+    let Some(limit) = open_file_limit() else { return };
+    if config.max_tcp_connections == usize::MAX {
+        return;
+    }
+    let metrics = if config.metrics_listen.is_some() { config.metrics_max_connections } else { 0 };
+    // The pool, the LISTEN and marker connections, the listeners, logs and a margin.
+    let needed = config.max_tcp_connections.saturating_add(metrics).saturating_add(config.pool_size + 32);
+    if limit < needed {
+        tracing::warn!(
+            limit,
+            needed,
+            "the open-file limit is below --max-tcp-connections plus the metrics and database connections; \
+             raise it (ulimit -n, LimitNOFILE) or lower --max-tcp-connections"
+        );
+    }
+}
+
+/// The soft limit on open files, from `/proc/self/limits` (Linux); `None` elsewhere or unlimited.
+fn open_file_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
 }
 
 /// Prune often enough that the log never holds much more than `retention` of history.

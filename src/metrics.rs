@@ -41,6 +41,8 @@ pub struct Metrics {
     pub relay_transactions: Counter,
     pub relay_events: Counter,
     pub notify_lock_waiters: Gauge,
+    tcp_open: Family<Labels, Gauge>,
+    tcp_refused: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -64,6 +66,16 @@ impl Metrics {
     /// A database round trip overran `--db-timeout` on `conn` (listen, marker or pool).
     pub fn db_timeout(&self, conn: &'static str) {
         self.db_timeouts.get_or_create(&vec![("conn", conn)]).inc();
+    }
+
+    /// Connections open on a listener (`main` or `metrics`).
+    pub fn tcp_open(&self, listener: &'static str) -> Gauge {
+        self.tcp_open.get_or_create(&vec![("listener", listener)]).clone()
+    }
+
+    /// A connection closed at accept because its listener was at its cap.
+    pub fn tcp_refused(&self, listener: &'static str) {
+        self.tcp_refused.get_or_create(&vec![("listener", listener)]).inc();
     }
 
     /// The Prometheus/OpenMetrics text of every metric.
@@ -141,6 +153,12 @@ impl Metrics {
             "notify_lock_waiters",
             "Sessions waiting on PostgreSQL's NOTIFY commit lock (sampled every second)",
             self.notify_lock_waiters.clone(),
+        );
+        r.register("tcp_connections_open", "TCP connections open, by listener", self.tcp_open.clone());
+        r.register(
+            "tcp_connections_refused",
+            "Connections closed at accept because the listener was at its cap (--max-tcp-connections, --metrics-max-connections)",
+            self.tcp_refused.clone(),
         );
         let mut out = String::new();
         // Writing into a String cannot fail.

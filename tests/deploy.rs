@@ -162,6 +162,29 @@ fn env_tokens(text: &str) -> Vec<String> {
     out
 }
 
+/// Metrics on all interfaces are reachable by whatever reaches the host: deploy/ does it only
+/// where a loopback address cannot work, and says so in a comment just above.
+#[test]
+fn metrics_bind_to_all_interfaces_only_with_a_reason() {
+    let mut silent = Vec::new();
+    for (file, text) in deploy_files() {
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let binds = ["METRICS_LISTEN", "metrics-listen"].iter().any(|k| line.contains(k))
+                && !line.trim_start().starts_with('#');
+            let all = line.contains("0.0.0.0:") || lines.get(i + 1).is_some_and(|l| l.contains("value: 0.0.0.0:"));
+            let says_why = lines[i.saturating_sub(8)..i].iter().any(|l| {
+                let comment = l.trim_start().starts_with('#');
+                comment && l.contains("0.0.0.0") && l.contains("because")
+            });
+            if binds && all && !says_why {
+                silent.push(format!("{file}:{}: {}", i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(silent.is_empty(), "metrics on 0.0.0.0 without a comment saying why:\n  {}", silent.join("\n  "));
+}
+
 #[test]
 fn every_flag_and_env_var_in_deploy_exists() {
     let cli = cli();

@@ -322,6 +322,7 @@ fn fixture(name: &str) -> String {
 }
 
 fn eddsa_token(kid: &str, sub: &str) -> String {
+    pgsse::auth::install_crypto();
     let key = jsonwebtoken::EncodingKey::from_ed_pem(fixture("ed25519_private.pem").as_bytes()).expect("key");
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
     header.kid = Some(kid.to_string());

@@ -62,9 +62,16 @@ impl Authenticator {
                 };
             }
         }
+        let missing = |jwt| match &self.sessions {
+            Some(s) => AuthError::MissingSessionCookie { cookie: s.cookie.name().into(), jwt },
+            None => AuthError::MissingToken,
+        };
         match &self.jwt {
-            Some(jwt) => Ok(jwt.authenticate_fresh(headers, query).await?),
-            None => Err(AuthError::MissingToken.into()),
+            Some(jwt) => match jwt.authenticate_fresh(headers, query).await {
+                Err(AuthError::MissingToken) => Err(missing(true).into()),
+                r => Ok(r?),
+            },
+            None => Err(missing(false).into()),
         }
     }
 }

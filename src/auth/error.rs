@@ -11,6 +11,10 @@ use std::time::{Duration, UNIX_EPOCH};
 pub enum AuthError {
     #[error("no token in the Authorization header, cookie or query string")]
     MissingToken,
+    /// No credentials at all, with session cookies on: names the cookie, which is what a
+    /// browser app most likely failed to send (wrong prefix, other domain, not signed in).
+    #[error("no session cookie {cookie}{}", if *.jwt { " and no token in the Authorization header, cookie or query string" } else { "" })]
+    MissingSessionCookie { cookie: Arc<str>, jwt: bool },
     #[error("malformed token: {0}")]
     Malformed(&'static str),
     #[error("algorithm {alg} is not allowed (allowed: {allowed})")]
@@ -35,6 +39,8 @@ pub enum AuthError {
     MissingUserClaim { claim: Arc<str> },
     #[error("claim {claim:?} must be a non-empty string or an integer")]
     InvalidUserClaim { claim: Arc<str> },
+    #[error("claim {claim:?} contains a NUL character, which a PostgreSQL text user id cannot hold")]
+    UserIdNotText { claim: Arc<str> },
     #[error("invalid session cookie: {0}")]
     InvalidSession(&'static str),
     #[error("no such session (signed out or deleted)")]
@@ -47,7 +53,7 @@ impl AuthError {
     /// Short stable machine code for JSON bodies, metrics labels and `WWW-Authenticate`.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::MissingToken => "missing_token",
+            Self::MissingToken | Self::MissingSessionCookie { .. } => "missing_token",
             Self::Malformed(_) => "malformed_token",
             Self::AlgorithmNotAllowed { .. } => "algorithm_not_allowed",
             Self::UnknownKey { .. } => "unknown_key",
@@ -59,7 +65,7 @@ impl AuthError {
             Self::InvalidIssuer { .. } => "invalid_issuer",
             Self::InvalidAudience { .. } => "invalid_audience",
             Self::MissingUserClaim { .. } => "missing_user_claim",
-            Self::InvalidUserClaim { .. } => "invalid_user_claim",
+            Self::InvalidUserClaim { .. } | Self::UserIdNotText { .. } => "invalid_user_claim",
             Self::InvalidSession(_) => "invalid_session",
             Self::SessionNotFound => "session_not_found",
             Self::SessionExpired { .. } => "session_expired",

@@ -118,6 +118,10 @@ impl ClaimRules {
 
         let user_id: Arc<str> = match claims.get(&*self.user_claim) {
             None | Some(Value::Null) => return Err(AuthError::MissingUserClaim { claim: self.user_claim.clone() }),
+            // PostgreSQL text cannot hold NUL: such an id could never be replayed or matched.
+            Some(Value::String(s)) if s.contains('\0') => {
+                return Err(AuthError::UserIdNotText { claim: self.user_claim.clone() })
+            }
             Some(Value::String(s)) if !s.is_empty() => s.as_str().into(),
             // Integers only: a float id would print as e.g. "1e21" and match nothing.
             Some(Value::Number(n)) if n.is_u64() || n.is_i64() => n.to_string().into(),
@@ -144,7 +148,7 @@ fn numeric_date(claims: &Map<String, Value>, name: &str, error: &'static str) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::{rngs::StdRng, Rng, SeedableRng};
+    use rand::{rngs::StdRng, RngExt, SeedableRng};
     use serde_json::json;
 
     fn b64(v: &Value) -> String {
@@ -216,15 +220,15 @@ mod tests {
         let alphabet = b"AZaz09-_.=+/ \t\n%\"{}\xc3";
         for round in 0..500 {
             let case: String = if round % 2 == 0 {
-                let len = rng.gen_range(0..80);
-                (0..len).map(|_| char::from(alphabet[rng.gen_range(0..alphabet.len())])).collect()
+                let len = rng.random_range(0..80);
+                (0..len).map(|_| char::from(alphabet[rng.random_range(0..alphabet.len())])).collect()
             } else {
                 let mut chars: Vec<char> = good.chars().collect();
-                for _ in 0..rng.gen_range(1..4) {
-                    let at = rng.gen_range(0..chars.len());
-                    chars[at] = char::from(alphabet[rng.gen_range(0..alphabet.len())]);
+                for _ in 0..rng.random_range(1..4) {
+                    let at = rng.random_range(0..chars.len());
+                    chars[at] = char::from(alphabet[rng.random_range(0..alphabet.len())]);
                 }
-                let keep = rng.gen_range(0..=chars.len());
+                let keep = rng.random_range(0..=chars.len());
                 chars.into_iter().take(keep).collect()
             };
             // Ok is possible for lucky mutations; what matters is no panic.

@@ -38,6 +38,7 @@ pub fn mint_hs256(
     issuer: Option<&str>,
     audience: Option<&str>,
 ) -> Result<String, MintError> {
+    super::crypto::install();
     mint_at(sub, secret, ttl, issuer, audience, crate::clock::unix_now())
 }
 

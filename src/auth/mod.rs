@@ -2,6 +2,7 @@
 //! request uses and returns its [`Identity`]; JWTs ([`JwtVerifier`]) and Better Auth session
 //! cookies ([`session`]) are the methods.
 
+mod crypto;
 mod door;
 mod error;
 mod extract;
@@ -17,6 +18,7 @@ pub mod session;
 mod tests;
 mod verifier;
 
+pub use crypto::install as install_crypto;
 pub use door::{Authenticator, SessionAuth, SessionLookup};
 pub use error::{AuthError, Refusal, Setting, SetupError};
 pub(crate) use extract::find_query_param;

@@ -72,6 +72,11 @@ impl SessionCookie {
         })
     }
 
+    /// The cookie's name as the app sets it over plain HTTP (`<prefix>.session_token`).
+    pub fn name(&self) -> &str {
+        &self.names[1]
+    }
+
     /// The verified session token, `None` when the request has no session cookie.
     pub fn token(&self, headers: &HeaderMap) -> Option<Result<String, AuthError>> {
         let raw = headers

@@ -97,6 +97,7 @@ pub struct JwtVerifier {
 impl JwtVerifier {
     /// Loads and checks every key and setting, returning all problems at once.
     pub fn new(cfg: &JwtConfig) -> Result<JwtVerifier, Vec<SetupError>> {
+        super::crypto::install();
         let mut errors = Vec::new();
         let keys = load_keys(cfg, &mut errors);
         let remote = match cfg.jwks_url.as_deref().filter(|u| !u.is_empty()) {

@@ -6,8 +6,12 @@ use std::time::Duration;
 use super::{parse_duration, ConfigError};
 use crate::auth::session::SessionCookie;
 use crate::auth::{JwtConfig, JwtVerifier, Setting, SetupError};
-use crate::cli::AuthArgs;
-use crate::defaults::DEFAULT_JWKS_REFRESH;
+use crate::cli::{duration_text, AuthArgs};
+use crate::defaults::{
+    DEFAULT_COOKIE_PREFIX, DEFAULT_EXPIRES_COLUMN, DEFAULT_JWKS_REFRESH, DEFAULT_SESSION_CACHE_SIZE,
+    DEFAULT_SESSION_CACHE_TTL, DEFAULT_SESSION_TABLE, DEFAULT_TOKEN_COLUMN, DEFAULT_TOKEN_QUERY_PARAM,
+    DEFAULT_USER_CLAIM, DEFAULT_USER_COLUMN,
+};
 use crate::pg::sessions::Lookup;
 
 /// Session-cookie authentication, ready to use once a pool exists.
@@ -97,7 +101,65 @@ impl AuthArgs {
             None
         };
         let sessions = if methods.contains(&"better-auth") { self.sessions(errs) } else { None };
+        self.without_effect(methods.contains(&"jwt"), methods.contains(&"better-auth"), errs);
         (errs.len() == before).then_some(AuthSetup { jwt, sessions })
+    }
+
+    /// Flags given for a method `--auth` did not turn on, or overridden by another flag: ignoring
+    /// them silently would hide the mistake until every request fails, so each is an error naming
+    /// the fix. Flags with defaults count as given when they differ from the default.
+    fn without_effect(&self, jwt: bool, sessions: bool, errs: &mut Vec<ConfigError>) {
+        let mut refuse = |given: &[(&'static str, bool)], why: &str| {
+            let named = given.iter().filter(|(_, set)| *set);
+            errs.extend(named.map(|(flag, _)| ConfigError::new(flag, why)));
+        };
+        let jwks_url = self.jwks_url.as_deref().is_some_and(|u| !u.is_empty());
+        let jwks_refresh = self.jwks_refresh != duration_text(DEFAULT_JWKS_REFRESH);
+        if !jwt {
+            refuse(
+                &[
+                    ("--jwt-secret", self.jwt_secret.is_some()),
+                    ("--jwt-public-key-file", !self.jwt_public_key_file.is_empty()),
+                    ("--jwks-file", self.jwks_file.is_some()),
+                    ("--jwks-url", jwks_url),
+                    ("--jwks-refresh", jwks_refresh),
+                    ("--jwt-algorithms", !self.jwt_algorithms.is_empty()),
+                    ("--jwt-issuer", self.jwt_issuer.is_some()),
+                    ("--jwt-audience", self.jwt_audience.is_some()),
+                    ("--user-claim", self.user_claim != DEFAULT_USER_CLAIM),
+                    ("--token-cookie", self.token_cookie.is_some()),
+                    ("--token-query-param", self.token_query_param != DEFAULT_TOKEN_QUERY_PARAM),
+                ],
+                "has no effect: --auth does not include jwt (add it, e.g. --auth jwt,better-auth, or remove this flag)",
+            );
+        } else if !jwks_url {
+            refuse(
+                &[("--jwks-refresh", jwks_refresh)],
+                "has no effect without --jwks-url (set it or remove this flag)",
+            );
+        }
+        let table = [
+            ("--session-table", self.session_table != DEFAULT_SESSION_TABLE),
+            ("--session-token-column", self.session_token_column != DEFAULT_TOKEN_COLUMN),
+            ("--session-user-column", self.session_user_column != DEFAULT_USER_COLUMN),
+            ("--session-expires-column", self.session_expires_column != DEFAULT_EXPIRES_COLUMN),
+        ];
+        if !sessions {
+            let mut given = vec![
+                ("--better-auth-secret", self.better_auth_secret.iter().any(|s| !s.trim().is_empty())),
+                ("--better-auth-cookie-prefix", self.better_auth_cookie_prefix != DEFAULT_COOKIE_PREFIX),
+                ("--session-query", self.session_query.is_some()),
+                ("--session-cache-ttl", self.session_cache_ttl != duration_text(DEFAULT_SESSION_CACHE_TTL)),
+                ("--session-cache-size", self.session_cache_size != DEFAULT_SESSION_CACHE_SIZE),
+            ];
+            given.extend(table);
+            refuse(
+                &given,
+                "has no effect: --auth does not include better-auth (add it, e.g. --auth jwt,better-auth, or remove this flag)",
+            );
+        } else if self.session_query.as_deref().is_some_and(|q| !q.trim().is_empty()) {
+            refuse(&table, "has no effect with --session-query, which names the table itself: remove one of the two");
+        }
     }
 
     fn sessions(&self, errs: &mut Vec<ConfigError>) -> Option<SessionSetup> {
@@ -140,6 +202,13 @@ impl AuthArgs {
             ));
             None
         });
+        if self.session_cache_size == 0 {
+            let msg = "must be at least 1 (--session-cache-ttl 0s turns the cache off)";
+            errs.push(ConfigError::new("--session-cache-size", msg));
+        } else if cache_ttl == Some(Duration::ZERO) && self.session_cache_size != DEFAULT_SESSION_CACHE_SIZE {
+            let msg = "has no effect: --session-cache-ttl 0s turns the cache off (remove one of the two)";
+            errs.push(ConfigError::new("--session-cache-size", msg));
+        }
         Some(SessionSetup {
             cookie: Arc::new(cookie?),
             lookup: lookup?,
@@ -190,5 +259,29 @@ mod tests {
         .expect("errors");
         let flags: Vec<_> = errs.0.iter().map(|e| e.flag).collect();
         assert_eq!(flags, ["--auth", "--session-query"]);
+    }
+
+    /// The flags refused for `args` (after a database URL), and the first message.
+    fn refused(args: &[&str]) -> (Vec<&'static str>, String) {
+        let argv = ["--database-url", "postgres://u@h/db"].iter().chain(args).copied();
+        let errs = Config::from_argv(argv).err().unwrap_or_else(|| panic!("{args:?} is refused"));
+        (errs.0.iter().map(|e| e.flag).collect(), errs.0[0].message.clone())
+    }
+
+    #[test]
+    fn flags_of_a_method_that_is_off_are_refused_with_the_fix() {
+        let (flags, message) =
+            refused(&["--jwt-secret", "s", "--better-auth-secret", "b", "--session-table", "sessions"]);
+        assert_eq!(flags, ["--better-auth-secret", "--session-table"]);
+        assert!(message.contains("--auth jwt,better-auth"), "{message}");
+
+        let better_auth = ["--auth", "better-auth", "--better-auth-secret", "b"];
+        let (flags, _) = refused(&[&better_auth[..], &["--jwt-secret", "s", "--token-query-param", "t"]].concat());
+        assert_eq!(flags, ["--jwt-secret", "--token-query-param"]);
+        let query = ["--session-query", "SELECT user_id FROM s WHERE token = $1", "--session-user-column", "uid"];
+        assert_eq!(refused(&[&better_auth[..], &query].concat()).0, ["--session-user-column"]);
+        let cache_off = ["--session-cache-ttl", "0s", "--session-cache-size", "50"];
+        assert_eq!(refused(&[&better_auth[..], &cache_off].concat()).0, ["--session-cache-size"]);
+        assert_eq!(refused(&["--jwt-secret", "s", "--jwks-refresh", "1m"]).0, ["--jwks-refresh"]);
     }
 }

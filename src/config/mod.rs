@@ -67,6 +67,9 @@ pub struct Config {
     /// Exact origins allowed for CORS (no trailing slash).
     pub cors_origins: Vec<String>,
     pub metrics_listen: Option<SocketAddr>,
+    /// Connection caps of the two listeners (`usize::MAX`: no limit).
+    pub max_tcp_connections: usize,
+    pub metrics_max_connections: usize,
     pub trust_proxy: bool,
     pub reuse_port: bool,
 }
@@ -177,6 +180,7 @@ impl Config {
                 None
             }
         };
+        listener_caps(a, metrics_listen.is_some(), &mut errs);
         if a.db_pool_size == 0 {
             errs.push(ConfigError::new("--db-pool-size", "must be at least 1"));
         }
@@ -239,11 +243,33 @@ impl Config {
                 header_read_timeout,
                 cors_origins,
                 metrics_listen,
+                max_tcp_connections: if a.max_tcp_connections == 0 { usize::MAX } else { a.max_tcp_connections },
+                metrics_max_connections: a.metrics_max_connections,
                 trust_proxy: a.trust_proxy,
                 reuse_port: a.reuse_port,
             }),
             _ => Err(ConfigErrors(errs)),
         }
+    }
+}
+
+/// The listeners' connection caps: a cap that refuses streams before `--max-connections` could
+/// answer them, or one for a listener that is off, is a mistake.
+fn listener_caps(a: &ServeArgs, metrics_on: bool, errs: &mut Vec<ConfigError>) {
+    let (tcp, streams) = (a.max_tcp_connections, a.max_connections);
+    if tcp != 0 && streams != 0 && tcp < streams {
+        errs.push(ConfigError::new(
+            "--max-tcp-connections",
+            format!("{tcp} is below --max-connections ({streams}): streams would be cut off at accept instead of getting their 503; raise it (0: no limit) or lower --max-connections"),
+        ));
+    }
+    if a.metrics_max_connections == 0 {
+        errs.push(ConfigError::new("--metrics-max-connections", "must be at least 1"));
+    } else if !metrics_on && a.metrics_max_connections != crate::defaults::DEFAULT_METRICS_MAX_CONNECTIONS {
+        errs.push(ConfigError::new(
+            "--metrics-max-connections",
+            "has no effect: --metrics-listen is off (set an address or remove this flag)",
+        ));
     }
 }
 

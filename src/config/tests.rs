@@ -116,6 +116,8 @@ fn flag_defaults_are_the_typed_defaults() {
     assert_eq!(c.max_header_bytes, DEFAULT_MAX_HEADER_BYTES);
     assert_eq!(c.header_read_timeout, DEFAULT_HEADER_READ_TIMEOUT);
     assert_eq!(c.metrics_listen, Some(DEFAULT_METRICS_LISTEN));
+    assert_eq!(c.max_tcp_connections, DEFAULT_MAX_TCP_CONNECTIONS);
+    assert_eq!(c.metrics_max_connections, DEFAULT_METRICS_MAX_CONNECTIONS);
     assert!(c.auth.jwt.is_some() && c.auth.sessions.is_none(), "--auth defaults to {DEFAULT_AUTH}");
 
     let c = Config::from_argv([
@@ -150,4 +152,16 @@ fn flag_defaults_are_the_typed_defaults() {
     assert_eq!(parse_duration(&token.ttl), Some(DEFAULT_TOKEN_TTL));
     let Command::Demo(demo) = cli(&["pgsse", "demo"]).command else { panic!("not demo") };
     assert_eq!(demo.listen.parse(), Ok(DEFAULT_LISTEN));
+}
+
+#[test]
+fn listener_caps_that_cannot_work_are_refused() {
+    let base = ["--database-url", "postgres://u@h/db", "--jwt-secret", "s"];
+    let with = |extra: &[&str]| Config::from_argv(base.iter().chain(extra).copied());
+    let errs = with(&["--max-connections", "100", "--max-tcp-connections", "50"]).err().expect("errors");
+    assert_eq!(errs.0.iter().map(|e| e.flag).collect::<Vec<_>>(), ["--max-tcp-connections"]);
+    let errs = with(&["--metrics-listen", "off", "--metrics-max-connections", "4"]).err().expect("errors");
+    assert!(errs.0[0].message.contains("--metrics-listen is off"), "{errs}");
+    let no_limit = with(&["--max-tcp-connections", "0"]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(no_limit.max_tcp_connections, usize::MAX);
 }

@@ -69,6 +69,7 @@ struct NewTitle {
 
 impl DemoRoutes {
     pub(super) fn new(pool: deadpool_postgres::Pool, secret: String, stream_path: String) -> Self {
+        crate::auth::install_crypto();
         Self { pool, secret, stream_path }
     }
 

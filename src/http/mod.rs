@@ -1,6 +1,7 @@
 //! HTTP: accepts connections, routes requests (stream, health, readiness) and drains on shutdown.
 
 mod body;
+mod cap;
 mod cors;
 mod front;
 mod pump;
@@ -38,6 +39,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
     let hyper_conn = Arc::new(front::HyperConn::new(&shared.config));
     let started_drain = tokio::sync::OnceCell::new();
     let mut drain: Option<tokio::task::JoinHandle<()>> = None;
+    let cap = cap::Cap::new(shared.config.max_tcp_connections, cap::Listener::Main, &shared.metrics);
     tokio::pin!(shutdown);
     loop {
         let (socket, peer) = tokio::select! {
@@ -53,16 +55,23 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
                 Ok(a) => a,
                 Err(e) => {
                     // Usually EMFILE: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    crate::warn_throttled!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
+        let Some(slot) = cap.admit(&socket) else { continue };
         let _ = socket.set_nodelay(true);
         let span = tracing::info_span!("conn", %peer, client = Empty, user = Empty, stream = Empty);
         let conn = front::serve(socket, peer, shared.clone(), hyper_conn.clone(), graceful.watcher());
-        tokio::spawn(conn.instrument(span));
+        tokio::spawn(
+            async move {
+                conn.await;
+                drop(slot);
+            }
+            .instrument(span),
+        );
     }
     let spent = started_drain.get().map_or(Duration::ZERO, Instant::elapsed);
     let left = shared.config.shutdown_timeout.saturating_sub(spent);
@@ -76,7 +85,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
 async fn drain_streams(hub: Arc<Hub>, period: Duration) {
     use rand::seq::SliceRandom;
     let mut conns = hub.snapshot();
-    conns.shuffle(&mut rand::thread_rng());
+    conns.shuffle(&mut rand::rng());
     let (n, start) = (conns.len(), Instant::now());
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let mut done = 0;
@@ -96,16 +105,32 @@ async fn drain_streams(hub: Arc<Hub>, period: Duration) {
     hub.close_all(CloseReason::Shutdown);
 }
 
-/// Serves `/metrics` (Prometheus text) on its own listener until `stop`.
-pub async fn serve_metrics(listener: TcpListener, metrics: Metrics, stop: CancellationToken) {
+/// Serves `/metrics` (Prometheus text) on its own listener until `stop`: at most `max`
+/// connections, each closed when it sends no complete request head within `header_timeout`
+/// (idle keep-alive included), so scrapers and strays alike cannot pile up file descriptors.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    metrics: Metrics,
+    stop: CancellationToken,
+    header_timeout: Duration,
+    max: usize,
+) {
+    let cap = cap::Cap::new(max, cap::Listener::Metrics, &metrics);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout);
     loop {
         let socket = tokio::select! {
             _ = stop.cancelled() => return,
             a = listener.accept() => match a {
                 Ok((s, _)) => s,
-                Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue }
+                Err(e) => {
+                    crate::warn_throttled!(error = %e, "metrics listener: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
             },
         };
+        let Some(slot) = cap.admit(&socket) else { continue };
         let metrics = metrics.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let resp = match (req.method(), req.uri().path()) {
@@ -116,9 +141,10 @@ pub async fn serve_metrics(listener: TcpListener, metrics: Metrics, stop: Cancel
             };
             async move { Ok::<_, Infallible>(resp) }
         });
-        let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(socket), service);
+        let conn = builder.serve_connection(TokioIo::new(socket), service);
         tokio::spawn(async move {
             let _ = conn.await;
+            drop(slot);
         });
     }
 }

@@ -47,7 +47,7 @@ pub(super) async fn open(
         }
         Err(Refusal::Unavailable(e)) => {
             shared.metrics.refused("session_lookup_failed");
-            tracing::warn!(error = %e, "session lookup failed");
+            crate::warn_throttled!(error = %e, "session lookup failed");
             return unavailable("session_lookup_failed", "could not check the session; retry", 1);
         }
     };
@@ -73,7 +73,7 @@ pub(super) async fn open(
         Ok(sub) => sub,
         Err(Full::Gateway) => {
             shared.metrics.refused("max_connections");
-            tracing::warn!(max = shared.config.max_connections, "stream refused: --max-connections reached");
+            crate::warn_throttled!(max = shared.config.max_connections, "stream refused: --max-connections reached");
             return unavailable("too_many_connections", "this gateway is at its connection limit; retry", 5);
         }
         Err(Full::User) => {
@@ -143,7 +143,7 @@ pub(super) async fn open(
                 }
                 Err(e) => {
                     shared.metrics.refused("replay_failed");
-                    tracing::warn!(error = %e, "replay failed");
+                    crate::warn_throttled!(error = %e, "replay failed");
                     return unavailable("replay_failed", "could not read missed events; retry", 1);
                 }
             }

@@ -308,7 +308,7 @@ impl Source {
                 if matches!(e, payload::PayloadError::Unsigned) {
                     self.metrics.payloads_forged.inc();
                 }
-                tracing::warn!(payload_bytes = payload.len(), "ignoring a NOTIFY on pgsse's channel: {e}");
+                crate::warn_throttled!(payload_bytes = payload.len(), "ignoring a NOTIFY on pgsse's channel: {e}");
                 return Ok(());
             }
         };
@@ -381,7 +381,7 @@ impl Source {
         for (hex, expires_ms) in changes {
             let Some(key) = payload::decode_key(&hex) else {
                 self.metrics.payloads_dropped.inc();
-                tracing::warn!("ignoring a session change whose key is not 64 hex characters");
+                crate::warn_throttled!("ignoring a session change whose key is not 64 hex characters");
                 continue;
             };
             if let Some(store) = &self.sessions {

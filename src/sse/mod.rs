@@ -12,7 +12,7 @@ use std::ops::Range;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use rand::Rng;
+use rand::RngExt;
 
 pub use id::{BadEventId, EventId, History};
 
@@ -62,7 +62,7 @@ pub fn retry(ms: u64) -> Bytes {
 
 /// The drain's `retry:`, just before it closes a stream: a random value in [`DRAIN_RETRY_MS`].
 pub fn drain_retry() -> Bytes {
-    retry(rand::thread_rng().gen_range(DRAIN_RETRY_MS))
+    retry(rand::rng().random_range(DRAIN_RETRY_MS))
 }
 
 /// `event: connected`, first on every stream. `id` is where the stream starts: the current

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 
 use super::gateway::try_stream;
 use super::split_id;
@@ -116,7 +116,7 @@ pub async fn writer(db: String, w: usize, users: Arc<Vec<String>>, stop: Arc<Ato
             _ => match writer_connect(&db).await {
                 Some(c) => c,
                 None => {
-                    tokio::time::sleep(Duration::from_millis(rng.gen_range(50..250))).await;
+                    tokio::time::sleep(Duration::from_millis(rng.random_range(50..250))).await;
                     continue;
                 }
             },
@@ -141,11 +141,11 @@ pub async fn writer(db: String, w: usize, users: Arc<Vec<String>>, stop: Arc<Ato
             }
         }
         seq += 1;
-        let op = if rows.is_empty() || rng.gen_bool(0.4) {
-            Op::Insert { user: users[rng.gen_range(0..users.len())].clone(), large: rng.gen_bool(0.1) }
+        let op = if rows.is_empty() || rng.random_bool(0.4) {
+            Op::Insert { user: users[rng.random_range(0..users.len())].clone(), large: rng.random_bool(0.1) }
         } else {
-            let i = rng.gen_range(0..rows.len());
-            match rng.gen_range(0..10) {
+            let i = rng.random_range(0..rows.len());
+            match rng.random_range(0..10) {
                 0..=3 if !rows[i].read => Op::Read(i),
                 0..=1 => Op::Unread(i),
                 2..=6 => Op::Title(i),
@@ -164,7 +164,7 @@ pub async fn writer(db: String, w: usize, users: Arc<Vec<String>>, stop: Arc<Ato
         let (q, kind, user, large) = match &op {
             Op::Insert { user, large } => {
                 let message = if *large {
-                    let len = rng.gen_range(10_000..20_000);
+                    let len = rng.random_range(10_000..20_000);
                     (0..len).map(|i| char::from(b'a' + ((i + seq as usize) % 26) as u8)).collect()
                 } else {
                     format!("message {seq} of writer {w}")
@@ -208,7 +208,7 @@ pub async fn writer(db: String, w: usize, users: Arc<Vec<String>>, stop: Arc<Ato
                 continue;
             }
         };
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..=200))).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..=200))).await;
         let commit_sent = Instant::now();
         let mut rec =
             TxRecord { writer: w, tx, commit_sent, outcome: Outcome::NotSent, kind, row, user, large, sets_read };
@@ -314,16 +314,16 @@ pub async fn sse_client(idx: usize, user: String, ctx: Arc<ClientCtx>, seed: u64
                 break;
             }
         }
-        let gw = if rng.gen_bool(0.25) { 1 - home } else { home };
+        let gw = if rng.random_bool(0.25) { 1 - home } else { home };
         let mut c = match try_stream(&ctx.addrs[gw], &user, last_id.as_deref()).await {
             Err(_) => {
                 r.refused += 1;
-                tokio::time::sleep(Duration::from_millis(rng.gen_range(30..150))).await;
+                tokio::time::sleep(Duration::from_millis(rng.random_range(30..150))).await;
                 continue;
             }
             Ok(c) if c.status == 503 => {
                 r.unavailable += 1;
-                tokio::time::sleep(Duration::from_millis(rng.gen_range(30..150))).await;
+                tokio::time::sleep(Duration::from_millis(rng.random_range(30..150))).await;
                 continue;
             }
             Ok(c) if c.status != 200 => {
@@ -369,7 +369,7 @@ pub async fn sse_client(idx: usize, user: String, ctx: Arc<ClientCtx>, seed: u64
             last_id = first.id.clone();
         }
         let mut replay_left = replayed;
-        let disconnect_at = Instant::now() + Duration::from_millis(rng.gen_range(300..3000));
+        let disconnect_at = Instant::now() + Duration::from_millis(rng.random_range(300..3000));
         let mut last_row_event = Instant::now();
         loop {
             if !is_final && ctx.final_round.load(Ordering::Acquire) {

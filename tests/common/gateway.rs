@@ -40,10 +40,13 @@ pub async fn channel(url: &str) -> String {
 
 /// Standard flags for a test gateway (fast markers, short heartbeat unless overridden).
 fn argv(db_url: &str, extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = ["--database-url", db_url, "--listen", "127.0.0.1:0", "--jwt-secret", JWT_SECRET]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut v: Vec<String> =
+        ["--database-url", db_url, "--listen", "127.0.0.1:0"].iter().map(|s| s.to_string()).collect();
+    // A JWT secret under an --auth without jwt is refused as having no effect.
+    let auth = extra.iter().position(|a| *a == "--auth").and_then(|i| extra.get(i + 1));
+    if auth.is_none_or(|methods| methods.split(',').any(|m| m.trim() == "jwt")) {
+        v.extend(["--jwt-secret".into(), JWT_SECRET.into()]);
+    }
     if !extra.contains(&"--drain-period") {
         v.extend(["--drain-period".into(), "100ms".into()]);
     }

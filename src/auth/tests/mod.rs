@@ -10,7 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hyper::header::{HeaderValue, AUTHORIZATION, COOKIE};
 use jsonwebtoken::{encode, EncodingKey, Header};
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand::{rngs::StdRng, RngExt, SeedableRng};
 use serde_json::{json, Value};
 
 use super::*;
@@ -51,6 +51,7 @@ fn claims() -> Value {
 
 fn sign(alg: Algorithm, key: &EncodingKey, kid: Option<&str>, claims: &Value) -> String {
     let header = Header { kid: kid.map(str::to_owned), ..Header::new(alg) };
+    crate::auth::install_crypto();
     encode(&header, claims, key).unwrap()
 }
 

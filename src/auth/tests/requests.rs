@@ -105,18 +105,18 @@ fn garbage_is_rejected_without_panic_or_echo() {
     let alphabet: Vec<char> = "AZaz09-_.=+/ \t%\"{}é\0".chars().collect();
     for round in 0..400 {
         let case: String = if round % 2 == 0 {
-            (0..rng.gen_range(0..120)).map(|_| alphabet[rng.gen_range(0..alphabet.len())]).collect()
+            (0..rng.random_range(0..120)).map(|_| alphabet[rng.random_range(0..alphabet.len())]).collect()
         } else {
             let mut chars: Vec<char> = valid.chars().collect();
-            let at = rng.gen_range(0..chars.len());
+            let at = rng.random_range(0..chars.len());
             let replacement = loop {
-                let c = alphabet[rng.gen_range(0..alphabet.len())];
+                let c = alphabet[rng.random_range(0..alphabet.len())];
                 if c != chars[at] {
                     break c;
                 }
             };
             chars[at] = replacement;
-            let keep = rng.gen_range(at + 1..=chars.len());
+            let keep = rng.random_range(at + 1..=chars.len());
             chars.into_iter().take(keep).collect()
         };
         let err = a.verify(&case).unwrap_err();

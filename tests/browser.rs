@@ -115,13 +115,13 @@ async fn demo_banner(child: &mut Child) -> (String, String) {
 async fn client_unit_tests_pass_in_node() {
     require_tooling();
     let out = Command::new("node")
-        .args(["--test", "client.test.mjs"])
+        .args(["--test", "client.test.mjs", "client-transports.test.mjs"])
         .current_dir(browser_dir())
         .output()
         .await
         .expect("run node --test");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "node --test client.test.mjs failed:\n{text}");
+    assert!(out.status.success(), "node --test client.test.mjs client-transports.test.mjs failed:\n{text}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -317,3 +317,49 @@ async fn fixture_app_from_the_packed_client_shares_one_stream() {
     }
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// The fetch transport (Authorization header) against a real gateway: a hung gateway (SIGSTOP)
+/// is found dead by the watchdog and replaced; a SIGKILL and restart resume; nothing missed or
+/// repeated.
+#[tokio::test(flavor = "multi_thread")]
+async fn fetch_transport_resumes_and_replaces_a_hung_gateway() {
+    let db = gateway::notifications_db().await;
+    let port = free_port();
+    let flags = ["--heartbeat-interval", "1s"];
+    let spawn = || GatewayProcess::spawn_on(&db, port, &flags);
+    let addr = format!("127.0.0.1:{port}");
+    let mut gw = Some(spawn().await);
+    assert!(gateway::wait_ready(&addr, Duration::from_secs(20)).await, "gateway not ready");
+    let env = [("GATEWAY_URL", format!("http://{addr}")), ("TOKEN", gateway::token("alice"))];
+    let mut script = Script::start("fetch-transport.mjs", &env);
+    let insert = |title: &str| format!("INSERT INTO notifications (user_id, title) VALUES ('alice', '{title}')");
+    let signal = |sig: &str, pid: u32| {
+        let status = std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{sig}");
+    };
+    while let Some(step) = script.next_step().await {
+        let (name, arg) = step.split_once(' ').unwrap_or((&step, ""));
+        let pid = gw.as_ref().map_or(0, GatewayProcess::pid);
+        match name {
+            "insert" => exec(&db, &insert(arg)).await,
+            "stop" => {
+                signal("STOP", pid);
+                exec(&db, &insert("while-stopped")).await;
+            }
+            "cont" => signal("CONT", pid),
+            "kill" => {
+                if let Some(g) = gw.take() {
+                    g.kill().await;
+                }
+                exec(&db, &insert("offline-1")).await;
+            }
+            "restart" => {
+                gw = Some(spawn().await);
+                assert!(gateway::wait_ready(&addr, Duration::from_secs(20)).await, "gateway not ready again");
+            }
+            other => panic!("unknown step {other}"),
+        }
+        script.ack().await;
+    }
+    script.finish().await;
+}

@@ -4,38 +4,13 @@
 import { test, mock, beforeEach, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { connectNotifications, sseParser } from '../../clients/js/pgsse-client.js';
+import { FakeEventSource } from './fakes.mjs';
 
 const H = '0a1b2c3d';
 const URL_ = 'http://gw.test/api/notifications/stream';
 const flush = async () => {
   for (let i = 0; i < 10; i++) await new Promise((r) => setImmediate(r));
 };
-
-class FakeEventSource {
-  static CONNECTING = 0;
-  static OPEN = 1;
-  static CLOSED = 2;
-  static instances = [];
-  constructor(url) {
-    this.url = url;
-    this.readyState = FakeEventSource.CONNECTING;
-    this.listeners = {};
-    FakeEventSource.instances.push(this);
-  }
-  addEventListener(type, fn) {
-    (this.listeners[type] ??= new Set()).add(fn);
-  }
-  removeEventListener(type, fn) {
-    this.listeners[type]?.delete(fn);
-  }
-  close() {
-    this.readyState = FakeEventSource.CLOSED;
-  }
-  emit(type, data, id = '') {
-    this.readyState = FakeEventSource.OPEN;
-    for (const fn of this.listeners[type] ?? []) fn({ type, data: JSON.stringify(data), lastEventId: id });
-  }
-}
 
 /** A fetch whose every call returns a stream the test writes to. */
 function fakeFetch() {

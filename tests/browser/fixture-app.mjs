@@ -8,27 +8,11 @@
 // `restart`.
 import { readFileSync } from 'node:fs';
 import { join, normalize } from 'node:path';
-import { main, waitFor, check, step, watchConsole, log } from './lib.mjs';
+import { main, waitFor, check, step, watchConsole, log, waitStreams } from './lib.mjs';
 
 const base = process.env.GATEWAY_URL;
 const dist = process.env.APP_DIST;
 const TYPES = { '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css', '.svg': 'image/svg+xml' };
-
-async function openStreams() {
-  const res = await fetch(`${base}/readyz`);
-  return (await res.json()).connections;
-}
-
-async function waitStreams(n, what) {
-  const deadline = Date.now() + 15000;
-  let last;
-  while (Date.now() < deadline) {
-    last = await openStreams().catch(() => undefined);
-    if (last === n) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`${what}: /readyz connections stayed ${last}, expected ${n}`);
-}
 
 await main('fixture-app', async (context, notes) => {
   // Every EventSource the page makes, and how many list/count fetches it sends.
@@ -73,7 +57,7 @@ await main('fixture-app', async (context, notes) => {
   check(fetches.list === 1, `one list fetch at load, for two components (got ${fetches.list})`);
   check(fetches.count === 1, `one unread-count fetch at load (got ${fetches.count})`);
   check((await created()) === 1 && (await open()) === 1, 'exactly one EventSource for the page');
-  await waitStreams(1, 'one stream for the page');
+  await waitStreams(base, 1, 'one stream for the page');
 
   // created: both components.
   await step('insert first');
@@ -136,9 +120,9 @@ await main('fixture-app', async (context, notes) => {
   await both('live again', () => document.querySelector('[data-testid=bell-newest]')?.textContent === 'after-restart');
   check(fetches.list === 1, `resumed, not refetched (list fetches: ${fetches.list})`);
   check((await open()) === 1, `one open EventSource after the reconnect (created in all: ${await created()})`);
-  await waitStreams(1, 'one stream after the reconnect');
+  await waitStreams(base, 1, 'one stream after the reconnect');
 
   await page.close();
-  await waitStreams(0, 'no stream left once the page closed');
+  await waitStreams(base, 0, 'no stream left once the page closed');
   log(`EventSources created: 1 before the kill; list fetches ${fetches.list}`);
 });

@@ -267,7 +267,7 @@ async fn pack_client(into: &Path) -> PathBuf {
     let name = out.lines().rev().find(|l| l.ends_with(".tgz")).unwrap_or_else(|| panic!("no tarball named:\n{out}"));
     let tgz = into.join(name.trim());
     let listing = run(into, "tar", &["tzf", tgz.to_str().expect("utf8")]).await;
-    for file in ["pgsse-client.js", "pgsse-client.d.ts", "react.js", "react.d.ts"] {
+    for file in ["pgsse-client.js", "pgsse-client.d.ts", "transports.js", "react.js", "react.d.ts"] {
         assert!(listing.lines().any(|l| l == format!("package/dist/{file}")), "{file} in the tarball:\n{listing}");
     }
     for file in ["package/README.md", "package/CHANGELOG.md", "package/package.json"] {

@@ -124,7 +124,9 @@ async fn embedded_postgres_serves_the_page_streams_and_cleans_up_on_ctrl_c() {
     assert!(page.contains("<title>pgsse demo</title>") && page.contains("/demo/page.js"), "{page}");
     let (status, _, js) = request(&demo.addr, "GET", "/client.js", &[]).await;
     assert_eq!(status, 200);
-    assert!(js.contains("export function connectNotifications"));
+    assert!(js.contains("export function connectNotifications") && js.contains("from './transports.js'"));
+    let (status, _, js) = request(&demo.addr, "GET", "/transports.js", &[]).await;
+    assert!(status == 200 && js.contains("export function fetchTransport"), "{js}");
     let (status, _, js) = request(&demo.addr, "GET", "/demo/page.js", &[]).await;
     assert!(status == 200 && js.contains("from '/client.js'"), "{js}");
     let (status, _, _) = request(&demo.addr, "GET", "/demo/api/notifications", &[]).await;
@@ -207,7 +209,7 @@ async fn a_taken_port_is_a_clear_message() {
 async fn serve_never_exposes_the_demo_routes() {
     let db = gateway::notifications_db().await;
     let gw = Gateway::start(&db, &[]).await;
-    for path in ["/", "/client.js", "/demo/page.js", "/demo/api/me", "/demo/api/login?user=alice"] {
+    for path in ["/", "/client.js", "/transports.js", "/demo/page.js", "/demo/api/me", "/demo/api/login?user=alice"] {
         let (status, _, _) = request(&gw.addr, "GET", path, &[]).await;
         assert_eq!(status, 404, "{path} on pgsse serve");
     }

@@ -14,6 +14,7 @@ import { main, waitFor, check, step, watchConsole, log, waitStreams } from './li
 const base = process.env.GATEWAY_URL;
 const token = process.env.TOKEN;
 const clientJs = readFileSync(process.env.CLIENT_JS, 'utf8');
+const transportsJs = readFileSync(new URL('./transports.js', `file://${process.env.CLIENT_JS}`), 'utf8');
 const pageHtml = readFileSync(fileURLToPath(new URL('./client-page.html', import.meta.url)), 'utf8');
 const cookie = { name: 'pgsse_token', value: token, url: base };
 
@@ -37,6 +38,7 @@ await main('client-resume', async (context, notes) => {
     const path = new URL(route.request().url()).pathname;
     if (path.endsWith('/index.html')) return route.fulfill({ contentType: 'text/html', body: pageHtml });
     if (path.endsWith('/pgsse-client.js')) return route.fulfill({ contentType: 'text/javascript', body: clientJs });
+    if (path.endsWith('/transports.js')) return route.fulfill({ contentType: 'text/javascript', body: transportsJs });
     return route.fulfill({ status: 404, body: 'not found' });
   });
   const page = await context.newPage();

@@ -34,7 +34,6 @@ export interface BaseNotification {
  *     interface Register { notification: NotificationWithMetadata }
  *   }
  */
-// eslint-disable-next-line @typescript-eslint/no-empty-interface
 export interface Register {}
 
 /** The registered notification type, or a camelCased row. */

@@ -125,4 +125,25 @@ await main('fixture-app', async (context, notes) => {
   await page.close();
   await waitStreams(base, 0, 'no stream left once the page closed');
   log(`EventSources created: 1 before the kill; list fetches ${fetches.list}`);
+
+  // `liveUpdates: 'refetch'`: a batch of events is one refetch, not one per event.
+  const refetching = await context.newPage();
+  watchConsole(refetching, notes);
+  let lists = 0;
+  refetching.on('request', (r) => {
+    if (r.method() === 'GET' && new URL(r.url()).pathname === '/demo/api/notifications') lists += 1;
+  });
+  await refetching.goto(`${base}/app/index.html?live=refetch`);
+  await waitFor(refetching, 'the refetching page is live', () => document.querySelector('[data-testid=status]')?.dataset.status === 'open');
+  await waitFor(refetching, 'its list loaded', () => document.querySelector('[data-testid=list]'));
+  check(lists === 1, `one list fetch at load (got ${lists})`);
+  const unread = Number(await refetching.getAttribute('[data-testid=bell]', 'data-count'));
+  await step('insert-many 50');
+  await waitFor(refetching, '50 more unread, by refetching', (n) => document.querySelector('[data-testid=bell]')?.dataset.count === String(n), unread + 50);
+  await waitFor(refetching, '50 more rows listed', (n) => document.querySelectorAll('[data-testid=list] li[data-read=false]').length === n, unread + 50);
+  await refetching.waitForTimeout(300);
+  log(`refetch mode: 50 created events, ${lists - 1} list refetch(es)`);
+  check(lists >= 2 && lists <= 4, `50 events refetched in a batch or two, not one per event (list fetches: ${lists})`);
+  await refetching.close();
+  await waitStreams(base, 0, 'no stream left once the second page closed');
 });

@@ -58,7 +58,10 @@ export const trpc = {
   },
 };
 
-export const notificationsApi = trpcNotificationsApi(trpc, { fromRow });
+/** `patch` applies events to the cache; `refetch` refetches once per batch of events instead
+ * (for rows with computed or joined fields). The page picks it with `?live=refetch`. */
+export const notificationsApi = (liveUpdates: 'patch' | 'refetch' = 'patch') =>
+  trpcNotificationsApi(trpc, { fromRow, liveUpdates });
 
 /** The demo signs a browser in with a cookie; an app would already have its session. */
 export async function signIn(user = 'alice'): Promise<void> {

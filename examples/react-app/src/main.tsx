@@ -8,6 +8,7 @@ import { List } from './List';
 import { Status } from './Status';
 
 const queryClient = new QueryClient({ defaultOptions: { queries: { retry: 1 } } });
+const api = notificationsApi(new URLSearchParams(window.location.search).get('live') === 'refetch' ? 'refetch' : 'patch');
 
 function App() {
   return (
@@ -30,7 +31,7 @@ void signIn().then(() =>
   createRoot(root).render(
   <StrictMode>
     <QueryClientProvider client={queryClient}>
-      <PgsseProvider api={notificationsApi}>
+      <PgsseProvider api={api}>
         <App />
       </PgsseProvider>
     </QueryClientProvider>

@@ -138,10 +138,15 @@ struct Started {
 }
 
 async fn start(args: &DemoArgs, local: &mut Option<postgres::LocalPostgres>) -> Result<Started, DemoError> {
-    let state = args.state_dir.as_deref();
-    if let Some(dir) = state {
-        std::fs::create_dir_all(dir).map_err(|e| state_error("creating", dir, &e))?;
-    }
+    // Absolute: the server runs in its own directory, as another user when we are root.
+    let state = match args.state_dir.as_deref() {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| state_error("creating", dir, &e))?;
+            Some(std::fs::canonicalize(dir).map_err(|e| state_error("resolving", dir, &e))?)
+        }
+        None => None,
+    };
+    let state = state.as_deref();
     let url = match &args.database_url {
         Some(url) => url.clone(),
         None => {

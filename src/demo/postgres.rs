@@ -230,6 +230,14 @@ async fn kept_cluster(bins: &Bins, state: &Path, user: Option<&ServerUser>) -> R
     }
     if user.is_some() {
         // The server user must be able to pass through the state dir to reach its cluster.
+        if let Some(closed) = state.ancestors().skip(1).find(|d| !world_traversable(d)) {
+            return Err(DemoError::Postgres(format!(
+                "PostgreSQL runs as another user here (we are root) and cannot reach {} through {}: \
+                 pick a --state-dir under /tmp, or run the demo as a normal user",
+                state.display(),
+                closed.display()
+            )));
+        }
         std::fs::set_permissions(state, std::fs::Permissions::from_mode(0o711))
             .map_err(|e| io_error("chmod", state, e))?;
     }

@@ -242,6 +242,9 @@ pub struct DemoArgs {
     /// Address to serve the demo page and the stream on.
     #[arg(long, env = "PGSSE_LISTEN", default_value_t = DEFAULT_LISTEN.to_string())]
     pub listen: String,
+    /// Keep the database and the token secret here across restarts, so open tabs resume.
+    #[arg(long)]
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// A duration as the flags write it, in its largest whole unit (`24h`, `30s`, `250ms`).

@@ -111,24 +111,69 @@ async fn demo_banner(child: &mut Child) -> (String, String) {
     (url, banner)
 }
 
+/// `pgsse serve` as a process on a fixed port, so the Rust side of a script can kill it and
+/// start it again where the page expects it.
+struct Restartable {
+    db: String,
+    port: u16,
+    flags: Vec<&'static str>,
+    gw: Option<GatewayProcess>,
+}
+
+impl Restartable {
+    async fn start(flags: &[&'static str]) -> Restartable {
+        let db = gateway::notifications_db().await;
+        let mut r = Restartable { db, port: free_port(), flags: flags.to_vec(), gw: None };
+        r.restart().await;
+        r
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn pid(&self) -> u32 {
+        self.gw.as_ref().map_or(0, GatewayProcess::pid)
+    }
+
+    async fn kill(&mut self) {
+        if let Some(g) = self.gw.take() {
+            g.kill().await;
+        }
+    }
+
+    async fn restart(&mut self) {
+        self.gw = Some(GatewayProcess::spawn_on(&self.db, self.port, &self.flags).await);
+        assert!(gateway::wait_ready(&self.addr(), Duration::from_secs(20)).await, "gateway not ready");
+    }
+}
+
+fn insert_for_alice(title: &str) -> String {
+    format!("INSERT INTO notifications (user_id, title) VALUES ('alice', '{title}')")
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn client_unit_tests_pass_in_node() {
     require_tooling();
     let out = Command::new("node")
-        .args(["--test", "client.test.mjs"])
+        .args(["--test", "client.test.mjs", "client-transports.test.mjs"])
         .current_dir(browser_dir())
         .output()
         .await
         .expect("run node --test");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "node --test client.test.mjs failed:\n{text}");
+    assert!(out.status.success(), "node --test client.test.mjs client-transports.test.mjs failed:\n{text}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn demo_page_shows_every_change_live() {
-    let db = common::fresh_database();
-    let mut demo = Command::new(env!("CARGO_BIN_EXE_pgsse"))
-        .args(["demo", "--database-url", &db, "--listen", "127.0.0.1:0"])
+/// `pgsse demo --database-url db` (with `--state-dir` when given), once its banner is out; returns
+/// it and the page's URL.
+async fn start_demo(db: &str, listen: &str, state: Option<&Path>) -> (Child, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgsse"));
+    cmd.args(["demo", "--database-url", db, "--listen", listen]);
+    if let Some(state) = state {
+        cmd.arg("--state-dir").arg(state);
+    }
+    let mut demo = cmd
         .env("RUST_LOG", std::env::var("PGSSE_TEST_LOG").unwrap_or_else(|_| "warn".into()))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -136,6 +181,13 @@ async fn demo_page_shows_every_change_live() {
         .spawn()
         .expect("spawn pgsse demo");
     let (url, _) = demo_banner(&mut demo).await;
+    (demo, url)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_page_shows_every_change_live() {
+    let db = common::fresh_database();
+    let (mut demo, url) = start_demo(&db, "127.0.0.1:0", None).await;
 
     let mut script = Script::start("demo-page.mjs", &[("DEMO_URL", url)]);
     while let Some(step) = script.next_step().await {
@@ -153,13 +205,8 @@ async fn demo_page_shows_every_change_live() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn client_backs_off_resumes_across_restarts_and_cleans_up() {
-    let db = gateway::notifications_db().await;
-    let port = free_port();
-    let flags = ["--token-cookie", "pgsse_token"];
-    let spawn = || GatewayProcess::spawn_on(&db, port, &flags);
-    let addr = format!("127.0.0.1:{port}");
-    let mut gw = Some(spawn().await);
-    assert!(gateway::wait_ready(&addr, Duration::from_secs(20)).await, "gateway not ready");
+    let mut gw = Restartable::start(&["--token-cookie", "pgsse_token"]).await;
+    let (db, addr) = (gw.db.clone(), gw.addr());
 
     let client_js = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/js/pgsse-client.js");
     let env = [
@@ -168,29 +215,169 @@ async fn client_backs_off_resumes_across_restarts_and_cleans_up() {
         ("CLIENT_JS", client_js.display().to_string()),
     ];
     let mut script = Script::start("client-resume.mjs", &env);
-    let insert = |title: &str| format!("INSERT INTO notifications (user_id, title) VALUES ('alice', '{title}')");
+    let insert = insert_for_alice;
     while let Some(step) = script.next_step().await {
         let (name, arg) = step.split_once(' ').unwrap_or((&step, ""));
         match name {
             "insert" => exec(&db, &insert(arg)).await,
             "kill" | "kill-for-good" | "bounce" => {
-                if let Some(g) = gw.take() {
-                    g.kill().await;
-                }
+                gw.kill().await;
                 if name == "kill" {
                     exec(&db, &format!("{}; {};", insert("offline-1"), insert("offline-2"))).await;
                     exec(&db, "UPDATE notifications SET read = true WHERE title = 'live-1'").await;
                 }
                 if name == "bounce" {
                     exec(&db, &insert("bounce-1")).await;
-                    gw = Some(spawn().await);
-                    assert!(gateway::wait_ready(&addr, Duration::from_secs(20)).await, "gateway not ready again");
+                    gw.restart().await;
                 }
             }
-            "restart" => {
-                gw = Some(spawn().await);
-                assert!(gateway::wait_ready(&addr, Duration::from_secs(20)).await, "gateway not ready again");
+            "restart" => gw.restart().await,
+            other => panic!("unknown step {other}"),
+        }
+        script.ack().await;
+    }
+    script.finish().await;
+}
+
+fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// Runs a program to completion in `dir`; panics with its output when it fails.
+async fn run(dir: &Path, program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{program} {args:?} in {} failed:\n{text}", dir.display());
+    text
+}
+
+/// `npm pack` of clients/js (its prepack generates the types), checked as it would be published.
+async fn pack_client(into: &Path) -> PathBuf {
+    let client = repo_path("clients/js");
+    let advice = "run ./scripts/test (it runs `npm ci` in clients/js and examples/react-app)";
+    assert!(client.join("node_modules/typescript/package.json").exists(), "clients/js/node_modules missing: {advice}");
+    let dest = into.to_str().expect("utf8 temp path");
+    let out = run(&client, "npm", &["pack", "--silent", "--pack-destination", dest]).await;
+    let name = out.lines().rev().find(|l| l.ends_with(".tgz")).unwrap_or_else(|| panic!("no tarball named:\n{out}"));
+    let tgz = into.join(name.trim());
+    let listing = run(into, "tar", &["tzf", tgz.to_str().expect("utf8")]).await;
+    for file in ["pgsse-client.js", "pgsse-client.d.ts", "transports.js", "react.js", "react.d.ts"] {
+        assert!(listing.lines().any(|l| l == format!("package/dist/{file}")), "{file} in the tarball:\n{listing}");
+    }
+    for file in ["package/README.md", "package/CHANGELOG.md", "package/package.json"] {
+        assert!(listing.lines().any(|l| l == file), "{file} in the tarball:\n{listing}");
+    }
+    assert!(!listing.contains("node_modules"), "{listing}");
+    let manifest = run(into, "tar", &["xzOf", tgz.to_str().expect("utf8"), "package/package.json"]).await;
+    let manifest: serde_json::Value = serde_json::from_str(&manifest).expect("package.json");
+    assert!(manifest.get("private").is_none(), "publishable: {manifest}");
+    assert!(manifest["exports"]["./react"]["types"].is_string() && manifest["exports"]["."]["types"].is_string());
+    tgz
+}
+
+/// A `pgsse demo` on a database the test owns, keeping its secret in `state` across restarts.
+async fn spawn_demo(db: &str, state: &Path, port: u16) -> Child {
+    let (demo, _) = start_demo(db, &format!("127.0.0.1:{port}"), Some(state)).await;
+    assert!(gateway::wait_ready(&format!("127.0.0.1:{port}"), Duration::from_secs(20)).await, "demo not ready");
+    demo
+}
+
+/// examples/react-app, installed from the packed client, type-checked, built, and driven in
+/// Chromium: one stream and one set of queries for two components, every kind of change in both,
+/// batches, a gateway SIGKILL, no stream left after the page.
+#[tokio::test(flavor = "multi_thread")]
+async fn fixture_app_from_the_packed_client_shares_one_stream() {
+    require_tooling();
+    let app = repo_path("examples/react-app");
+    assert!(
+        app.join("node_modules/vite/package.json").exists(),
+        "examples/react-app/node_modules missing: run ./scripts/test (it runs `npm ci` there)"
+    );
+    let tmp = std::env::temp_dir().join(format!("pgsse-fixture-{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&tmp).expect("temp dir");
+    let tgz = pack_client(&tmp).await;
+    let tgz = tgz.to_str().expect("utf8");
+    run(&app, "npm", &["install", "--no-save", "--no-audit", "--no-fund", "--prefer-offline", tgz]).await;
+    run(&app, "node_modules/.bin/tsc", &["--noEmit"]).await;
+    let dist = tmp.join("dist");
+    let dist_arg = dist.to_str().expect("utf8");
+    run(&app, "node_modules/.bin/vite", &["build", "--logLevel", "warn", "--outDir", dist_arg, "--emptyOutDir"]).await;
+
+    let db = common::fresh_database();
+    let state = tmp.join("state");
+    let port = free_port();
+    let mut demo = Some(spawn_demo(&db, &state, port).await);
+    let env = [("GATEWAY_URL", format!("http://127.0.0.1:{port}")), ("APP_DIST", dist.display().to_string())];
+    let mut script = Script::start("fixture-app.mjs", &env);
+    let insert = insert_for_alice;
+    while let Some(step) = script.next_step().await {
+        let (name, arg) = step.split_once(' ').unwrap_or((&step, ""));
+        match name {
+            "insert" => exec(&db, &insert(arg)).await,
+            "insert-many" => {
+                let n: u32 = arg.parse().expect("a count");
+                let sql = format!(
+                    "INSERT INTO notifications (user_id, title) SELECT 'alice', 'bulk-' || i FROM generate_series(1, {n}) i"
+                );
+                exec(&db, &sql).await;
             }
+            "update" => {
+                let (from, to) = arg.split_once(' ').expect("update <title> <new title>");
+                exec(&db, &format!("UPDATE notifications SET title = '{to}' WHERE title = '{from}'")).await;
+            }
+            "kill" => {
+                if let Some(mut d) = demo.take() {
+                    d.kill().await.expect("SIGKILL the demo");
+                }
+                exec(&db, &insert("offline-1")).await;
+            }
+            "restart" => demo = Some(spawn_demo(&db, &state, port).await),
+            other => panic!("unknown step {other}"),
+        }
+        script.ack().await;
+    }
+    script.finish().await;
+    if let Some(mut d) = demo {
+        let _ = d.kill().await;
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// The fetch transport (Authorization header) against a real gateway: a hung gateway (SIGSTOP)
+/// is found dead by the watchdog and replaced; a SIGKILL and restart resume; nothing missed or
+/// repeated.
+#[tokio::test(flavor = "multi_thread")]
+async fn fetch_transport_resumes_and_replaces_a_hung_gateway() {
+    let mut gw = Restartable::start(&["--heartbeat-interval", "1s"]).await;
+    let db = gw.db.clone();
+    let env = [("GATEWAY_URL", format!("http://{}", gw.addr())), ("TOKEN", gateway::token("alice"))];
+    let mut script = Script::start("fetch-transport.mjs", &env);
+    let insert = insert_for_alice;
+    let signal = |sig: &str, pid: u32| {
+        let status = std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{sig}");
+    };
+    while let Some(step) = script.next_step().await {
+        let (name, arg) = step.split_once(' ').unwrap_or((&step, ""));
+        let pid = gw.pid();
+        match name {
+            "insert" => exec(&db, &insert(arg)).await,
+            "stop" => {
+                signal("STOP", pid);
+                exec(&db, &insert("while-stopped")).await;
+            }
+            "cont" => signal("CONT", pid),
+            "kill" => {
+                gw.kill().await;
+                exec(&db, &insert("offline-1")).await;
+            }
+            "restart" => gw.restart().await,
             other => panic!("unknown step {other}"),
         }
         script.ack().await;

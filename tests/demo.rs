@@ -124,7 +124,9 @@ async fn embedded_postgres_serves_the_page_streams_and_cleans_up_on_ctrl_c() {
     assert!(page.contains("<title>pgsse demo</title>") && page.contains("/demo/page.js"), "{page}");
     let (status, _, js) = request(&demo.addr, "GET", "/client.js", &[]).await;
     assert_eq!(status, 200);
-    assert!(js.contains("export function connectNotifications"));
+    assert!(js.contains("export function connectNotifications") && js.contains("from './transports.js'"));
+    let (status, _, js) = request(&demo.addr, "GET", "/transports.js", &[]).await;
+    assert!(status == 200 && js.contains("export function fetchTransport"), "{js}");
     let (status, _, js) = request(&demo.addr, "GET", "/demo/page.js", &[]).await;
     assert!(status == 200 && js.contains("from '/client.js'"), "{js}");
     let (status, _, _) = request(&demo.addr, "GET", "/demo/api/notifications", &[]).await;
@@ -207,9 +209,59 @@ async fn a_taken_port_is_a_clear_message() {
 async fn serve_never_exposes_the_demo_routes() {
     let db = gateway::notifications_db().await;
     let gw = Gateway::start(&db, &[]).await;
-    for path in ["/", "/client.js", "/demo/page.js", "/demo/api/me", "/demo/api/login?user=alice"] {
+    for path in ["/", "/client.js", "/transports.js", "/demo/page.js", "/demo/api/me", "/demo/api/login?user=alice"] {
         let (status, _, _) = request(&gw.addr, "GET", path, &[]).await;
         assert_eq!(status, 404, "{path} on pgsse serve");
     }
     gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn state_dir_keeps_database_and_secret_so_a_tab_resumes_after_a_sigkill() {
+    let state = std::env::temp_dir().join(format!("pgsse-demo-state-{}-{}", std::process::id(), common::free_port()));
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    let args = ["--state-dir", state.to_str().expect("utf8 path"), "--listen", &listen];
+    let demo = Demo::start(&args).await;
+    assert!(demo.banner.contains("kept in "), "{}", demo.banner);
+    let cookie = login(&demo.addr, "alice").await;
+    assert!(gateway::wait_ready(&demo.addr, T).await);
+    let mut s =
+        SseClient::connect(&demo.addr, gateway::STREAM_PATH, &[("Cookie", cookie.as_str())]).await.expect("connect");
+    assert_eq!(s.next_event(T).await.expect("connected").event, "connected");
+    exec(&demo.psql_url, "INSERT INTO notifications (user_id, title) VALUES ('alice', 'seen')").await;
+    let seen = s.next_named("notification", T).await.expect("the first row arrives");
+    let last_id = seen.id.clone().expect("an id");
+    // Committed while the tab holds `last_id`, never delivered to it: the resume must bring it.
+    exec(&demo.psql_url, "INSERT INTO notifications (user_id, title) VALUES ('alice', 'unseen-before-kill')").await;
+    drop(s);
+    let (status, _) = demo.signal("KILL").await;
+    assert!(!status.success());
+
+    let demo = Demo::start(&args).await;
+    assert!(demo.banner.contains("table notifications:   exists already"), "the same database: {}", demo.banner);
+    exec(&demo.psql_url, "INSERT INTO notifications (user_id, title) VALUES ('alice', 'after-restart')").await;
+    assert!(gateway::wait_ready(&demo.addr, T).await);
+    // The tab comes back with the cookie of the first run and its last event id.
+    let headers = [("Cookie", cookie.as_str()), ("Last-Event-ID", last_id.as_str())];
+    let mut s = SseClient::connect(&demo.addr, gateway::STREAM_PATH, &headers).await.expect("reconnect");
+    assert_eq!(s.status, 200, "the cookie of the first run is still valid");
+    let connected = s.next_event(T).await.expect("connected");
+    assert_eq!(connected.event, "connected");
+    assert!(connected.data.contains("\"resumed\":true"), "resumed, not reset: {}", connected.data);
+    // At least once: `seen` may come again across the resume, with the same id.
+    let mut missed = Vec::new();
+    while !missed.iter().any(|e: &common::SseEvent| e.data.contains("after-restart")) {
+        missed.push(s.next_named("notification", T).await.unwrap_or_else(|| panic!("missing events: {missed:?}")));
+    }
+    assert!(missed.iter().any(|e| e.data.contains("unseen-before-kill")), "nothing missed: {missed:?}");
+    for dup in missed.iter().filter(|e| e.data.contains("\"seen\"")) {
+        assert_eq!(dup.id.as_deref(), Some(last_id.as_str()), "a duplicate keeps its id");
+    }
+    drop(s);
+
+    let (status, rest) = demo.signal("INT").await;
+    assert!(status.success());
+    assert!(rest.contains("stays in"), "{rest}");
+    assert!(state.join("postgres/data/PG_VERSION").exists() && state.join("jwt-secret").exists());
+    let _ = std::fs::remove_dir_all(&state);
 }

@@ -22,7 +22,7 @@ async fn each_kind_of_change_arrives_in_the_wire_format() {
 
     let first = s.next_event(T).await.expect("connected");
     assert_eq!(first.event, "connected");
-    assert_eq!(s.retry(), Some(1000), "retry: 1000 is sent before the first event");
+    assert_eq!(first.retry, Some(1000), "retry: 1000 is inside the connected block, not a block of its own");
     assert_eq!(json(&first)["userId"], "u1");
     // `<history>.<horizon>`: 8 lowercase hex digits (pgsse.history()), a dot, a transaction id.
     let (history, horizon) = first.id.as_deref().and_then(|id| id.split_once('.')).expect("id <history>.<horizon>");

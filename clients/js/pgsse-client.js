@@ -1,7 +1,8 @@
-// pgsse browser client: live notifications over the native EventSource. No build step, no
-// dependencies; types in pgsse-client.d.ts. See README.md beside this file.
+// pgsse browser client: live notifications from the pgsse gateway. No dependencies, no build step
+// (the demo page imports it as is, with transports.js beside it). Types: types.ts (tsc checks this
+// file against them and generates its declarations). See README.md beside this file.
 //
-//   import { connectNotifications } from './pgsse-client.js';
+//   import { connectNotifications } from 'pgsse-client';
 //   const conn = connectNotifications('/api/notifications/stream', {
 //     onResync: () => refetchEverything(),        // first connect and `reset`: the cache may be stale
 //     onCreated: (n) => addToCache(n),
@@ -12,15 +13,31 @@
 //   });
 //   conn.close();
 //
-// Reconnection: after a network drop the browser's EventSource retries once by itself (sending
-// Last-Event-ID). Any further failure, and any HTTP error status (after which EventSource gives up
-// for good), makes this client close it and open a new one after 1s, 2s, 4s, 8s ... (capped at
-// 30s, with jitter), passing the last id as the `lastEventId` query parameter. A successful
-// connection resets the backoff. When the stream cannot be had (401/403/404, not an event stream,
-// or failing repeatedly) `info.degraded` is true and `info.reason` says why, in words: the app
-// should then refetch on an interval until the stream is back.
+// One implementation of the protocol (resume position, dedupe, backoff, status, the watchdog) over
+// two transports (transports.js): the native EventSource (default), or a streaming fetch for apps
+// that send an Authorization header. A transport only opens one connection and reports its events
+// and how it failed; everything else is decided here, the same way for both.
 
-/** @type {Required<Omit<import('./pgsse-client').ConnectOptions, 'EventSource' | 'fetch' | 'lastEventId'>>} */
+/** @typedef {import('./types.js').NotificationRow} NotificationRow */
+/** @typedef {import('./types.js').NotificationEvent} NotificationEvent */
+/** @typedef {import('./types.js').ConnectedInfo} ConnectedInfo */
+/** @typedef {import('./types.js').ResetInfo} ResetInfo */
+/** @typedef {import('./types.js').ConnectionStatus} ConnectionStatus */
+/** @typedef {import('./types.js').FailureCode} FailureCode */
+/** @typedef {import('./types.js').ConnectionInfo} ConnectionInfo */
+/** @typedef {import('./types.js').ConnectionStats} ConnectionStats */
+/** @typedef {import('./types.js').ConnectOptions} ConnectOptions */
+/** @typedef {import('./types.js').Connection} Connection */
+/** @template [Row=NotificationRow] @typedef {import('./types.js').Handlers<Row>} Handlers */
+/** @typedef {import('./transports.js').Failure} Failure */
+/** @typedef {import('./transports.js').Sink} Sink */
+/** @typedef {import('./transports.js').Transport} Transport */
+
+import { REASONS, eventSourceTransport, fetchTransport } from './transports.js';
+
+export { sseParser } from './transports.js';
+
+/** @type {Readonly<Required<Omit<ConnectOptions, 'EventSource' | 'fetch' | 'lastEventId' | 'headers' | 'signal'>>>} */
 export const DEFAULT_OPTIONS = Object.freeze({
   withCredentials: false,
   minDelayMs: 1000,
@@ -29,6 +46,8 @@ export const DEFAULT_OPTIONS = Object.freeze({
   degradeAfter: 3,
   probeTimeoutMs: 5000,
   dedupeWindow: 1000,
+  transport: /** @type {'eventsource' | 'fetch'} */ ('eventsource'),
+  watchdogFactor: 2,
 });
 
 /**
@@ -37,6 +56,7 @@ export const DEFAULT_OPTIONS = Object.freeze({
  * @param {number} attempt
  * @param {{minDelayMs?: number, maxDelayMs?: number, jitter?: number}} [options]
  * @param {() => number} [random]
+ * @returns {number}
  */
 export function backoffDelay(attempt, options = {}, random = Math.random) {
   const { minDelayMs, maxDelayMs, jitter } = { ...DEFAULT_OPTIONS, ...options };
@@ -54,6 +74,7 @@ const EVENT_ID = /^(?:([0-9a-f]{8})\.)?\d+-(\d+)$/;
  * The log id of an event id `<history>.<horizon>-<logid>` (or `<horizon>-<logid>`), or null for
  * positions without one (`connected`, `heartbeat`, `reset`).
  * @param {string | null | undefined} id
+ * @returns {string | null}
  */
 export function logIdOf(id) {
   const m = EVENT_ID.exec(id ?? '');
@@ -70,50 +91,55 @@ function eventKeyOf(id) {
   return m ? `${m[1] ?? ''}.${m[2]}` : null;
 }
 
-const REASONS = {
-  unauthorized: 'Not signed in, or the session expired (HTTP 401)',
-  forbidden: 'Not allowed to receive notifications (HTTP 403)',
-  not_found: 'The notification stream was not found at this URL (HTTP 404)',
-  not_a_stream: 'The URL answered, but not with an event stream',
-  network: 'Cannot reach the notification service',
-  lost: 'Connection lost; reconnecting',
-  auth_expired: 'Credentials expired; reconnecting with fresh ones',
-  bad_url: 'Could not get the stream URL',
-};
-
 /** Codes after which retrying soon is pointless: the app should poll at once. */
 const HOPELESS = new Set(['unauthorized', 'forbidden', 'not_found', 'not_a_stream']);
 
 /**
- * Opens the notification stream and keeps it open until `close()`.
+ * Opens the notification stream and keeps it open until `close()` (or `options.signal` aborts).
+ * @template [Row=NotificationRow]
  * @param {string | URL | (() => string | URL | Promise<string | URL>)} url
- * @param {import('./pgsse-client').Handlers} [handlers]
- * @param {import('./pgsse-client').ConnectOptions} [options]
- * @returns {import('./pgsse-client').Connection}
+ * @param {Handlers<Row>} [handlers]
+ * @param {ConnectOptions} [options]
+ * @returns {Connection}
  */
 export function connectNotifications(url, handlers = {}, options = {}) {
   const opts = { ...DEFAULT_OPTIONS, ...options };
   const ES = opts.EventSource ?? globalThis.EventSource;
   const doFetch = opts.fetch ?? (globalThis.fetch ? globalThis.fetch.bind(globalThis) : null);
-  if (!ES) throw new Error('pgsse-client: EventSource is not available in this environment');
+  /** @type {Transport} */
+  let transport;
+  if (opts.transport === 'fetch') {
+    if (!doFetch) throw new Error('pgsse-client: fetch is not available in this environment');
+    transport = fetchTransport(doFetch, opts);
+  } else {
+    if (!ES) throw new Error('pgsse-client: EventSource is not available in this environment');
+    transport = eventSourceTransport(ES, doFetch, opts);
+  }
+  const H = /** @type {Record<string, ((...args: any[]) => unknown) | undefined>} */ (handlers);
 
-  /** @type {EventSource | null} */
-  let es = null;
+  /** @type {{ close(): void } | null} the open connection (or attempt) */
+  let current = null;
   /** @type {ReturnType<typeof setTimeout> | null} */
   let timer = null;
-  /** @type {AbortController | null} */
-  let probe = null;
+  /** @type {ReturnType<typeof setTimeout> | null} */
+  let watchdog = null;
   let closed = false;
   let failures = 0; // consecutive failed attempts since the last successful connection
   let lastEventId = opts.lastEventId ?? null;
+  /** @type {number | null} from the last `connected` */
+  let heartbeatMs = null;
+  let lastActivity = Date.now();
   const seen = new Set();
+  /** @type {string[]} */
   const seenOrder = [];
-  const stats = { eventSources: 0, connects: 0, resumes: 0, duplicates: 0 };
-  /** @type {import('./pgsse-client').ConnectionInfo} */
+  /** @type {ConnectionStats} */
+  const stats = { opened: 0, eventSources: 0, connects: 0, resumes: 0, duplicates: 0, stale: 0 };
+  /** @type {ConnectionInfo} */
   let info = { status: 'connecting', reason: null, code: null, degraded: false, attempt: 0, retryInMs: null, lastEventId };
 
+  /** @param {string} name @param {...unknown} args */
   const call = (name, ...args) => {
-    const fn = handlers[name];
+    const fn = H[name];
     if (typeof fn !== 'function' || (closed && name !== 'onStatus')) return undefined;
     try {
       return fn(...args);
@@ -123,25 +149,23 @@ export function connectNotifications(url, handlers = {}, options = {}) {
     }
   };
 
+  /** @param {ConnectionStatus} status @param {Partial<ConnectionInfo>} [extra] */
   const setStatus = (status, extra = {}) => {
     info = Object.freeze({ ...info, status, ...extra, lastEventId });
     call('onStatus', status, info);
   };
 
-  const track = (/** @type {MessageEvent} */ e) => {
-    if (e.lastEventId) lastEventId = e.lastEventId;
-  };
-
-  const parse = (/** @type {MessageEvent} */ e) => {
+  /** @param {string} type @param {string} text @returns {any} */
+  const parse = (type, text) => {
     try {
-      return JSON.parse(e.data);
+      return JSON.parse(text);
     } catch {
-      console.warn('pgsse-client: ignoring an event whose data is not JSON', e.type);
+      console.warn('pgsse-client: ignoring an event whose data is not JSON', type);
       return null;
     }
   };
 
-  /** True the first time an event is seen; remembers the last `dedupeWindow` of them. */
+  /** True the first time an event is seen; remembers the last `dedupeWindow` of them. @param {string} key */
   const firstSight = (key) => {
     if (seen.has(key)) return false;
     seen.add(key);
@@ -150,75 +174,96 @@ export function connectNotifications(url, handlers = {}, options = {}) {
     return true;
   };
 
-  const listeners = {
-    connected(e) {
-      track(e);
-      const data = parse(e) ?? {};
-      failures = 0;
-      stats.connects += 1;
-      if (data.resumed) stats.resumes += 1;
-      setStatus('open', { reason: null, code: null, degraded: false, attempt: 0, retryInMs: null });
-      call('onConnected', data);
-      // A fresh start (not a resume): whatever the app fetched before may already be stale.
-      if (!data.resumed) call('onResync', 'connected');
-    },
-    notification(e) {
-      track(e);
-      const key = eventKeyOf(e.lastEventId);
-      if (key !== null && !firstSight(key)) {
-        stats.duplicates += 1;
+  /** One event of the open connection, whichever transport read it. */
+  function onEvent(/** @type {string} */ type, /** @type {string} */ text, /** @type {string} */ id) {
+    lastActivity = Date.now();
+    if (id) lastEventId = id;
+    switch (type) {
+      case 'connected': {
+        const data = parse(type, text) ?? {};
+        failures = 0;
+        stats.connects += 1;
+        if (data.resumed) stats.resumes += 1;
+        if (typeof data.heartbeatMs === 'number' && data.heartbeatMs > 0) heartbeatMs = data.heartbeatMs;
+        armWatchdog();
+        setStatus('open', { reason: null, code: null, degraded: false, attempt: 0, retryInMs: null });
+        call('onConnected', data);
+        // A fresh start (not a resume): whatever the app fetched before may already be stale.
+        if (!data.resumed) call('onResync', 'connected');
         return;
       }
-      const data = parse(e);
-      if (!data || typeof data.type !== 'string') return;
-      call('onNotification', data, e.lastEventId);
-      switch (data.type) {
-        case 'created':
-          call('onCreated', data.notification);
-          break;
-        case 'read':
-          call('onRead', data.notificationId);
-          break;
-        case 'updated':
-          call('onUpdated', data.notification);
-          break;
-        case 'deleted':
-          call('onDeleted', data.notificationId);
-          break;
-        default:
-          break;
+      case 'notification': {
+        const key = eventKeyOf(id);
+        if (key !== null && !firstSight(key)) {
+          stats.duplicates += 1;
+          return;
+        }
+        const data = parse(type, text);
+        if (!data || typeof data.type !== 'string') return;
+        call('onNotification', data, id);
+        if (data.type === 'created') call('onCreated', data.notification);
+        else if (data.type === 'read') call('onRead', data.notificationId);
+        else if (data.type === 'updated') call('onUpdated', data.notification);
+        else if (data.type === 'deleted') call('onDeleted', data.notificationId);
+        return;
       }
-    },
-    heartbeat(e) {
-      track(e);
-      call('onHeartbeat', parse(e) ?? {});
-    },
-    reset(e) {
-      track(e);
-      call('onReset', parse(e) ?? {});
-      call('onResync', 'reset');
-    },
-    'auth-expired'(e) {
-      track(e);
-      const data = parse(e) ?? {};
-      dropSource();
-      setStatus('reconnecting', { reason: REASONS.auth_expired, code: 'auth_expired', retryInMs: 0 });
-      // The handler may refresh the credentials (e.g. a cookie) before we reconnect.
-      Promise.resolve(call('onAuthExpired', data))
-        .catch(() => undefined)
-        .then(() => {
-          if (!closed && !es && !timer) open();
-        });
-    },
-  };
+      case 'heartbeat':
+        call('onHeartbeat', parse(type, text) ?? {});
+        return;
+      case 'reset':
+        call('onReset', parse(type, text) ?? {});
+        call('onResync', 'reset');
+        return;
+      case 'auth-expired': {
+        const data = parse(type, text) ?? {};
+        drop();
+        setStatus('reconnecting', { reason: REASONS.auth_expired, code: 'auth_expired', retryInMs: 0 });
+        // The handler may refresh the credentials (e.g. a cookie) before we reconnect.
+        Promise.resolve(call('onAuthExpired', data))
+          .catch(() => undefined)
+          .then(() => {
+            if (!closed && !current && !timer) open();
+          });
+        return;
+      }
+      default:
+    }
+  }
 
-  const dropSource = () => {
-    if (!es) return;
-    for (const [name, fn] of Object.entries(listeners)) es.removeEventListener(name, fn);
-    es.onerror = null;
-    es.close();
-    es = null;
-  };
+  /** How the open connection failed; `retrying`: the transport retries by itself (EventSource). */
+  function onFailure(/** @type {Failure} */ f) {
+    failures += 1;
+    if (f.retrying && failures === 1) {
+      setStatus('reconnecting', { reason: REASONS.lost, code: 'network', attempt: failures, retryInMs: opts.minDelayMs });
+      return;
+    }
+    drop();
+    retryLater(f.code, f.reason);
+  }
+
+  function drop() {
+    if (watchdog) clearTimeout(watchdog);
+    watchdog = null;
+    const c = current;
+    current = null;
+    c?.close();
+  }
+
+  /** Checks for silence when it is due, then re-arms for the rest: one timer, not one per event. */
+  function armWatchdog() {
+    if (watchdog) clearTimeout(watchdog);
+    watchdog = null;
+    if (closed || !current || !heartbeatMs || !(opts.watchdogFactor > 0)) return;
+    const left = lastActivity + heartbeatMs * opts.watchdogFactor - Date.now();
+    if (left <= 0) {
+      stats.stale += 1;
+      drop();
+      failures += 1;
+      retryLater('stale', REASONS.stale);
+      return;
+    }
+    watchdog = setTimeout(armWatchdog, left);
+  }
 
   async function open() {
     timer = null;
@@ -231,34 +276,37 @@ export function connectNotifications(url, handlers = {}, options = {}) {
       failures += 1;
       return retryLater('bad_url', REASONS.bad_url);
     }
-    if (closed || es) return;
+    if (closed || current) return;
     const u = new URL(String(target), globalThis.location?.href);
-    // A new EventSource cannot send Last-Event-ID; the gateway takes the query parameter instead.
-    if (lastEventId) u.searchParams.set('lastEventId', lastEventId);
-    const source = new ES(u.toString(), { withCredentials: opts.withCredentials });
-    es = source;
-    stats.eventSources += 1;
-    for (const [name, fn] of Object.entries(listeners)) source.addEventListener(name, fn);
-    source.onerror = () => onError(source, u.toString());
+    /** @type {{ conn: { close(): void } | null, dropped: boolean, close(): void }} */
+    const self = {
+      conn: null,
+      dropped: false,
+      close() {
+        self.dropped = true;
+        self.conn?.close();
+      },
+    };
+    /** @type {Sink} */
+    const sink = {
+      event: (type, text, id) => {
+        if (current === self && !closed) onEvent(type, text, id);
+      },
+      failure: (f) => {
+        if (current === self && !closed) onFailure(f);
+      },
+    };
+    current = self;
+    stats.opened += 1;
+    if (opts.transport !== 'fetch') stats.eventSources += 1;
+    lastActivity = Date.now();
+    self.conn = transport(u.toString(), lastEventId, sink);
+    if (self.dropped) self.conn.close();
+    armWatchdog();
+    return undefined;
   }
 
-  function onError(source, target) {
-    if (closed || source !== es) return;
-    failures += 1;
-    if (source.readyState === ES.CONNECTING && failures === 1) {
-      // A drop after (or during) a good connection: the browser retries in `retry:` ms (1s) with
-      // Last-Event-ID. If that fails too, the next error takes over with backoff.
-      setStatus('reconnecting', { reason: REASONS.lost, code: 'network', attempt: failures, retryInMs: 1000 });
-      return;
-    }
-    // CLOSED: an HTTP error status or a wrong content type; the browser will not retry.
-    const gaveUp = source.readyState === ES.CLOSED;
-    dropSource();
-    diagnose(target, gaveUp).then(({ code, reason }) => {
-      if (!closed && !es && !timer) retryLater(code, reason);
-    });
-  }
-
+  /** @param {FailureCode} code @param {string} reason */
   function retryLater(code, reason) {
     const delay = backoffDelay(failures, opts);
     const degraded = HOPELESS.has(code) || failures >= opts.degradeAfter;
@@ -266,50 +314,24 @@ export function connectNotifications(url, handlers = {}, options = {}) {
     timer = setTimeout(open, delay);
   }
 
-  /** Why the stream failed: EventSource does not tell, a fetch of the same URL does. */
-  async function diagnose(target, gaveUp) {
-    if (!doFetch || !gaveUp) return { code: 'network', reason: REASONS.network };
-    probe = new AbortController();
-    const ctrl = probe;
-    const timeout = setTimeout(() => ctrl.abort(), opts.probeTimeoutMs);
-    try {
-      const res = await doFetch(target, {
-        credentials: opts.withCredentials ? 'include' : 'same-origin',
-        headers: { Accept: 'text/event-stream' },
-        cache: 'no-store',
-        signal: ctrl.signal,
-      });
-      const type = res.headers.get('content-type') ?? '';
-      ctrl.abort(); // never read a (possibly endless) body
-      if (res.status === 401) return { code: 'unauthorized', reason: REASONS.unauthorized };
-      if (res.status === 403) return { code: 'forbidden', reason: REASONS.forbidden };
-      if (res.status === 404) return { code: 'not_found', reason: REASONS.not_found };
-      if (res.ok && !type.includes('text/event-stream')) {
-        return { code: 'not_a_stream', reason: `${REASONS.not_a_stream} (content-type: ${type || 'none'})` };
-      }
-      if (res.ok) return { code: 'network', reason: REASONS.lost };
-      return { code: 'unavailable', reason: `The notification service is unavailable (HTTP ${res.status}); retrying` };
-    } catch {
-      return { code: 'network', reason: REASONS.network };
-    } finally {
-      clearTimeout(timeout);
-      if (probe === ctrl) probe = null;
-    }
-  }
-
-  const onOnline = () => {
-    // Back online: don't sit out the rest of a long backoff.
-    if (timer && !closed) {
+  /** Back online or visible again: a socket may have died meanwhile, and a long backoff is moot. */
+  const wake = () => {
+    if (closed) return;
+    if (timer) {
       clearTimeout(timer);
       open();
+    } else {
+      armWatchdog();
     }
   };
-  globalThis.addEventListener?.('online', onOnline);
+  const onVisibility = () => {
+    if (globalThis.document?.visibilityState !== 'hidden') wake();
+  };
+  globalThis.addEventListener?.('online', wake);
+  globalThis.document?.addEventListener?.('visibilitychange', onVisibility);
 
-  setStatus('connecting');
-  open();
-
-  return {
+  /** @type {Connection} */
+  const connection = {
     get status() {
       return info.status;
     },
@@ -326,22 +348,34 @@ export function connectNotifications(url, handlers = {}, options = {}) {
       if (closed) return;
       if (timer) clearTimeout(timer);
       timer = null;
-      probe?.abort();
-      dropSource();
+      drop();
       failures = 0;
       setStatus('connecting', { reason: null, code: null, retryInMs: null, attempt: 0 });
       open();
+    },
+    check() {
+      if (!closed && !timer) armWatchdog();
     },
     close() {
       if (closed) return;
       closed = true;
       if (timer) clearTimeout(timer);
       timer = null;
-      probe?.abort();
-      probe = null;
-      dropSource();
-      globalThis.removeEventListener?.('online', onOnline);
+      drop();
+      globalThis.removeEventListener?.('online', wake);
+      globalThis.document?.removeEventListener?.('visibilitychange', onVisibility);
+      opts.signal?.removeEventListener('abort', onAbort);
       setStatus('closed', { reason: null, code: null, degraded: false, retryInMs: null });
     },
   };
+  const onAbort = () => connection.close();
+
+  setStatus('connecting');
+  if (opts.signal?.aborted) {
+    connection.close();
+    return connection;
+  }
+  opts.signal?.addEventListener('abort', onAbort, { once: true });
+  open();
+  return connection;
 }

@@ -4,12 +4,18 @@
 //! creates and watches a `notifications` table, and runs the real gateway with a random HS256
 //! secret and the `pgsse_token` cookie. Beside the stream it serves a page at `/` and the
 //! demo-only endpoints under `/demo/` ([`routes`]); `pgsse serve` never has those.
+//!
+//! `--state-dir DIR` keeps the cluster (`DIR/postgres`) and the token secret (`DIR/jwt-secret`)
+//! across restarts, so the tabs left open reconnect with their cookie and resume where they were.
 
 pub mod postgres;
 mod routes;
 
 use std::future::Future;
+use std::io::Write;
 use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +55,8 @@ pub enum DemoError {
     Database(PgError),
     #[error("invalid gateway configuration:\n{0}")]
     Config(ConfigErrors),
+    #[error("state directory: {0}")]
+    State(String),
     #[error("minting a token: {0}")]
     Token(crate::auth::MintError),
     #[error(transparent)]
@@ -89,13 +97,16 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<(
         None => Ok(()),
         Some(Err(e)) => Err(e),
         Some(Ok(setup)) => {
-            let local_info = local.as_ref().map(|l| (l.url(), l.dir.display().to_string()));
+            let local_info = local.as_ref().map(|l| (l.url(), l.dir.display().to_string(), l.kept));
             serve(setup, listener, addr, local_info, shutdown).await
         }
     };
     if let Some(mut pg) = local {
         let dir = pg.dir.display().to_string();
-        if pg.stop().await {
+        if pg.kept {
+            pg.stop().await;
+            println!("Stopped PostgreSQL; its data stays in {dir} for the next start");
+        } else if pg.stop().await {
             println!("Stopped the throwaway PostgreSQL and removed {dir}");
         } else {
             println!("Stopped the throwaway PostgreSQL; could not remove {dir} entirely");
@@ -122,30 +133,79 @@ struct Started {
     db: tokio_postgres::Config,
     url: String,
     setup: pg::demo::Setup,
+    /// Signs the tokens the page's login sets, and checks them.
+    secret: String,
 }
 
 async fn start(args: &DemoArgs, local: &mut Option<postgres::LocalPostgres>) -> Result<Started, DemoError> {
+    // Absolute: the server runs in its own directory, as another user when we are root.
+    let state = match args.state_dir.as_deref() {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| state_error("creating", dir, &e))?;
+            Some(std::fs::canonicalize(dir).map_err(|e| state_error("resolving", dir, &e))?)
+        }
+        None => None,
+    };
+    let state = state.as_deref();
     let url = match &args.database_url {
         Some(url) => url.clone(),
         None => {
-            println!("Starting a throwaway PostgreSQL...");
-            let pg = local.insert(postgres::LocalPostgres::start().await?);
+            println!("Starting {} PostgreSQL...", if state.is_some() { "the demo's" } else { "a throwaway" });
+            let pg = local.insert(postgres::LocalPostgres::start(state).await?);
             pg.url()
         }
     };
     let db = pg::parse_url(&url)?;
     let setup = pg::demo::setup(&db).await?;
-    Ok(Started { db, url, setup })
+    let secret = match state {
+        Some(dir) => kept_secret(&dir.join("jwt-secret"))?,
+        None => random_secret(),
+    };
+    Ok(Started { db, url, setup, secret })
+}
+
+fn random_secret() -> String {
+    format!("{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>())
+}
+
+/// The secret of an earlier run, or a new one written for the next.
+fn kept_secret(path: &Path) -> Result<String, DemoError> {
+    match std::fs::read_to_string(path) {
+        Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+        Ok(_) => Err(DemoError::State(format!("{} is empty: remove it to start afresh", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let secret = random_secret();
+            write_private(path, &secret)?;
+            Ok(secret)
+        }
+        Err(e) => Err(state_error("reading", path, &e)),
+    }
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &Path, text: &str) -> Result<(), DemoError> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| state_error("creating", path, &e))?;
+    f.write_all(text.as_bytes()).map_err(|e| state_error("writing", path, &e))
+}
+
+fn state_error(what: &str, path: &Path, e: &std::io::Error) -> DemoError {
+    DemoError::State(format!("{what} {}: {e}", path.display()))
 }
 
 async fn serve(
     started: Started,
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
-    local: Option<(String, String)>,
+    local: Option<(String, String, bool)>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DemoError> {
-    let secret = format!("{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>());
+    let secret = started.secret.clone();
     let config = crate::Config::from_argv([
         "--auth",
         "jwt",
@@ -181,13 +241,14 @@ fn print_banner(
     started: &Started,
     addr: SocketAddr,
     path: &str,
-    local: Option<&(String, String)>,
+    local: Option<&(String, String, bool)>,
     token: &str,
     secret: &str,
 ) {
     let base = format!("http://{addr}");
     let (psql_url, db_line) = match local {
-        Some((url, dir)) => (url.clone(), format!("throwaway cluster in {dir} (removed on exit)")),
+        Some((url, dir, true)) => (url.clone(), format!("kept in {dir} (reused by the next start)")),
+        Some((url, dir, false)) => (url.clone(), format!("throwaway cluster in {dir} (removed on exit)")),
         None => (url_without_password(&started.db), "from --database-url (password not shown)".to_string()),
     };
     // "15.8 (Debian 15.8-1)" -> "15.8"

@@ -5,6 +5,8 @@
 //!   the server and removes the temp dir. The watchdog has its own process group, so a Ctrl-C in
 //!   the terminal reaches only the demo, which drains the gateway first and then stops the server.
 //! * Only TCP on 127.0.0.1, with a random password (no unix socket, no trust authentication).
+//! * With `--state-dir DIR` the cluster lives in `DIR/postgres` instead and is kept: stopping the
+//!   demo (or its death) stops the server but removes nothing, and the next start reuses it.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
@@ -24,6 +26,9 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 const WATCHDOG_GRACE: Duration = Duration::from_secs(30);
 /// Attempts at finding a free port (another process may take the one we picked).
 const PORT_ATTEMPTS: usize = 5;
+/// How long a kept cluster's previous server (the watchdog of a killed demo stopping it) may take
+/// to release the data directory.
+const PREVIOUS_SERVER_TIMEOUT: Duration = Duration::from_secs(40);
 
 /// Settings for a small, disposable server.
 const SERVER_SETTINGS: [&str; 7] = [
@@ -57,6 +62,8 @@ pub struct LocalPostgres {
     pub port: u16,
     pub password: String,
     pub dir: PathBuf,
+    /// Kept across runs (`--state-dir`): never removed.
+    pub kept: bool,
     watchdog: Child,
     lifeline: Option<ChildStdin>,
 }
@@ -78,32 +85,33 @@ impl LocalPostgres {
         format!("postgres://postgres:{}@127.0.0.1:{}/postgres", self.password, self.port)
     }
 
-    /// initdb into a fresh temp dir, then start the server on a free port and wait until it
-    /// accepts connections. Cancel-safe: dropping the future kills initdb and removes the dir.
-    pub async fn start() -> Result<LocalPostgres, DemoError> {
+    /// initdb into a fresh temp dir (or, given a state dir, into `state/postgres` unless a
+    /// cluster is there already), then start the server on a free port and wait until it accepts
+    /// connections. Cancel-safe: dropping the future kills initdb and removes a temp dir.
+    pub async fn start(state: Option<&Path>) -> Result<LocalPostgres, DemoError> {
         let bins = find_bins(&throwaway::candidate_dirs())?;
         let user = throwaway::server_user().map_err(pg_error)?;
-        let name = format!("pgsse-demo-{}-{:08x}", std::process::id(), rand::random::<u32>());
-        let mut dir = std::env::temp_dir().join(&name);
-        if user.is_some() && !dir.parent().is_some_and(world_traversable) {
-            // The server user could not reach a dir under e.g. /root/tmp: use /tmp instead.
-            dir = Path::new("/tmp").join(&name);
-        }
-        std::fs::create_dir(&dir).map_err(|e| io_error("creating", &dir, e))?;
-        let mut guard = DirGuard(Some(dir.clone()));
-        throwaway::chown(&dir, user.as_ref()).map_err(pg_error)?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| io_error("chmod", &dir, e))?;
-
-        let password = format!("{:032x}", rand::random::<u128>());
-        initdb(&bins, &dir, &password, user.as_ref()).await?;
+        let (dir, mut guard, password) = match state {
+            Some(state) => {
+                let (dir, password) = kept_cluster(&bins, state, user.as_ref()).await?;
+                (dir, DirGuard(None), password)
+            }
+            None => {
+                let dir = temp_dir(user.as_ref())?;
+                let guard = DirGuard(Some(dir.clone()));
+                let password = format!("{:032x}", rand::random::<u128>());
+                initdb(&bins, &dir, &password, user.as_ref()).await?;
+                (dir, guard, password)
+            }
+        };
+        let kept = state.is_some();
         let log_path = dir.join("postgres.log");
         let mut last = String::new();
         for _ in 0..PORT_ATTEMPTS {
             let port =
                 throwaway::free_port().map_err(|e| io_error("finding a free port on", Path::new("127.0.0.1"), e))?;
-            let (watchdog, lifeline) = spawn(&bins, &dir, &log_path, port, user.as_ref())?;
-            let mut pg = LocalPostgres { port, password: password.clone(), dir: dir.clone(), watchdog, lifeline };
+            let (watchdog, lifeline) = spawn(&bins, &dir, &log_path, port, user.as_ref(), kept)?;
+            let mut pg = LocalPostgres { port, password: password.clone(), dir: dir.clone(), kept, watchdog, lifeline };
             match pg.wait_ready(&log_path).await {
                 Ok(()) => {
                     guard.0 = None;
@@ -147,7 +155,8 @@ impl LocalPostgres {
         }
     }
 
-    /// Fast shutdown, then removes the directory. Returns whether the directory is gone.
+    /// Fast shutdown, then removes the directory unless it is kept. Returns whether the
+    /// directory is gone (or, kept, whether the server stopped).
     pub async fn stop(&mut self) -> bool {
         // EOF on the lifeline: the watchdog SIGINTs postgres (fast shutdown).
         self.lifeline.take();
@@ -158,6 +167,9 @@ impl LocalPostgres {
                 let _ = Command::new("kill").args(["-KILL", "--", &format!("-{pgid}")]).status().await;
             }
             let _ = self.watchdog.wait().await;
+        }
+        if self.kept {
+            return !self.dir.join("data/postmaster.pid").exists();
         }
         for _ in 0..50 {
             match std::fs::remove_dir_all(&self.dir) {
@@ -182,6 +194,63 @@ impl Drop for LocalPostgres {
 enum Wait {
     PortTaken(String),
     Failed(String),
+}
+
+/// A fresh private temp dir the server user can reach.
+fn temp_dir(user: Option<&ServerUser>) -> Result<PathBuf, DemoError> {
+    let name = format!("pgsse-demo-{}-{:08x}", std::process::id(), rand::random::<u32>());
+    let mut dir = std::env::temp_dir().join(&name);
+    if user.is_some() && !dir.parent().is_some_and(world_traversable) {
+        // The server user could not reach a dir under e.g. /root/tmp: use /tmp instead.
+        dir = Path::new("/tmp").join(&name);
+    }
+    std::fs::create_dir(&dir).map_err(|e| io_error("creating", &dir, e))?;
+    private_dir(&dir, user)?;
+    Ok(dir)
+}
+
+fn private_dir(dir: &Path, user: Option<&ServerUser>) -> Result<(), DemoError> {
+    throwaway::chown(dir, user).map_err(pg_error)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| io_error("chmod", dir, e))
+}
+
+/// `state/postgres`, initialised on first use, with the password kept beside the cluster. When a
+/// killed demo's server is still stopping, waits until it released the data directory.
+async fn kept_cluster(bins: &Bins, state: &Path, user: Option<&ServerUser>) -> Result<(PathBuf, String), DemoError> {
+    let dir = state.join("postgres");
+    let pw_path = dir.join("password");
+    if dir.join("data/PG_VERSION").exists() {
+        let password = std::fs::read_to_string(&pw_path).map_err(|e| io_error("reading", &pw_path, e))?;
+        let pid = dir.join("data/postmaster.pid");
+        let deadline = Instant::now() + PREVIOUS_SERVER_TIMEOUT;
+        while pid.exists() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        return Ok((dir, password.trim().to_string()));
+    }
+    if user.is_some() {
+        // The server user must be able to pass through the state dir to reach its cluster.
+        if let Some(closed) = state.ancestors().skip(1).find(|d| !world_traversable(d)) {
+            return Err(DemoError::Postgres(format!(
+                "PostgreSQL runs as another user here (we are root) and cannot reach {} through {}: \
+                 pick a --state-dir under /tmp, or run the demo as a normal user",
+                state.display(),
+                closed.display()
+            )));
+        }
+        std::fs::set_permissions(state, std::fs::Permissions::from_mode(0o711))
+            .map_err(|e| io_error("chmod", state, e))?;
+    }
+    if dir.exists() {
+        // A first run that died before initdb finished: start over.
+        std::fs::remove_dir_all(&dir).map_err(|e| io_error("removing", &dir, e))?;
+    }
+    std::fs::create_dir(&dir).map_err(|e| io_error("creating", &dir, e))?;
+    private_dir(&dir, user)?;
+    let password = format!("{:032x}", rand::random::<u128>());
+    initdb(bins, &dir, &password, user).await?;
+    super::write_private(&pw_path, &password)?;
+    Ok((dir, password))
 }
 
 fn world_traversable(dir: &Path) -> bool {
@@ -217,6 +286,7 @@ fn spawn(
     log_path: &Path,
     port: u16,
     user: Option<&ServerUser>,
+    kept: bool,
 ) -> Result<(Child, Option<ChildStdin>), DemoError> {
     let mut args: Vec<std::ffi::OsString> = vec!["-D".into(), dir.join("data").into()];
     for a in ["-p", &port.to_string(), "-h", "127.0.0.1", "-k", ""] {
@@ -230,7 +300,7 @@ fn spawn(
         args,
         log: log_path,
         grace: WATCHDOG_GRACE,
-        remove: Some(dir),
+        remove: (!kept).then_some(dir),
         user,
     };
     let mut cmd = dog.command();

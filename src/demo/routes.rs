@@ -3,7 +3,7 @@
 //! | route | what |
 //! |---|---|
 //! | `GET /` | the demo page (`page.html`), `GET /demo/page.js` its script |
-//! | `GET /client.js` | `clients/js/pgsse-client.js`, as the page imports it |
+//! | `GET /client.js`, `GET /transports.js` | `clients/js/pgsse-client.js` as the page imports it, and the module it imports |
 //! | `GET\|POST /demo/api/login?user=alice` | sets the `pgsse_token` cookie (HttpOnly, SameSite=Lax) |
 //! | `POST /demo/api/logout` | clears it (shows how the client degrades on 401) |
 //! | `GET /demo/api/me` | the signed-in user, the users to pick from, the stream path |
@@ -36,6 +36,7 @@ use crate::pg::{demo as db, PgError};
 const PAGE_HTML: &str = include_str!("page.html");
 const PAGE_JS: &str = include_str!("page.js");
 const CLIENT_JS: &str = include_str!("../../clients/js/pgsse-client.js");
+const TRANSPORTS_JS: &str = include_str!("../../clients/js/transports.js");
 /// Largest request body accepted by the API.
 const MAX_BODY: usize = 16 * 1024;
 
@@ -97,8 +98,11 @@ impl DemoRoutes {
             "/" if get => static_file("text/html; charset=utf-8", PAGE_HTML),
             "/demo/page.js" if get => static_file("text/javascript; charset=utf-8", PAGE_JS),
             "/client.js" if get => static_file("text/javascript; charset=utf-8", CLIENT_JS),
+            "/transports.js" if get => static_file("text/javascript; charset=utf-8", TRANSPORTS_JS),
             "/favicon.ico" => full(StatusCode::NO_CONTENT, "image/x-icon", Bytes::new()),
-            "/" | "/demo/page.js" | "/client.js" => error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "GET"),
+            "/" | "/demo/page.js" | "/client.js" | "/transports.js" => {
+                error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "GET")
+            }
             "/demo/api/login" => self.login(&req),
             "/demo/api/logout" => with_cookie(json(StatusCode::OK, json!({"user": null})), ""),
             "/demo/api/me" => self.me(&req),
@@ -198,7 +202,7 @@ impl DemoRoutes {
 
 impl ExtraRoutes for DemoRoutes {
     fn matches(&self, _method: &Method, path: &str) -> bool {
-        matches!(path, "/" | "/client.js" | "/favicon.ico") || path.starts_with("/demo/")
+        matches!(path, "/" | "/client.js" | "/transports.js" | "/favicon.ico") || path.starts_with("/demo/")
     }
 
     fn call(&self, req: Request<Incoming>) -> Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send + '_>> {

@@ -15,7 +15,7 @@ use crate::defaults::DEFAULT_MAX_REPLAY_EVENTS;
 use crate::hub::Full;
 use crate::pg::replay::{self, Replay};
 use crate::pg::PgError;
-use crate::sse::{self, EventId, DEFAULT_RETRY_MS};
+use crate::sse::{self, EventId};
 
 /// Query parameter accepted in place of the `Last-Event-ID` header.
 pub const LAST_EVENT_ID_PARAM: &str = "lastEventId";
@@ -99,7 +99,6 @@ pub(super) async fn open(
     };
     let user = identity.user_id.clone();
     let mut preamble = VecDeque::with_capacity(4);
-    preamble.push_back(sse::retry(DEFAULT_RETRY_MS));
     let heartbeat_ms = shared.config.heartbeat_interval.as_millis() as u64;
     let connected = |id: EventId, resumed: bool, replayed: usize| {
         sse::connected(id, &user, sub.id(), resumed, replayed, heartbeat_ms)

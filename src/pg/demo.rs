@@ -44,7 +44,12 @@ pub async fn ping(cfg: &tokio_postgres::Config) -> Result<String, PgError> {
 
 /// Installs (or updates) the pgsse SQL, creates the demo table unless one exists, and watches it.
 pub async fn setup(cfg: &tokio_postgres::Config) -> Result<Setup, PgError> {
-    super::install::apply(cfg, super::install::INSTALL_SQL).await?;
+    // Installing again (a kept --state-dir, a reused --database-url) is a page of "already
+    // exists, skipping" notices; the demo's terminal is for its banner.
+    let mut quiet = cfg.clone();
+    let options = quiet.get_options().map(|o| format!("{o} ")).unwrap_or_default();
+    quiet.options(format!("{options}-c client_min_messages=warning"));
+    super::install::apply(&quiet, super::install::INSTALL_SQL).await?;
     let client = super::connect(cfg).await?;
     let server_version: String = client.query_one("SHOW server_version", &[]).await?.try_get(0)?;
     let exists: bool = client.query_one("SELECT to_regclass('notifications') IS NOT NULL", &[]).await?.try_get(0)?;

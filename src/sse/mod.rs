@@ -21,7 +21,7 @@ pub use id::{BadEventId, EventId, History};
 /// `pgsse.publish`), built by [`encode`], and the `retry:` field ([`retry`], [`drain_retry`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GatewayEvent {
-    /// First on every stream, after `retry:` ([`connected`]).
+    /// First on every stream, carrying the `retry:` field in its own block ([`connected`]).
     Connected,
     /// Every `--heartbeat-interval` on every stream, stamped with the current position
     /// ([`heartbeat`]).
@@ -47,15 +47,17 @@ impl GatewayEvent {
     }
 }
 
-/// `retry:` at the start of each stream: the browser waits this long before reconnecting.
+/// `retry:` in the first block of each stream: the browser waits this long before reconnecting.
 pub const DEFAULT_RETRY_MS: u64 = 1000;
 
 /// `retry:` sent to each stream the drain closes, picked at random in this range so clients do
 /// not all come back at once.
 pub const DRAIN_RETRY_MS: Range<u64> = 1000..5000;
 
-/// The `retry:` field (alone, so it dispatches nothing): [`DEFAULT_RETRY_MS`] at the start of a
-/// stream.
+/// The `retry:` field as a block of its own (it dispatches nothing in a browser). Only the drain
+/// sends it alone, as the stream's last bytes; the start of a stream carries it inside
+/// `connected`, since some clients (Python's httpx-sse) surface a lone `retry:` block as an empty
+/// message event.
 pub fn retry(ms: u64) -> Bytes {
     Bytes::from(format!("retry: {ms}\n\n"))
 }
@@ -65,9 +67,9 @@ pub fn drain_retry() -> Bytes {
     retry(rand::rng().random_range(DRAIN_RETRY_MS))
 }
 
-/// `event: connected`, first on every stream. `id` is where the stream starts: the current
-/// position, or on a resume the position the client came back with; `resumed` says whether it
-/// did, and `replayed` how many missed events follow.
+/// `event: connected`, first on every stream, with `retry: DEFAULT_RETRY_MS` in the same block.
+/// `id` is where the stream starts: the current position, or on a resume the position the client
+/// came back with; `resumed` says whether it did, and `replayed` how many missed events follow.
 pub fn connected(
     id: EventId,
     user_id: &str,
@@ -83,7 +85,12 @@ pub fn connected(
         "replayed": replayed,
         "heartbeatMs": heartbeat_ms,
     });
-    encode(GatewayEvent::Connected.name(), Some(id), &data.to_string())
+    let retry = format!("retry: {DEFAULT_RETRY_MS}\n");
+    let event = encode(GatewayEvent::Connected.name(), Some(id), &data.to_string());
+    let mut out = BytesMut::with_capacity(retry.len() + event.len());
+    out.put_slice(retry.as_bytes());
+    out.put_slice(&event);
+    out.freeze()
 }
 
 /// `event: heartbeat`, encoded once per tick for every stream it goes to; `at` must be a

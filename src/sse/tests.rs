@@ -129,7 +129,7 @@ fn gateway_events_exact_wire_format() {
     let id = EventId::horizon(0x0a1b2c3d, 9);
     assert_eq!(
         &connected(id, "alice", 7, true, 2, 30000)[..],
-        b"event: connected\nid: 0a1b2c3d.9\n\
+        b"retry: 1000\nevent: connected\nid: 0a1b2c3d.9\n\
           data: {\"connectionId\":7,\"heartbeatMs\":30000,\"replayed\":2,\"resumed\":true,\"userId\":\"alice\"}\n\n"
     );
     assert_eq!(

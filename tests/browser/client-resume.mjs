@@ -9,29 +9,14 @@
 // live-1 read), `restart`, `bounce` (kill, insert bounce-1, restart at once), `kill-for-good`.
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { main, waitFor, check, step, watchConsole, log } from './lib.mjs';
+import { main, waitFor, check, step, watchConsole, log, waitStreams } from './lib.mjs';
 
 const base = process.env.GATEWAY_URL;
 const token = process.env.TOKEN;
 const clientJs = readFileSync(process.env.CLIENT_JS, 'utf8');
+const transportsJs = readFileSync(new URL('./transports.js', `file://${process.env.CLIENT_JS}`), 'utf8');
 const pageHtml = readFileSync(fileURLToPath(new URL('./client-page.html', import.meta.url)), 'utf8');
 const cookie = { name: 'pgsse_token', value: token, url: base };
-
-async function connections() {
-  const res = await fetch(`${base}/readyz`);
-  return (await res.json()).connections;
-}
-
-async function waitConnections(n, what) {
-  const deadline = Date.now() + 10000;
-  let last;
-  while (Date.now() < deadline) {
-    last = await connections().catch(() => undefined);
-    if (last === n) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`${what}: /readyz connections stayed ${last}, expected ${n}`);
-}
 
 /** The reconnect delays the client announced, checked against 1s, 2s, 4s ... +-20%. */
 function checkBackoff(statuses) {
@@ -53,6 +38,7 @@ await main('client-resume', async (context, notes) => {
     const path = new URL(route.request().url()).pathname;
     if (path.endsWith('/index.html')) return route.fulfill({ contentType: 'text/html', body: pageHtml });
     if (path.endsWith('/pgsse-client.js')) return route.fulfill({ contentType: 'text/javascript', body: clientJs });
+    if (path.endsWith('/transports.js')) return route.fulfill({ contentType: 'text/javascript', body: transportsJs });
     return route.fulfill({ status: 404, body: 'not found' });
   });
   const page = await context.newPage();
@@ -117,7 +103,7 @@ await main('client-resume', async (context, notes) => {
     return { timers: pendingTimers.size, open: openSources(), status: T.a.conn.status };
   });
   check(closed.timers === 0 && closed.open === 0 && closed.status === 'closed', `after close(): ${JSON.stringify(closed)}`);
-  await waitConnections(0, 'after close()');
+  await waitStreams(base, 0, 'after close()');
   log('close: ok');
 
   // Degradation: 404 and 401 say so, in words, at once; the stream comes back by itself.
@@ -138,9 +124,9 @@ await main('client-resume', async (context, notes) => {
   // Closing the page closes its stream on the server.
   await page.evaluate(() => window.connect('b'));
   await waitFor(page, 'b open', () => T.b.conn.status === 'open');
-  await waitConnections(1, 'one open stream');
+  await waitStreams(base, 1, 'one open stream');
   await page.close();
-  await waitConnections(0, 'after closing the page');
+  await waitStreams(base, 0, 'after closing the page');
   log('page close: ok');
 
   // close() during a backoff wait cancels the pending reconnect.

@@ -3,45 +3,7 @@
 import { test, mock, beforeEach, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { connectNotifications, backoffDelay, logIdOf } from '../../clients/js/pgsse-client.js';
-
-class FakeEventSource {
-  static CONNECTING = 0;
-  static OPEN = 1;
-  static CLOSED = 2;
-  static instances = [];
-
-  constructor(url, init) {
-    this.url = url;
-    this.init = init;
-    this.readyState = FakeEventSource.CONNECTING;
-    this.listeners = {};
-    this.onerror = null;
-    FakeEventSource.instances.push(this);
-  }
-
-  addEventListener(type, fn) {
-    (this.listeners[type] ??= new Set()).add(fn);
-  }
-
-  removeEventListener(type, fn) {
-    this.listeners[type]?.delete(fn);
-  }
-
-  close() {
-    this.readyState = FakeEventSource.CLOSED;
-  }
-
-  emit(type, data, id = '') {
-    this.readyState = FakeEventSource.OPEN;
-    const event = { type, data: JSON.stringify(data), lastEventId: id };
-    for (const fn of this.listeners[type] ?? []) fn(event);
-  }
-
-  fail(readyState) {
-    this.readyState = readyState;
-    this.onerror?.({ type: 'error' });
-  }
-}
+import { FakeEventSource } from './fakes.mjs';
 
 const last = () => FakeEventSource.instances.at(-1);
 /** The history part of the event ids the tests send (`pgsse.history()`: 8 lowercase hex digits). */

@@ -76,6 +76,24 @@ export async function step(name) {
   if (done || value.trim() !== 'ok') throw new Error(`step ${name}: the test answered ${done ? 'EOF' : value}`);
 }
 
+/** Open streams of the gateway at `base`, from its /readyz. */
+export async function openStreams(base) {
+  const res = await fetch(`${base}/readyz`);
+  return (await res.json()).connections;
+}
+
+/** Waits until the gateway at `base` holds `n` open streams; fails naming `what`. */
+export async function waitStreams(base, n, what, timeout = 15000) {
+  const deadline = Date.now() + timeout;
+  let last;
+  while (Date.now() < deadline) {
+    last = await openStreams(base).catch(() => undefined);
+    if (last === n) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`${what}: /readyz connections stayed ${last}, expected ${n}`);
+}
+
 export function log(...args) {
   process.stdout.write(`${args.join(' ')}\n`);
 }

@@ -1,4 +1,5 @@
-// Types for pgsse-client.js (an ES module with no build step).
+// The types of pgsse-client.js (the JS file refers to them in JSDoc; `tsc` checks it against them
+// and generates its declarations).
 
 /** A row of the watched table, as the triggers send it (`to_jsonb(row)`; column names as in SQL). */
 export interface NotificationRow {
@@ -44,6 +45,7 @@ export type FailureCode =
   | 'unavailable'
   | 'network'
   | 'auth_expired'
+  | 'stale'
   | 'bad_url';
 
 export interface ConnectionInfo {
@@ -104,10 +106,46 @@ export interface ConnectOptions {
   dedupeWindow?: number;
   /** Resume from this position (e.g. kept in sessionStorage) on the first connection. */
   lastEventId?: string | null;
+  /**
+   * How the stream is read. `eventsource` (default): the browser's `EventSource`, which sends
+   * cookies (and a token in the URL) but no headers. `fetch`: a streaming `fetch`, for apps that
+   * authenticate with an `Authorization` header (see `headers`). Resume, backoff, dedupe, status
+   * and the watchdog are the same code for both.
+   */
+  transport?: 'eventsource' | 'fetch';
+  /**
+   * Headers for the `fetch` transport, e.g. `() => ({ Authorization: `Bearer ${token()}` })`;
+   * called before every connection (it may return a promise), so a refreshed token is used.
+   */
+  headers?: Record<string, string> | (() => Record<string, string> | Promise<Record<string, string>>);
+  /**
+   * The watchdog: when nothing (heartbeats included) arrived for `watchdogFactor` x the
+   * gateway's `heartbeatMs` (from `connected`), the connection is taken for dead (a half-open
+   * socket after sleep, a proxy that dropped it silently) and replaced, resuming. 0 disables.
+   * Default 2.
+   */
+  watchdogFactor?: number;
+  /** Aborting it closes the connection for good, like `close()`. */
+  signal?: AbortSignal;
   /** EventSource implementation (tests, polyfills). Default: the global one. */
   EventSource?: typeof EventSource;
-  /** fetch implementation for the diagnostic probe. Default: the global one. */
+  /** fetch implementation (the `fetch` transport and the diagnostic probe). Default: the global one. */
   fetch?: typeof fetch;
+}
+
+export interface ConnectionStats {
+  /** Connections attempted, with either transport. */
+  opened: number;
+  /** Of those, `EventSource`s created. */
+  eventSources: number;
+  /** `connected` events received. */
+  connects: number;
+  /** Of those, resumed ones. */
+  resumes: number;
+  /** Events dropped as already seen. */
+  duplicates: number;
+  /** Connections the watchdog found silent and replaced. */
+  stale: number;
 }
 
 export interface Connection {
@@ -115,27 +153,12 @@ export interface Connection {
   readonly info: ConnectionInfo;
   readonly lastEventId: string | null;
   /** Counters, for debugging and tests. */
-  readonly stats: { eventSources: number; connects: number; resumes: number; duplicates: number };
+  readonly stats: ConnectionStats;
   /** Drop the current attempt and connect again now (e.g. after signing in). */
   reconnect(): void;
+  /** Takes the connection for dead now if nothing arrived for the watchdog's limit (the client
+   * does this itself on `visibilitychange` and `online`). */
+  check(): void;
   /** Closes the stream for good: no EventSource, timer or listener is left behind. */
   close(): void;
 }
-
-export const DEFAULT_OPTIONS: Readonly<Required<Omit<ConnectOptions, 'EventSource' | 'fetch' | 'lastEventId'>>>;
-
-export function connectNotifications<Row = NotificationRow>(
-  url: string | URL | (() => string | URL | Promise<string | URL>),
-  handlers?: Handlers<Row>,
-  options?: ConnectOptions,
-): Connection;
-
-/** Reconnect delay for a 1-based attempt: 1s, 2s, 4s ... capped, with jitter. */
-export function backoffDelay(
-  attempt: number,
-  options?: { minDelayMs?: number; maxDelayMs?: number; jitter?: number },
-  random?: () => number,
-): number;
-
-/** The log id of an event id `<history>.<horizon>-<logid>` (or a legacy `<horizon>-<logid>`), or null. */
-export function logIdOf(id: string | null | undefined): string | null;

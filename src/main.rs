@@ -41,13 +41,21 @@ fn main() -> ExitCode {
 fn init_logging(format: &str) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour_logs());
     match format {
         "text" => builder.init(),
         "json" => builder.json().flatten_event(true).with_current_span(true).init(),
         other => return Err(format!("{other:?} is not text or json")),
     }
     Ok(())
+}
+
+/// Colour codes only for a person at a terminal: never in a file, a pipe or a log collector, and
+/// never when `NO_COLOR` is set (https://no-color.org).
+fn colour_logs() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -58,6 +58,7 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()>,
     extra: Option<Arc<dyn http::ExtraRoutes>>,
 ) -> Result<(), RunError> {
+    pg::schema::preflight(&config.database, config.db_timeout).await?;
     let metrics = metrics::Metrics::default();
     let limits = hub::Limits {
         queue_bytes: config.queue_bytes,

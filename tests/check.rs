@@ -122,6 +122,20 @@ async fn wrong_grants_are_errors_and_extra_ones_warnings_with_the_statement_to_r
 }
 
 #[tokio::test]
+async fn a_role_with_no_grant_at_all_is_told_every_grant_not_an_sql_error() {
+    let url = fresh_database();
+    let (_, _) = deployment(&url).await;
+    let bare = unique_role("bare");
+    exec(&url, &format!("CREATE ROLE {bare} LOGIN; GRANT CONNECT ON DATABASE \"{}\" TO {bare}", db_name(&url))).await;
+    let (code, report) = check(&url_as(&url, &bare)).await;
+    assert_eq!(code, 1, "{report:#}");
+    let grants = findings(&report, "grants");
+    let error = grants.iter().find(|f| f.0 == "error").unwrap_or_else(|| panic!("{report:#}"));
+    assert!(error.2.starts_with(&format!("GRANT USAGE ON SCHEMA pgsse TO \"{bare}\";")), "{error:?}");
+    assert!(error.2.contains(&format!("GRANT SELECT ON pgsse.secret TO \"{bare}\";")), "{error:?}");
+}
+
+#[tokio::test]
 async fn a_renamed_watched_column_is_an_error_naming_the_watch_call() {
     let url = fresh_database();
     let (gw, _) = deployment(&url).await;

@@ -132,6 +132,12 @@ async fn upgrade_from_the_previous_release_while_writers_run() {
 
     // The gateway on the new binary, streams open, writers still writing.
     let gw = Gateway::start(&url, &[]).await;
+    // A browser holding an id of the previous release's gateway (no history in it) refetches.
+    let mut old_tab = gw.stream("w0", &[("Last-Event-ID", "7424-1")]).await;
+    old_tab.next_named("connected", T).await.expect("connected");
+    let reset = old_tab.next_event(T).await.expect("an event after connected");
+    assert_eq!(reset.event, "reset", "{reset:?}");
+    drop(old_tab);
     let mut streams = Vec::new();
     for w in 0..4 {
         streams.push(gw.stream(&format!("w{w}"), &[]).await);

@@ -80,7 +80,21 @@ pub async fn run(client: &tokio_postgres::Client, gateway_role: Option<&str>) ->
         )
         .await?;
     let mut report = Report::default();
-    let Some(inst) = schema::installed(client).await? else {
+    let role = match gateway_role {
+        Some(r) => r.to_string(),
+        None => client.query_one("SELECT current_user::text", &[]).await?.try_get(0)?,
+    };
+    let installed = match schema::installed(client).await {
+        Err(PgError::Db(e)) if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
+            // Without its grants this role can read none of pgsse's tables: say which it lacks.
+            report.add("schema", Level::Error, format!("cannot read pgsse.meta: {}", super::describe(&e)), None);
+            grants(client, &role, gateway_role.is_none(), &mut report).await?;
+            database(client, &role, &mut report).await?;
+            return Ok(report);
+        }
+        other => other?,
+    };
+    let Some(inst) = installed else {
         report.add(
             "schema",
             Level::Error,
@@ -100,10 +114,6 @@ pub async fn run(client: &tokio_postgres::Client, gateway_role: Option<&str>) ->
         Err(why) => report.add("schema", Level::Error, why, Some(INSTALL_COMMAND.into())),
     }
     watched(client, &mut report).await?;
-    let role = match gateway_role {
-        Some(r) => r.to_string(),
-        None => client.query_one("SELECT current_user::text", &[]).await?.try_get(0)?,
-    };
     grants(client, &role, gateway_role.is_none(), &mut report).await?;
     notify(client, inst.notify_mode.as_deref().unwrap_or("commit"), &mut report).await?;
     database(client, &role, &mut report).await?;
@@ -175,41 +185,49 @@ async fn watched(client: &tokio_postgres::Client, report: &mut Report) -> Result
     Ok(())
 }
 
-/// What the gateway's role needs, as (object, privilege, `has_*_privilege` function).
+/// What the gateway's role needs, as (object, privilege, kind of object).
 const NEEDED: &[(&str, &str, &str)] = &[
-    ("pgsse", "USAGE", "has_schema_privilege"),
-    ("pgsse.events", "SELECT", "has_table_privilege"),
-    ("pgsse.events", "DELETE", "has_table_privilege"),
-    ("pgsse.meta", "SELECT", "has_table_privilege"),
-    ("pgsse.meta", "UPDATE", "has_table_privilege"),
-    ("pgsse.secret", "SELECT", "has_table_privilege"),
+    ("pgsse", "USAGE", "schema"),
+    ("pgsse.events", "SELECT", "table"),
+    ("pgsse.events", "DELETE", "table"),
+    ("pgsse.meta", "SELECT", "table"),
+    ("pgsse.meta", "UPDATE", "table"),
+    ("pgsse.secret", "SELECT", "table"),
 ];
 
 /// What it must not have: each lets it do more than a gateway does.
 const EXCESS: &[(&str, &str, &str)] = &[
-    ("pgsse.events", "INSERT", "has_table_privilege"),
-    ("pgsse.events", "UPDATE", "has_table_privilege"),
-    ("pgsse.events", "TRUNCATE", "has_table_privilege"),
-    ("pgsse.secret", "UPDATE", "has_table_privilege"),
-    ("pgsse.publish(text,jsonb,text)", "EXECUTE", "has_function_privilege"),
-    ("pgsse.set_notify_mode(text)", "EXECUTE", "has_function_privilege"),
-    ("pgsse._generate_capture(regclass,name,name,name,text[])", "EXECUTE", "has_function_privilege"),
+    ("pgsse.events", "INSERT", "table"),
+    ("pgsse.events", "UPDATE", "table"),
+    ("pgsse.events", "TRUNCATE", "table"),
+    ("pgsse.secret", "UPDATE", "table"),
+    ("pgsse.publish(text, jsonb, text)", "EXECUTE", "function"),
+    ("pgsse.set_notify_mode(text)", "EXECUTE", "function"),
+    ("pgsse._generate_capture(regclass, name, name, name, text[])", "EXECUTE", "function"),
 ];
 
+/// Whether `role` holds `privilege` on the object; `None` when there is no such object. Objects
+/// are found through the catalog by name, so a checking role without USAGE on the schema can
+/// still ask.
 async fn has(
     client: &tokio_postgres::Client,
     role: &str,
-    (obj, privilege, f): (&str, &str, &str),
+    (obj, privilege, kind): (&str, &str, &str),
 ) -> Result<Option<bool>, PgError> {
-    let exists = if f == "has_function_privilege" {
-        "to_regprocedure($2) IS NOT NULL"
-    } else if f == "has_schema_privilege" {
-        "to_regnamespace($2) IS NOT NULL"
-    } else {
-        "to_regclass($2) IS NOT NULL"
+    let sql = match kind {
+        "schema" => "SELECT has_schema_privilege($1, n.oid, $3) FROM pg_namespace AS n WHERE n.nspname = $2",
+        "table" => {
+            "SELECT has_table_privilege($1, c.oid, $3) FROM pg_class AS c \
+                    JOIN pg_namespace AS n ON n.oid = c.relnamespace WHERE n.nspname || '.' || c.relname = $2"
+        }
+        _ => {
+            "SELECT has_function_privilege($1, p.oid, $3) FROM pg_proc AS p \
+              JOIN pg_namespace AS n ON n.oid = p.pronamespace \
+              WHERE n.nspname || '.' || p.proname || '(' || oidvectortypes(p.proargtypes) || ')' = $2"
+        }
     };
-    let sql = format!("SELECT CASE WHEN {exists} THEN {f}($1, $2, $3) END");
-    Ok(client.query_one(&sql, &[&role, &obj, &privilege]).await?.try_get(0)?)
+    let row = client.query_opt(sql, &[&role, &obj, &privilege]).await?;
+    Ok(row.map(|r| r.try_get(0)).transpose()?)
 }
 
 async fn grants(
@@ -221,7 +239,8 @@ async fn grants(
     let row = client
         .query_opt(
             "SELECT r.rolsuper, pg_has_role($1, c.relowner, 'USAGE') FROM pg_roles AS r, pg_class AS c \
-              WHERE r.rolname = $1 AND c.oid = 'pgsse.events'::regclass",
+               JOIN pg_namespace AS n ON n.oid = c.relnamespace \
+              WHERE r.rolname = $1 AND n.nspname = 'pgsse' AND c.relname = 'events'",
             &[&role],
         )
         .await?;
@@ -248,7 +267,7 @@ async fn grants(
         let fix = missing
             .iter()
             .map(|(obj, p, f)| match *f {
-                "has_schema_privilege" => format!("GRANT {p} ON SCHEMA {obj} TO {};", q(role)),
+                "schema" => format!("GRANT {p} ON SCHEMA {obj} TO {};", q(role)),
                 _ => format!("GRANT {p} ON {obj} TO {};", q(role)),
             })
             .collect::<Vec<_>>()

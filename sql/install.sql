@@ -1185,8 +1185,9 @@ COMMENT ON FUNCTION pgsse.relay(text, interval, integer) IS
 -- -----------------------------------------------------------------------------
 -- Not SECURITY DEFINER: CREATE TRIGGER needs the caller to own the table.
 
--- (Re)creates the three triggers on tbl calling fn. Transition tables are not
--- allowed on triggers for several events, hence one trigger per event.
+-- (Re)creates the three triggers on tbl calling fn (fn NULL: only drops them).
+-- Transition tables are not allowed on triggers for several events, hence one
+-- trigger per event.
 CREATE OR REPLACE FUNCTION pgsse._attach(tbl regclass, fn text) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -1201,6 +1202,9 @@ BEGIN
     LOOP
         EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS %I ON %s', trg, tbl);
     END LOOP;
+    IF fn IS NULL THEN
+        RETURN;
+    END IF;
 
     EXECUTE pg_catalog.format(
         'CREATE TRIGGER pgsse_insert AFTER INSERT ON %s'
@@ -1347,19 +1351,11 @@ CREATE OR REPLACE FUNCTION pgsse.unwatch(tbl regclass) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $fn$
-DECLARE
-    trg name;
 BEGIN
     IF tbl IS NULL THEN
         RETURN;
     END IF;
-    FOR trg IN
-        SELECT t.tgname FROM pg_catalog.pg_trigger t
-         WHERE t.tgrelid = tbl
-           AND t.tgname IN ('pgsse_insert', 'pgsse_update', 'pgsse_delete')
-    LOOP
-        EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS %I ON %s', trg, tbl);
-    END LOOP;
+    PERFORM pgsse._attach(tbl, NULL);
     -- The table's generated function (and any other no trigger uses any more).
     IF pg_catalog.has_function_privilege('pgsse._drop_unused_captures()', 'EXECUTE') THEN
         PERFORM pgsse._drop_unused_captures();

@@ -31,6 +31,22 @@ pub enum Command {
     Token(TokenArgs),
     /// Try pgsse in a minute: throwaway PostgreSQL, demo table and page, live gateway.
     Demo(DemoArgs),
+    /// Check a deployment, read-only (safe in production; run it as the gateway's role): the SQL's
+    /// version, watched tables, grants, notify mode, NOTIFY lock and queue. Exits 1 on errors.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// PostgreSQL URL (also DATABASE_URL), best with the gateway's own role.
+    #[arg(long, env = "PGSSE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Output: text (one line per check) or json (for monitoring).
+    #[arg(long, default_value = "text")]
+    pub format: String,
+    /// The gateway's role, whose grants are checked (default: the role connecting).
+    #[arg(long, env = "PGSSE_GATEWAY_ROLE")]
+    pub gateway_role: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -39,6 +55,16 @@ pub enum SqlAction {
     Install(SqlArgs),
     /// Print (or with --apply, run) the uninstall script: removes everything pgsse created.
     Uninstall(SqlArgs),
+    /// Show what is installed: the version, the watched tables and their options, the notify
+    /// mode, and what `sql install --apply` would change.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// PostgreSQL URL (also DATABASE_URL).
+    #[arg(long, env = "PGSSE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
 }
 
 #[derive(Debug, Args)]

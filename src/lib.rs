@@ -59,6 +59,7 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()>,
     extra: Option<Arc<dyn http::ExtraRoutes>>,
 ) -> Result<(), RunError> {
+    pg::schema::preflight(&config.database, config.db_timeout).await?;
     let metrics = metrics::Metrics::default();
     check_open_files(&config);
     let limits = hub::Limits {

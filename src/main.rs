@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use pgsse::cli::{Cli, Command, SqlAction, SqlArgs, TokenArgs};
+use pgsse::cli::{CheckArgs, Cli, Command, SqlAction, SqlArgs, TokenArgs};
 use pgsse::config::Config;
 
 /// Exit code for configuration mistakes, as for usage errors.
@@ -27,6 +27,15 @@ fn main() -> ExitCode {
         },
         Command::Sql { action } => sql(action),
         Command::Token(args) => token(args),
+        Command::Check(args) => match check(args) {
+            Ok(true) => return ExitCode::SUCCESS,
+            Ok(false) => return ExitCode::FAILURE,
+            Err(e) if e.is::<UsageError>() => {
+                eprintln!("pgsse: {e:#}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            Err(e) => Err(e),
+        },
         Command::Demo(args) => runtime().and_then(|rt| Ok(rt.block_on(pgsse::demo::run(args, shutdown_signal()))?)),
     };
     match result {
@@ -41,15 +50,21 @@ fn main() -> ExitCode {
 fn init_logging(format: &str) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colours only on a terminal: journald and log shippers would store the escape codes.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour_logs());
     match format {
         "text" => builder.init(),
         "json" => builder.json().flatten_event(true).with_current_span(true).init(),
         other => return Err(format!("{other:?} is not text or json")),
     }
     Ok(())
+}
+
+/// Colour codes only for a person at a terminal: never in a file, a pipe or a log collector, and
+/// never when `NO_COLOR` is set (https://no-color.org).
+fn colour_logs() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -100,19 +115,55 @@ fn sql(action: SqlAction) -> anyhow::Result<()> {
     let (script, args, what) = match action {
         SqlAction::Install(a) => (pgsse::pg::install::INSTALL_SQL, a, "installed"),
         SqlAction::Uninstall(a) => (pgsse::pg::install::UNINSTALL_SQL, a, "uninstalled"),
+        SqlAction::Status(a) => {
+            let cfg = pgsse::pg::parse_url(&database_url(a.database_url, "status")?)?;
+            let status = runtime()?.block_on(async {
+                let client = pgsse::pg::connect(&cfg).await?;
+                pgsse::pg::status::read(&client).await
+            })?;
+            print!("{}", status.render());
+            return Ok(());
+        }
     };
-    let SqlArgs { apply, database_url } = args;
+    let SqlArgs { apply, database_url: url } = args;
     if !apply {
         print!("{script}");
         return Ok(());
     }
-    let url = database_url
-        .or_else(|| std::env::var("DATABASE_URL").ok())
-        .context("--apply needs --database-url (or PGSSE_DATABASE_URL / DATABASE_URL)")?;
-    let cfg = pgsse::pg::parse_url(&url)?;
+    let cfg = pgsse::pg::parse_url(&database_url(url, "--apply")?)?;
     runtime()?.block_on(pgsse::pg::install::apply(&cfg, script))?;
     eprintln!("pgsse: SQL {what}");
     Ok(())
+}
+
+fn database_url(flag: Option<String>, what: &str) -> anyhow::Result<String> {
+    flag.or_else(|| std::env::var("DATABASE_URL").ok())
+        .with_context(|| format!("{what} needs --database-url (or PGSSE_DATABASE_URL / DATABASE_URL)"))
+}
+
+/// A mistake on the command line (exit code 2), as opposed to a failure to check.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+/// Runs `pgsse check`; true when it found no error.
+fn check(args: CheckArgs) -> anyhow::Result<bool> {
+    let json = match args.format.as_str() {
+        "text" => false,
+        "json" => true,
+        other => return Err(UsageError(format!("--format: {other:?} is not text or json")).into()),
+    };
+    let cfg = pgsse::pg::parse_url(&database_url(args.database_url, "check")?)?;
+    let report = runtime()?.block_on(async {
+        let client = pgsse::pg::connect(&cfg).await?;
+        pgsse::pg::check::run(&client, args.gateway_role.as_deref()).await
+    })?;
+    if json {
+        println!("{}", report.json());
+    } else {
+        print!("{}", report.text());
+    }
+    Ok(report.count(pgsse::pg::check::Level::Error) == 0)
 }
 
 fn token(args: TokenArgs) -> anyhow::Result<()> {

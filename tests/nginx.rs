@@ -358,3 +358,103 @@ async fn example_conf_passes_nginx_t() {
     assert!(out.status.success(), "nginx -t:\n{stderr}");
     assert!(!stderr.contains("[warn]"), "nginx -t warns:\n{stderr}");
 }
+
+/// `nginx -s reload` with streams open: the old worker would keep them (heartbeats keep a stream
+/// from ever ending) and live on; deploy/nginx/example.conf's `worker_shutdown_timeout` bounds
+/// that. The old worker is gone within the bound (shortened here to keep the test quick), and
+/// every stream, closed with it, resumes through the new worker with nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_ends_the_old_worker_within_its_bound_and_streams_resume() {
+    let example = deploy_nginx("example.conf");
+    let line =
+        example.lines().find(|l| l.starts_with("worker_shutdown_timeout ")).expect("example.conf bounds reloads");
+    assert_eq!(line, "worker_shutdown_timeout 30s;");
+    const BOUND: Duration = Duration::from_secs(2);
+    let main = "worker_processes 1;\nworker_shutdown_timeout 2s;\n";
+
+    let db = notifications_db().await;
+    let gw = Gateway::start(&db, &[]).await;
+    let port = free_port();
+    let site = Site { port, tls: false, upstream: "pgsse", read_timeout: None, retry_answer: true };
+    let nginx = Nginx::start_main(main, &[("pgsse", &gw.addr)], std::slice::from_ref(&site)).await;
+    let front = format!("127.0.0.1:{port}");
+    assert!(common::wait_until(T, || async { nginx.workers().len() == 1 }).await, "one worker");
+    let old = nginx.workers();
+
+    let users = ["ann", "ben", "cat"];
+    let mut streams = Vec::new();
+    for u in users {
+        let mut s = gateway::stream(&front, u, &[]).await;
+        s.next_named("connected", T).await.expect("connected");
+        streams.push(s);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (db, stop) = (db.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for u in users {
+                    insert_rows(&db, u, &[format!("{u}-{n}")]).await;
+                }
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            n
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    nginx.reload().await;
+    let reloaded = Instant::now();
+    assert!(
+        common::wait_until(T, || async { nginx.workers().iter().any(|w| !old.contains(w)) }).await,
+        "no new worker after the reload"
+    );
+    assert!(
+        common::wait_until(BOUND + Duration::from_secs(3), || async {
+            !nginx.workers().iter().any(|w| old.contains(w))
+        })
+        .await,
+        "the old worker still runs {:?} after the reload",
+        reloaded.elapsed()
+    );
+    let gone = reloaded.elapsed();
+    assert!(
+        gone >= BOUND - Duration::from_millis(200),
+        "the old worker left at {gone:?}: streams kept it until the bound"
+    );
+
+    // Each stream was closed with the old worker; it resumes through the new one.
+    let mut got: Vec<Vec<String>> = vec![Vec::new(); users.len()];
+    let mut resumed = Vec::new();
+    for (i, s) in streams.iter_mut().enumerate() {
+        while let Some(e) = s.next_named("notification", T).await {
+            got[i].push(common::title(&e));
+        }
+        assert!(s.is_closed(), "the old worker closed the stream");
+        let id = s.last_event_id().expect("a position");
+        resumed.push(gateway::stream(&front, users[i], &[("Last-Event-ID", id.as_str())]).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let n = writer.await.expect("writer");
+    for (i, s) in resumed.iter_mut().enumerate() {
+        let last = format!("{}-{}", users[i], n - 1);
+        while got[i].last() != Some(&last) {
+            let e =
+                s.next_named("notification", T).await.unwrap_or_else(|| panic!("{} ended at {:?}", users[i], got[i]));
+            got[i].push(common::title(&e));
+        }
+        let mut seen: Vec<String> = Vec::new();
+        for t in &got[i] {
+            if !seen.contains(t) {
+                seen.push(t.clone());
+            }
+        }
+        let want: Vec<String> = (0..n).map(|k| format!("{}-{k}", users[i])).collect();
+        assert_eq!(seen, want, "{}: every event, across the reload", users[i]);
+    }
+    eprintln!("old nginx worker gone {gone:?} after the reload (bound {BOUND:?})");
+    gw.stop().await;
+}

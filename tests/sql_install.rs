@@ -37,8 +37,8 @@ async fn install_is_idempotent_and_keeps_events() {
              AND relkind = 'r'"
         )
         .await,
-        3,
-        "events, meta and secret"
+        4,
+        "events, meta, secret and watched"
     );
     assert_eq!(
         count("SELECT count(*) FROM pg_indexes WHERE schemaname = 'pgsse' AND tablename = 'events'").await,
@@ -55,7 +55,7 @@ async fn install_is_idempotent_and_keeps_events() {
     );
     assert_eq!(
         count("SELECT count(*) FROM pg_proc WHERE pronamespace = 'pgsse'::regnamespace").await,
-        22,
+        24,
         "plus _send, history, new_history, mark, capture_sessions, watch_sessions, unwatch_sessions, _capture_sql, \
          _generate_capture, _drop_unused_captures, _payload, _relaying, set_notify_mode, notify_mode, relay, \
          _snapshot_cut and the generated capture_<oid> of notifications"

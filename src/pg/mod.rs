@@ -1,5 +1,6 @@
 //! Postgres: the only module that talks to the database (LISTEN source, replay, retention, SQL install).
 
+pub mod check;
 mod deadline;
 pub mod demo;
 pub mod install;
@@ -7,9 +8,11 @@ pub mod payload;
 pub mod relay;
 pub mod replay;
 pub mod retention;
+pub mod schema;
 mod seen;
 pub mod sessions;
 pub mod source;
+pub mod status;
 pub mod throwaway;
 
 use std::str::FromStr;
@@ -37,6 +40,9 @@ pub enum PgError {
     Timeout(Duration),
     #[error("no answer from the database on the {conn} connection within {limit:?}")]
     Deadline { conn: &'static str, limit: Duration },
+    /// pgsse's SQL is missing, or of a version this gateway cannot serve: says what to run.
+    #[error("{0}")]
+    Schema(String),
 }
 
 /// `db error` alone says nothing: the server's message with its SQLSTATE, detail and hint, or

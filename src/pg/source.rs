@@ -110,7 +110,11 @@ impl Source {
                         self.metrics.db_timeout(conn);
                     }
                     self.metrics.pg_listening.set(0);
-                    tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
+                    if let PgError::Schema(why) = &e {
+                        tracing::error!("{why} (checking again on every reconnect)");
+                    } else {
+                        tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
+                    }
                 }
             }
             connected_before |= self.state.horizon().is_some();
@@ -157,6 +161,11 @@ impl Source {
         // The channel is secret (LISTEN needs no privilege), so it is read before LISTEN; the
         // key is read on every connect, so a rotated one is picked up after a reconnect.
         let t = self.timeout;
+        // A schema this gateway cannot serve is said as such, naming the command to run, rather
+        // than found by a statement failing later.
+        if let Err(e) = within("listen", t, super::schema::ensure_servable(client)).await {
+            return End::Lost(e);
+        }
         let setup = client.query_opt(
             "SELECT s.key, s.channel, pgsse.history(), pg_snapshot_xmax(pg_current_snapshot())::text \
              FROM pgsse.secret AS s",

@@ -179,6 +179,11 @@ impl Nginx {
     /// Starts nginx with `upstreams` (name, gateway address; the first must be `pgsse`) and `sites`;
     /// returns once every site accepts connections.
     pub async fn start(upstreams: &[(&'static str, &str)], sites: &[Site]) -> Nginx {
+        Self::start_main(SINGLE_PROCESS, upstreams, sites).await
+    }
+
+    /// `start`, with `main` as the main context (e.g. a master process, which reloads need).
+    pub async fn start_main(main: &str, upstreams: &[(&'static str, &str)], sites: &[Site]) -> Nginx {
         let dir = TempDir::new("nginx");
         let d = &dir.0;
         for sub in ["www", "tmp"] {
@@ -186,7 +191,7 @@ impl Nginx {
         }
         std::fs::write(d.join("www/index.html"), PAGE).expect("write page");
         self_signed_cert(d);
-        std::fs::write(d.join("nginx.conf"), nginx_conf(d, upstreams, sites)).expect("write nginx.conf");
+        std::fs::write(d.join("nginx.conf"), nginx_conf(d, main, upstreams, sites)).expect("write nginx.conf");
 
         let test = nginx_command(d).arg("-t").stdin(Stdio::null()).output().await.expect("run nginx -t");
         assert!(
@@ -214,6 +219,30 @@ impl Nginx {
         Nginx { child, dir }
     }
 
+    /// `nginx -s reload` against this nginx (needs a master process: `start_main`).
+    pub async fn reload(&self) {
+        let out =
+            nginx_command(&self.dir.0).args(["-s", "reload"]).stdin(Stdio::null()).output().await.expect("run nginx");
+        assert!(out.status.success(), "nginx -s reload: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// The pids of the master's worker processes, read from /proc.
+    pub fn workers(&self) -> Vec<u32> {
+        let master = self.child.id().unwrap_or(0);
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // pid (comm) state ppid ...: comm may hold spaces, so read after its closing paren.
+            let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+            if ppid == Some(master) {
+                pids.push(pid);
+            }
+        }
+        pids.sort_unstable();
+        pids
+    }
+
     /// The stream location's access log of the site on `port` (format `pgsse_stream`).
     pub fn stream_log(&self, port: u16) -> Vec<String> {
         self.read_lines(&format!("stream-{port}.log"))
@@ -231,7 +260,13 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
+        // With a master process, its workers would outlive a killed master: kill the master first
+        // (a master that sees a worker die starts another), then the workers it had.
+        let workers = self.workers();
         let _ = self.child.start_kill();
+        for pid in workers {
+            let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
         if std::thread::panicking() {
             let log = std::fs::read_to_string(self.dir.0.join("error.log")).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
@@ -252,7 +287,10 @@ pub fn nginx_command(dir: &Path) -> Command {
     cmd
 }
 
-fn nginx_conf(d: &Path, upstreams: &[(&'static str, &str)], sites: &[Site]) -> String {
+/// The main context of the test nginx: one process, so killing it leaves nothing behind.
+pub const SINGLE_PROCESS: &str = "master_process off;\nworker_processes 1;\n";
+
+fn nginx_conf(d: &Path, main: &str, upstreams: &[(&'static str, &str)], sites: &[Site]) -> String {
     let upstream_file = deploy_nginx("pgsse-upstream.conf");
     let default_server = "server 127.0.0.1:8080;";
     assert_eq!(upstreams.first().map(|u| u.0), Some("pgsse"), "the first upstream is the deploy file's");
@@ -271,7 +309,7 @@ fn nginx_conf(d: &Path, upstreams: &[(&'static str, &str)], sites: &[Site]) -> S
     let tmp = d.join("tmp");
     let t = |name: &str| tmp.join(name).display().to_string();
     format!(
-        "master_process off;\nworker_processes 1;\nevents {{ worker_connections 1024; }}\n\
+        "{main}events {{ worker_connections 1024; }}\n\
          http {{\n\
          types {{ text/html html; }}\n\
          default_type application/octet-stream;\n\

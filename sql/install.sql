@@ -1055,12 +1055,13 @@ COMMENT ON FUNCTION pgsse._snapshot_cut(pg_catalog.pg_snapshot, pg_catalog.pg_sn
 -- without them. Returns state: 'off' (no relay needed), 'standby' (another
 -- replica holds the lease), 'idle', 'relayed', 'more' (relayed, and more is
 -- waiting beyond max_rows) or 'done' (finished draining after a switch back
--- to commit), with the transactions and events sent.
+-- to commit), with the transactions and events sent, and the relay's position
+-- after the round (for the gateway's cheap check between rounds).
 -- The position, the lease and the NOTIFYs commit together: a round that
 -- raced another (or a mode switch) fails whole and sends nothing.
 CREATE OR REPLACE FUNCTION pgsse.relay(
     gateway text, lease interval DEFAULT '1 second', max_rows integer DEFAULT 10000,
-    OUT state text, OUT txs integer, OUT events bigint
+    OUT state text, OUT txs integer, OUT events bigint, OUT pos text
 )
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -1156,12 +1157,12 @@ BEGIN
        AND m.relay_owner OPERATOR(pg_catalog.=) gateway
        AND m.relay_until OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp() + lease * 0.75 THEN
         state := 'idle';
+        pos := p::text;
         RETURN;
     END IF;
+    pos := CASE WHEN done THEN NULL WHEN cut IS NULL THEN s::text ELSE pgsse._snapshot_cut(p, s, cut)::text END;
     UPDATE pgsse.meta AS mm
-       SET relay_snapshot = CASE WHEN done THEN NULL
-                                 WHEN cut IS NULL THEN s
-                                 ELSE pgsse._snapshot_cut(p, s, cut) END,
+       SET relay_snapshot = pos::pg_catalog.pg_snapshot,
            relay_drain = CASE WHEN done THEN NULL ELSE drain END,
            relay_owner = CASE WHEN done THEN NULL ELSE gateway END,
            relay_until = CASE WHEN done THEN NULL ELSE pg_catalog.clock_timestamp() + lease END

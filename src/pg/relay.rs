@@ -18,6 +18,16 @@ use super::{with_install_hint, within, PgError};
 use crate::defaults::{DEFAULT_RELAY_LEASE, DEFAULT_RELAY_MAX_ROWS};
 use crate::metrics::Metrics;
 
+/// Whether anything committed since the relay's position `$1` may need announcing: a row at or
+/// above its xmax, or a row of a transaction in its in-progress list that has finished since (the
+/// same test `pgsse.relay()` starts with). No plan of it depends on the value, so it is planned
+/// once per connection.
+const PROBE: &str = "SELECT COALESCE((SELECT max(e.tx) FROM pgsse.events AS e)                             >= pg_snapshot_xmax($1::text::pg_snapshot), false)                      OR EXISTS (SELECT FROM pg_snapshot_xip($1::text::pg_snapshot) AS x(x)                                  WHERE pg_visible_in_snapshot(x.x, pg_current_snapshot())                                    AND EXISTS (SELECT FROM pgsse.events AS e WHERE e.tx = x.x))";
+
+/// A leader runs a full round at least this often, however idle: the round renews the lease (at
+/// a quarter of it) and moves the horizon on.
+const RENEW_EVERY: Duration = Duration::from_millis(200);
+
 /// What one round did (`state` of `pgsse.relay()`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Round {
@@ -105,21 +115,45 @@ impl Relay {
         let round = within(
             "relay",
             t,
-            client.prepare("SELECT state, txs, events FROM pgsse.relay($1::text, $2::text::interval, $3::int4)"),
+            client.prepare("SELECT state, txs, events, pos FROM pgsse.relay($1::text, $2::text::interval, $3::int4)"),
         )
         .await
         .map_err(with_install_hint)?;
+        let probe = within("relay", t, client.prepare(PROBE)).await?;
         let lease = format!("{} milliseconds", DEFAULT_RELAY_LEASE.as_millis());
         let mut leader = false;
+        // The relay's position after this replica's last round, and when that round ran.
+        let mut last: Option<(String, Instant)> = None;
         loop {
+            // While this replica relays, most intervals have nothing new: a probe with a kept plan
+            // says so for a fraction of a round's cost. A round still runs every RENEW_EVERY, to
+            // keep the lease and the horizon fresh (and to notice a mode switch or a drained relay).
+            let due = match (&last, leader) {
+                (Some((pos, at)), true) if at.elapsed() < RENEW_EVERY => {
+                    within("relay", t, client.query_one(&probe, &[pos])).await?.try_get::<_, bool>(0)?
+                }
+                _ => true,
+            };
+            if !due {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(self.interval) => {}
+                }
+                continue;
+            }
             let r =
                 within("relay", t, client.query_one(&round, &[&self.instance, &lease, &DEFAULT_RELAY_MAX_ROWS])).await;
             let next = match r {
-                Ok(row) => self.on_round(&row, &mut leader)?,
+                Ok(row) => {
+                    let (next, pos) = self.on_round(&row, &mut leader)?;
+                    last = pos.map(|p| (p, Instant::now()));
+                    next
+                }
                 // Another replica's round, or a mode switch, moved the position first: nothing was
                 // sent; try again on the next round.
                 Err(PgError::Db(e)) if e.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE) => {
                     tracing::debug!("relay round raced another; retrying");
+                    last = None;
                     Round::Standby
                 }
                 Err(e) => return Err(with_install_hint(e)),
@@ -136,10 +170,12 @@ impl Relay {
         }
     }
 
-    fn on_round(&self, row: &tokio_postgres::Row, leader: &mut bool) -> Result<Round, PgError> {
+    /// What a round did, and the relay's position after it.
+    fn on_round(&self, row: &tokio_postgres::Row, leader: &mut bool) -> Result<(Round, Option<String>), PgError> {
         let state: String = row.try_get(0)?;
         let txs: i32 = row.try_get(1)?;
         let events: i64 = row.try_get(2)?;
+        let pos: Option<String> = row.try_get(3)?;
         let round = match state.as_str() {
             "off" => Round::Off,
             "standby" => Round::Standby,
@@ -161,6 +197,6 @@ impl Relay {
             self.metrics.relay_transactions.inc_by(txs.max(0) as u64);
             self.metrics.relay_events.inc_by(events.max(0) as u64);
         }
-        Ok(round)
+        Ok((round, pos))
     }
 }

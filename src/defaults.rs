@@ -12,7 +12,13 @@ pub const DEFAULT_PATH: &str = "/api/notifications/stream";
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_MARKER_INTERVAL: Duration = Duration::from_millis(250);
+/// A stream's queue bound: beyond it the stream reads what it missed back from the log instead
+/// of holding it (so a burst costs at most this per stream, however large).
 pub const DEFAULT_QUEUE_BYTES: usize = 1 << 20;
+/// A stream whose client takes none of its waiting bytes for this long is cut. Far above any
+/// healthy reader's pause (a burst is drained in milliseconds to seconds), short enough that a
+/// stuck client's socket and slot are freed within a minute.
+pub const DEFAULT_SLOW_CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_REPLAY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Every database round trip's deadline (`--db-timeout`). Well above any healthy round trip of the
 /// gateway's small statements (a marker, a LISTEN, a session lookup, a batch of 1,000 deletes) on a
@@ -60,3 +66,7 @@ pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A resume asking for more than this many events is answered with `reset` instead: the app's
 /// own refetch is cheaper than streaming that much history through one connection.
 pub const DEFAULT_MAX_REPLAY_EVENTS: usize = 10_000;
+/// Likewise for the size of what a resume missed (event names and data): beyond it, `reset`.
+pub const DEFAULT_MAX_REPLAY_BYTES: usize = 16 << 20;
+/// Rows per read of a stream catching up from the log (each read also fits in `--max-queue-bytes`).
+pub const DEFAULT_CATCH_UP_ROWS: usize = 1_000;

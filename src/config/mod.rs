@@ -54,6 +54,8 @@ pub struct Config {
     pub marker_interval: Duration,
     pub queue_bytes: usize,
     pub replay_timeout: Duration,
+    /// `--slow-client-timeout`: a client that takes none of its waiting bytes this long is cut.
+    pub slow_client_timeout: Duration,
     pub db_timeout: Duration,
     pub pool_size: usize,
     pub shutdown_timeout: Duration,
@@ -117,6 +119,8 @@ impl Config {
         let retention = duration(&mut errs, "--retention", &a.retention, Duration::from_secs(1));
         let marker_interval = duration(&mut errs, "--marker-interval", &a.marker_interval, Duration::from_millis(10));
         let replay_timeout = duration(&mut errs, "--replay-timeout", &a.replay_timeout, Duration::from_millis(10));
+        let slow_client_timeout =
+            duration(&mut errs, "--slow-client-timeout", &a.slow_client_timeout, Duration::from_millis(100));
         let db_timeout = duration(&mut errs, "--db-timeout", &a.db_timeout, Duration::from_millis(100));
         let shutdown_timeout = duration(&mut errs, "--shutdown-timeout", &a.shutdown_timeout, Duration::ZERO);
         let drain_period = duration(&mut errs, "--drain-period", &a.drain_period, Duration::ZERO);
@@ -193,7 +197,7 @@ impl Config {
             d
         });
         match (
-            database,
+            (database, slow_client_timeout),
             listen,
             heartbeat_interval,
             auth,
@@ -204,7 +208,7 @@ impl Config {
             shutdown_timeout,
         ) {
             (
-                Some(database),
+                (Some(database), Some(slow_client_timeout)),
                 Some(listen),
                 Some(heartbeat_interval),
                 Some(auth),
@@ -223,6 +227,7 @@ impl Config {
                 marker_interval,
                 queue_bytes,
                 replay_timeout,
+                slow_client_timeout,
                 db_timeout,
                 pool_size: a.db_pool_size,
                 shutdown_timeout,

@@ -170,12 +170,18 @@ impl HyperConn {
             })
         };
         let conn = watcher.watch(self.builder.serve_connection(io, service));
-        tokio::select! {
-            r = conn => if let Err(e) = r {
-                // Peers hanging up mid-stream is normal life for SSE.
-                tracing::debug!(error = %e, "connection ended");
-            },
-            _ = abort.notified() => tracing::debug!("connection cut: client not reading"),
+        tokio::pin!(conn);
+        let ended = tokio::select! {
+            r = &mut conn => Some(r),
+            // The hub closed or cut the stream: hyper gets a moment to write its last bytes, which
+            // a client that is not reading never takes.
+            _ = abort.notified() => tokio::time::timeout(pump::CLOSE_GRACE, &mut conn).await.ok(),
+        };
+        match ended {
+            // Peers hanging up mid-stream is normal life for SSE.
+            Some(Err(e)) => tracing::debug!(error = %e, "connection ended"),
+            Some(Ok(())) => {}
+            None => tracing::debug!("connection closed: its stream ended"),
         }
     }
 }

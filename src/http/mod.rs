@@ -1,6 +1,7 @@
 //! HTTP: accepts connections, routes requests (stream, health, readiness) and drains on shutdown.
 
 mod body;
+mod catchup;
 mod cors;
 mod front;
 mod pump;

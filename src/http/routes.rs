@@ -14,7 +14,7 @@ use super::{cors, stream};
 
 pub(super) async fn route(
     req: Request<Incoming>,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     peer: SocketAddr,
     abort: Arc<Notify>,
 ) -> Response<Body> {
@@ -42,7 +42,7 @@ pub(super) async fn route(
 /// The stream path: GET opens a stream, OPTIONS answers a CORS preflight.
 pub(super) async fn stream_endpoint(
     req: Request<()>,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     peer: SocketAddr,
     abort: Option<Arc<Notify>>,
 ) -> Response<Body> {

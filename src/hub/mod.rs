@@ -1,14 +1,18 @@
 //! Hub: routes each encoded event to every open stream of its user, without ever waiting on one.
 //!
-//! Each stream owns a small queue bounded in bytes. Publishing appends the shared `Bytes` (encoded
-//! once per event) to each matching queue and wakes the stream's task; a queue that would exceed
-//! its bound is closed instead, so a client that stops reading is dropped alone and everyone else
-//! keeps their latency. Locks are held only for these appends, never across a socket write.
+//! Each stream owns a queue bounded in bytes. Publishing appends the shared `Bytes` (encoded once
+//! per event) to each matching queue and wakes the stream's task. A queue that would exceed its
+//! bound stops queueing instead: it is emptied and marked *behind*, and the stream's task reads
+//! what it missed back from the log, page by page, as fast as its client takes it (`http/body.rs`),
+//! then rejoins. A stream is cut only when its client does not drain: bytes waiting longer than
+//! `Limits::stall` without the writer taking any. Locks are held only for these appends, never
+//! across a socket write or a query.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::Notify;
@@ -45,12 +49,19 @@ impl Item {
 /// Why a stream ended from the hub's side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
-    /// The client did not read fast enough and its queue overflowed.
+    /// Cut: the client took none of its bytes for `Limits::stall`.
     SlowClient,
     /// The gateway is shutting down or draining.
     Shutdown,
     /// The stream's credential is no longer valid.
     AuthExpired,
+    /// Cut: the stream fell behind and could not read its missed events back from the log (the
+    /// client resumes, and the resume replays or resets).
+    CatchUpFailed,
+    /// Cut: the client kept sending bytes on its open stream.
+    Upload,
+    /// Cut: the gateway closed the stream but the client did not take its last bytes in time.
+    NotReading,
 }
 
 impl CloseReason {
@@ -59,7 +70,15 @@ impl CloseReason {
             CloseReason::SlowClient => "slow_client",
             CloseReason::Shutdown => "shutdown",
             CloseReason::AuthExpired => "auth_expired",
+            CloseReason::CatchUpFailed => "catch_up_failed",
+            CloseReason::Upload => "upload",
+            CloseReason::NotReading => "not_reading_at_close",
         }
+    }
+
+    /// The stream was cut (dropped without a graceful end), not closed.
+    pub fn is_cut(self) -> bool {
+        !matches!(self, CloseReason::Shutdown | CloseReason::AuthExpired)
     }
 }
 
@@ -75,7 +94,10 @@ pub enum Full {
 /// Limits checked atomically with registration.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// Bytes queued for one stream before it stops queueing and catches up from the log.
     pub queue_bytes: usize,
+    /// How long bytes may wait without the stream's writer taking any before it is cut.
+    pub stall: Duration,
     pub max_connections: usize,
     pub max_per_user: usize,
     /// Heartbeat slices: streams are kept in this many groups (by stream id) so one heartbeat
@@ -89,6 +111,43 @@ struct Queue {
     bytes: usize,
     waker: Option<Waker>,
     closed: Option<CloseReason>,
+    /// Since when something has been waiting for the writer (queued bytes, or the log while
+    /// behind) without it taking anything; `None` while it is up to date.
+    waiting_since: Option<Instant>,
+    /// Over its bound: live events are not queued; the writer reads them from the log.
+    behind: bool,
+    /// Every log event with `tx` below this was handed to the writer (the horizon its last take
+    /// was told): where a catch-up starts.
+    taken_below: u64,
+    /// Log events handed to the writer at or above `taken_below`: (tx, highest log id), so a
+    /// catch-up does not send them twice (a transaction's events arrive in log id order).
+    taken_above: Vec<(u64, i64)>,
+    /// Live copies to drop because a replay already sent them: below this tx, or these log ids.
+    below: u64,
+    replayed: HashSet<i64>,
+}
+
+impl Queue {
+    /// Whether the writer already has this log event (so it is neither queued nor counted).
+    fn delivered(&mut self, item: &Item) -> bool {
+        if item.log_id == Item::RESYNC {
+            // A new history: what this stream resumed from says nothing about its events.
+            (self.below, self.replayed) = (0, HashSet::new());
+            return false;
+        }
+        item.log_id != 0 && (item.tx < self.below || (!self.replayed.is_empty() && self.replayed.remove(&item.log_id)))
+    }
+
+    fn clear(&mut self) {
+        self.items = VecDeque::new();
+        self.bytes = 0;
+    }
+
+    fn wake(&mut self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
 }
 
 /// The hub's side of one stream.
@@ -109,33 +168,55 @@ impl Conn {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Appends, or closes the queue if `limit` would be exceeded. Returns false if closed.
-    fn push(&self, item: &Item, limit: usize) -> bool {
+    /// Appends (unless the writer already has it); over `limits.queue_bytes` the queue is emptied
+    /// and goes behind instead. A stream whose bytes waited longer than `limits.stall` is cut.
+    /// Returns false if the stream is closed.
+    fn push(&self, item: &Item, limits: &Limits, now: Instant) -> bool {
         let mut q = self.lock();
         if q.closed.is_some() {
             return false;
         }
-        if q.bytes + item.bytes.len() > limit && !q.items.is_empty() {
-            q.items.clear();
-            q.bytes = 0;
-            q.closed = Some(CloseReason::SlowClient);
-            if let Some(abort) = &self.abort {
-                abort.notify_one();
+        if q.waiting_since.is_some_and(|t| now.saturating_duration_since(t) > limits.stall) {
+            drop(q);
+            self.cut(CloseReason::SlowClient);
+            return false;
+        }
+        if q.delivered(item) {
+            return true;
+        }
+        if q.behind {
+            if item.log_id == Item::RESYNC {
+                // Positions of the old history cannot be caught up from: the client resumes and
+                // gets the history's `reset`.
+                drop(q);
+                self.cut(CloseReason::CatchUpFailed);
+                return false;
             }
+            // The catch-up reads it from the log.
+            return true;
+        }
+        if q.bytes + item.bytes.len() > limits.queue_bytes && !q.items.is_empty() {
+            q.clear();
+            q.behind = true;
         } else {
             q.bytes += item.bytes.len();
             q.items.push_back(item.clone());
         }
-        let open = q.closed.is_none();
-        if let Some(w) = q.waker.take() {
-            w.wake();
-        }
-        open
+        q.waiting_since.get_or_insert(now);
+        q.wake();
+        true
     }
 
-    /// Queues `last` (beyond the byte bound) and closes: the stream ends after writing it.
+    /// Queues `last` (beyond the byte bound, unless behind) and closes: the stream ends after
+    /// writing it, or is cut if its client does not take it (`Subscription::poll_cut`).
     pub fn finish(&self, last: &Item, reason: CloseReason) {
-        self.push(last, usize::MAX);
+        {
+            let mut q = self.lock();
+            if q.closed.is_none() && !q.behind {
+                q.bytes += last.bytes.len();
+                q.items.push_back(last.clone());
+            }
+        }
         self.close(reason);
     }
 
@@ -143,10 +224,25 @@ impl Conn {
         let mut q = self.lock();
         if q.closed.is_none() {
             q.closed = Some(reason);
+            if let Some(abort) = &self.abort {
+                abort.notify_one();
+            }
         }
-        if let Some(w) = q.waker.take() {
-            w.wake();
+        q.wake();
+    }
+
+    /// Ends the stream at once: whatever is queued is dropped, the writer gives up.
+    fn cut(&self, reason: CloseReason) {
+        let mut q = self.lock();
+        if q.closed.is_some_and(CloseReason::is_cut) {
+            return;
         }
+        q.clear();
+        q.closed = Some(reason);
+        if let Some(abort) = &self.abort {
+            abort.notify_one();
+        }
+        q.wake();
     }
 }
 
@@ -305,7 +401,8 @@ impl Hub {
     }
 
     fn deliver<'a>(&self, conns: impl Iterator<Item = &'a Arc<Conn>>, item: &Item) -> usize {
-        let n = conns.filter(|c| c.push(item, self.limits.queue_bytes)).count();
+        let now = Instant::now();
+        let n = conns.filter(|c| c.push(item, &self.limits, now)).count();
         self.metrics.events_delivered.inc_by(n as u64);
         n
     }
@@ -346,11 +443,15 @@ impl Hub {
                 }
             }
         }
-        let reason = conn.lock().closed.map_or("client", CloseReason::as_str);
-        if reason == CloseReason::SlowClient.as_str() {
-            self.metrics.slow_client_disconnects.inc();
+        let closed = conn.lock().closed;
+        if let Some(cut) = closed.filter(|r| r.is_cut()) {
+            if cut == CloseReason::SlowClient {
+                self.metrics.slow_client_disconnects.inc();
+            }
+            self.metrics.stream_cut(cut.as_str());
+            tracing::info!(reason = cut.as_str(), "stream cut: {}", cut_message(cut));
         }
-        self.metrics.connection_closed(reason);
+        self.metrics.connection_closed(closed.map_or("client", CloseReason::as_str));
         self.metrics.connections_open.dec();
     }
 }
@@ -370,6 +471,10 @@ pub enum Next {
     Data(Bytes),
     /// The hub closed this stream.
     Closed(CloseReason),
+    /// The queue went over its bound and stopped queueing: read the log from horizon `from`
+    /// (every event below it was handed to the writer), skipping `taken` (tx, highest log id
+    /// handed), then `rejoin`.
+    Behind { from: u64, taken: Vec<(u64, i64)> },
 }
 
 impl Subscription {
@@ -377,46 +482,133 @@ impl Subscription {
         self.conn.id
     }
 
-    /// Takes everything queued, skipping log events that `skip` says were already sent.
-    pub fn poll_next(&self, cx: &mut Context<'_>, mut skip: impl FnMut(&Item) -> bool) -> Poll<Next> {
+    pub fn user(&self) -> &Arc<str> {
+        &self.conn.user
+    }
+
+    /// Queues what a stream starts with (`retry:`, `connected`, a replay or `reset`) ahead of any
+    /// live event, counted like them. Every log event below `taken_below` is owed to the client
+    /// no more (the position it starts from); live copies below `below` or in `replayed` are
+    /// dropped, here and as they come.
+    pub fn start(&self, preamble: Vec<Item>, taken_below: u64, below: u64, replayed: HashSet<i64>) {
         let mut q = self.conn.lock();
-        let mut first: Option<Bytes> = None;
-        let mut more: Option<BytesMut> = None;
-        while let Some(item) = q.items.pop_front() {
-            q.bytes -= item.bytes.len();
-            if item.log_id != 0 && skip(&item) {
-                continue;
+        q.taken_below = taken_below;
+        (q.below, q.replayed) = (below, replayed);
+        let live = std::mem::take(&mut q.items);
+        q.bytes = 0;
+        let behind = q.behind;
+        // Behind already: the catch-up reads the replay's events again, from `taken_below`.
+        for item in preamble.into_iter().filter(|i| !behind || i.log_id == 0) {
+            q.bytes += item.bytes.len();
+            q.items.push_back(item);
+        }
+        for item in live {
+            if !q.delivered(&item) {
+                q.bytes += item.bytes.len();
+                q.items.push_back(item);
             }
-            match (&first, &mut more) {
-                (None, _) => first = Some(item.bytes),
-                (Some(f), None) => {
-                    let mut m = BytesMut::with_capacity(f.len() + item.bytes.len() + q.bytes);
-                    m.extend_from_slice(f);
-                    m.extend_from_slice(&item.bytes);
-                    more = Some(m);
+        }
+        q.waiting_since.get_or_insert_with(Instant::now);
+        q.wake();
+    }
+
+    /// Takes everything queued. `horizon` is the source's position read *before* this call:
+    /// every log event below it was queued before, so is handed over now or was earlier.
+    pub fn poll_next(&self, cx: &mut Context<'_>, horizon: u64) -> Poll<Next> {
+        let mut q = self.conn.lock();
+        if let Some(reason) = q.closed.filter(|r| r.is_cut()) {
+            return Poll::Ready(Next::Closed(reason));
+        }
+        if !q.items.is_empty() {
+            let items = std::mem::take(&mut q.items);
+            q.bytes = 0;
+            q.waiting_since = None;
+            q.taken_below = q.taken_below.max(horizon);
+            let below = q.taken_below;
+            q.taken_above.retain(|(tx, _)| *tx >= below);
+            for item in items.iter().filter(|i| i.log_id > 0 && i.tx >= below) {
+                match q.taken_above.iter_mut().find(|(tx, _)| *tx == item.tx) {
+                    Some(t) => t.1 = t.1.max(item.log_id),
+                    None => q.taken_above.push((item.tx, item.log_id)),
                 }
-                (Some(_), Some(m)) => m.extend_from_slice(&item.bytes),
             }
-        }
-        if let Some(m) = more {
-            return Poll::Ready(Next::Data(m.freeze()));
-        }
-        if let Some(f) = first {
-            return Poll::Ready(Next::Data(f));
+            return Poll::Ready(Next::Data(coalesce(items)));
         }
         if let Some(reason) = q.closed {
             return Poll::Ready(Next::Closed(reason));
+        }
+        if q.behind {
+            let taken = std::mem::take(&mut q.taken_above);
+            return Poll::Ready(Next::Behind { from: q.taken_below, taken });
         }
         Self::register(&mut q, cx);
         Poll::Pending
     }
 
-    /// Ready once the hub has cut this stream because its client stopped reading; polled while
-    /// a write to that client is pending, so the write is abandoned instead of awaited.
-    pub fn poll_cut(&self, cx: &mut Context<'_>) -> Poll<()> {
+    /// How the hub closed this stream, if it did.
+    pub fn closed(&self) -> Option<CloseReason> {
+        self.conn.lock().closed
+    }
+
+    /// The writer took a page of a catch-up: the client is draining.
+    pub fn progress(&self) {
+        self.conn.lock().waiting_since = Some(Instant::now());
+    }
+
+    /// Ends a catch-up's paging: live events are queued again, those below `from` dropped (the
+    /// catch-up sent them). Then the writer reads the log's tail and `settle`s.
+    pub fn rejoin(&self, from: u64) {
         let mut q = self.conn.lock();
-        if q.closed == Some(CloseReason::SlowClient) {
-            return Poll::Ready(());
+        q.behind = false;
+        (q.below, q.replayed) = (from, HashSet::new());
+    }
+
+    /// Stops queueing live events (the catch-up reads them from the log).
+    pub fn fall_behind(&self) {
+        let mut q = self.conn.lock();
+        q.clear();
+        q.behind = true;
+    }
+
+    /// After `rejoin`, the tail read from the log was sent: its live copies are dropped (queued
+    /// or to come). False if the queue went over its bound again meanwhile: catch up again.
+    pub fn settle(&self, from: u64, sent: &[(u64, i64)]) -> bool {
+        let mut q = self.conn.lock();
+        if q.behind {
+            return false;
+        }
+        q.replayed = sent.iter().map(|(_, id)| *id).collect();
+        let live = std::mem::take(&mut q.items);
+        q.bytes = 0;
+        for item in live {
+            if !q.delivered(&item) {
+                q.bytes += item.bytes.len();
+                q.items.push_back(item);
+            }
+        }
+        q.taken_below = from;
+        q.taken_above.clear();
+        for (tx, id) in sent {
+            match q.taken_above.iter_mut().find(|(t, _)| t == tx) {
+                Some(t) => t.1 = t.1.max(*id),
+                None => q.taken_above.push((*tx, *id)),
+            }
+        }
+        q.waiting_since = Some(Instant::now());
+        true
+    }
+
+    /// Cuts the stream (see `CloseReason::is_cut`).
+    pub fn cut(&self, reason: CloseReason) {
+        self.conn.cut(reason);
+    }
+
+    /// Ready once the hub closed this stream (cut, or closed with its last bytes queued); polled
+    /// while a write to the client is pending, so that write is not awaited forever.
+    pub fn poll_cut(&self, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        let mut q = self.conn.lock();
+        if let Some(reason) = q.closed {
+            return Poll::Ready(reason);
         }
         Self::register(&mut q, cx);
         Poll::Pending
@@ -427,6 +619,27 @@ impl Subscription {
             Some(w) if w.will_wake(cx.waker()) => {}
             _ => q.waker = Some(cx.waker().clone()),
         }
+    }
+}
+
+/// One write's bytes: the items' bytes, copied into one buffer only when there are several.
+fn coalesce(mut items: VecDeque<Item>) -> Bytes {
+    if items.len() == 1 {
+        return items.pop_front().map(|i| i.bytes).unwrap_or_default();
+    }
+    let mut all = BytesMut::with_capacity(items.iter().map(|i| i.bytes.len()).sum());
+    items.iter().for_each(|i| all.extend_from_slice(&i.bytes));
+    all.freeze()
+}
+
+/// What the log line of a cut says.
+fn cut_message(reason: CloseReason) -> &'static str {
+    match reason {
+        CloseReason::SlowClient => "the client took none of its bytes within --slow-client-timeout",
+        CloseReason::CatchUpFailed => "the stream fell behind and its missed events could not be read back",
+        CloseReason::Upload => "the client kept sending bytes on its open stream",
+        CloseReason::NotReading => "the gateway closed the stream and the client did not take its last bytes",
+        CloseReason::Shutdown | CloseReason::AuthExpired => "closed",
     }
 }
 

@@ -53,13 +53,15 @@ pub(super) struct CatchUp {
     taken: Vec<(u64, i64)>,
     /// The read in flight is the tail, after `rejoin`.
     tail: bool,
+    /// A read was started.
+    started: bool,
     read: Option<Read>,
     wait: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl CatchUp {
     pub(super) fn new(history: u32, from: u64, taken: Vec<(u64, i64)>) -> Self {
-        Self { history, from, until: None, after: 0, taken, tail: false, read: None, wait: None }
+        Self { history, from, until: None, after: 0, taken, tail: false, started: false, read: None, wait: None }
     }
 
     pub(super) fn poll_step(&mut self, cx: &mut Context<'_>, sub: &Subscription, shared: &Arc<Shared>) -> Poll<Step> {
@@ -87,6 +89,10 @@ impl CatchUp {
             let Some(at) = shared.source.position().filter(|p| p.history == self.history) else {
                 return Poll::Ready(Step::Failed("the database's history changed".into()));
             };
+            if self.until.is_none() && !std::mem::replace(&mut self.started, true) && at.horizon > self.from {
+                // Live events went past the queue's bound: page what is final before trying the tail.
+                self.until = Some(at.horizon);
+            }
             let window = match self.until {
                 Some(until) => Window { from: self.from, until: Some(until), after: self.after, rows: 0, bytes: 0 },
                 None => {

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Request, Response, StatusCode};
-use tokio::sync::Notify;
 
 use super::body::{error, unavailable, Body, StreamBody};
 use super::shared::Shared;
@@ -31,7 +30,7 @@ pub(super) async fn open(
     req: Request<()>,
     shared: &Arc<Shared>,
     peer: SocketAddr,
-    abort: Option<Arc<Notify>>,
+    abort: Option<Arc<crate::hub::Abort>>,
 ) -> Response<Body> {
     let span = tracing::Span::current();
     if shared.config.trust_proxy {
@@ -147,10 +146,11 @@ pub(super) async fn open(
                             replayed.insert(ev.id);
                         }
                     }
-                    sub.start(preamble, from.horizon, from.horizon, replayed);
                     if !complete {
+                        // Larger than the queue: the catch-up pages it from the log.
                         sub.fall_behind();
                     }
+                    sub.start(preamble, from.horizon, from.horizon, replayed);
                     return stream_response(sub, shared, now.history);
                 }
                 Ok(Replay::Reset(reason)) => {

@@ -17,6 +17,29 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::Notify;
 
+/// How a stream's connection task is told to cut it at once (hyper-written streams, whose writes
+/// the hub cannot watch), and how that task cuts the stream it serves.
+#[derive(Default)]
+pub struct Abort {
+    notify: Notify,
+    conn: Mutex<Option<Weak<Conn>>>,
+}
+
+impl Abort {
+    /// Resolves once the hub closed or cut the stream.
+    pub async fn notified(&self) {
+        self.notify.notified().await
+    }
+
+    /// Cuts the stream this connection serves, unless it was already cut.
+    pub fn cut(&self, reason: CloseReason) {
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(conn) = conn.and_then(|w| w.upgrade()) {
+            conn.cut(reason);
+        }
+    }
+}
+
 use crate::auth::session::SessionKey;
 use crate::metrics::Metrics;
 
@@ -158,7 +181,7 @@ pub struct Conn {
     /// Fired when the connection must be cut at once (its client stopped reading, so a graceful
     /// end would never be written). Streams written by their own task watch the queue instead
     /// (`Subscription::poll_cut`) and pass `None`.
-    abort: Option<Arc<Notify>>,
+    abort: Option<Arc<Abort>>,
 }
 
 impl Conn {
@@ -192,7 +215,8 @@ impl Conn {
                 self.cut(CloseReason::CatchUpFailed);
                 return false;
             }
-            // The catch-up reads it from the log.
+            // The catch-up reads it from the log; until the writer takes a page, it waits.
+            q.waiting_since.get_or_insert(now);
             return true;
         }
         if q.bytes + item.bytes.len() > limits.queue_bytes && !q.items.is_empty() {
@@ -225,7 +249,7 @@ impl Conn {
         if q.closed.is_none() {
             q.closed = Some(reason);
             if let Some(abort) = &self.abort {
-                abort.notify_one();
+                abort.notify.notify_one();
             }
         }
         q.wake();
@@ -240,7 +264,7 @@ impl Conn {
         q.clear();
         q.closed = Some(reason);
         if let Some(abort) = &self.abort {
-            abort.notify_one();
+            abort.notify.notify_one();
         }
         q.wake();
     }
@@ -295,13 +319,13 @@ impl Hub {
     /// Registers a stream for `user`, unless a connection limit is reached. Events published
     /// after this call reach it; dropping the returned `Subscription` removes it at once.
     /// `expires_at` (unix seconds) closes it with `auth_expired` then; `abort` is fired when the
-    /// connection must be cut without a graceful end.
+    /// hub closes or cuts it (for connections whose writes the hub cannot watch).
     pub fn subscribe(
         self: &Arc<Self>,
         user: Arc<str>,
         expires_at: Option<u64>,
         session: Option<SessionKey>,
-        abort: Option<Arc<Notify>>,
+        abort: Option<Arc<Abort>>,
     ) -> Result<Subscription, Full> {
         let conn = Arc::new(Conn {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -324,6 +348,9 @@ impl Hub {
         }
         if let Some(exp) = expires_at {
             self.expiries().insert((exp, conn.id), Arc::downgrade(&conn));
+        }
+        if let Some(abort) = &conn.abort {
+            *abort.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::downgrade(&conn));
         }
         if let Some(key) = session {
             self.sessions().entry(key).or_default().push(Arc::downgrade(&conn));
@@ -523,6 +550,10 @@ impl Subscription {
             let items = std::mem::take(&mut q.items);
             q.bytes = 0;
             q.waiting_since = None;
+            if q.behind {
+                // Only notices are queued while behind; events below `horizon` were dropped.
+                return Poll::Ready(Next::Data(coalesce(items)));
+            }
             q.taken_below = q.taken_below.max(horizon);
             let below = q.taken_below;
             q.taken_above.retain(|(tx, _)| *tx >= below);

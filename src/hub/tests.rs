@@ -195,12 +195,12 @@ fn stalling(stall: Duration) -> Arc<Hub> {
 #[test]
 fn a_cut_fires_the_abort_signal() {
     let hub = stalling(Duration::ZERO);
-    let abort = Arc::new(Notify::new());
+    let abort = Arc::new(Abort::default());
     let _s = hub.subscribe("a".into(), None, None, Some(abort.clone())).expect("room");
     hub.publish(Some("a"), &item(1, "abcd"));
     std::thread::sleep(Duration::from_millis(2));
     hub.publish(Some("a"), &item(2, "abcd"));
-    let fired = abort.notified();
+    let fired = abort.notify.notified();
     tokio::pin!(fired);
     assert!(fired.as_mut().enable(), "a permit was stored for the connection task");
 }

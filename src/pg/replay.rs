@@ -35,12 +35,14 @@ pub struct Page {
     pub total: usize,
     /// Their size (event name and data).
     pub total_bytes: u64,
+    /// The window holds rows past `events`.
+    more: bool,
 }
 
 impl Page {
     /// Every row of the window is in `events`.
     pub fn complete(&self) -> bool {
-        self.events.len() == self.total
+        !self.more
     }
 }
 
@@ -157,6 +159,7 @@ async fn read(
         page.total = usize::try_from(first.try_get::<_, i64>(5)?).unwrap_or(usize::MAX);
         page.total_bytes = u64::try_from(first.try_get::<_, i64>(6)?).unwrap_or(0);
     }
-    page.events = rows.iter().map(StoredEvent::from_row).collect::<Result<_, _>>()?;
+    page.events = rows.iter().take(w.rows).map(StoredEvent::from_row).collect::<Result<_, _>>()?;
+    page.more = page.events.len() < page.total;
     Ok(Replay::Events(page))
 }

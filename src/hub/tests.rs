@@ -1,6 +1,7 @@
 //! Unit tests of the hub.
 use super::*;
-use std::task::Waker;
+use std::collections::HashSet;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 const STALL: Duration = Duration::from_secs(3600);

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::gateway::{self, notifications_db, request, Gateway, STREAM_PATH};
-use common::{exec, free_port, log_id};
+use common::{exec, free_port, log_id, SseClient, SseEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -41,6 +41,34 @@ async fn position(gw: &Gateway, user: &str) -> String {
     let mut s = gw.stream(user, &[]).await;
     let c = s.next_named("connected", T).await.expect("connected");
     c.id.expect("connected carries a position")
+}
+
+/// A gateway on a fresh database with metrics on, its metrics address, and a stream of `user`
+/// that has read its `connected`.
+async fn gateway_and_stream(user: &str) -> (String, Gateway, String, SseClient) {
+    let db = notifications_db().await;
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let gw = Gateway::start(&db, &["--metrics-listen", &metrics_addr]).await;
+    let mut s = gw.stream(user, &[]).await;
+    s.next_named("connected", T).await.expect("connected");
+    (db, gw, metrics_addr, s)
+}
+
+/// The next `notification`, skipping heartbeats (nothing else may come); `None` once the stream
+/// ends or is silent for 30 s.
+async fn next_notification(s: &mut SseClient) -> Option<SseEvent> {
+    loop {
+        let e = s.next_event(Duration::from_secs(30)).await?;
+        if e.event == "notification" {
+            return Some(e);
+        }
+        assert_eq!(e.event, "heartbeat", "{e:?}");
+    }
+}
+
+/// One INSERT of `rows` notifications for `user`.
+fn bulk_insert(user: &str, rows: u32) -> String {
+    format!("INSERT INTO notifications (user_id, title) SELECT '{user}', 'n' || i FROM generate_series(1, {rows}) i")
 }
 
 fn resume_header(id: &str) -> (&'static str, &str) {
@@ -177,23 +205,15 @@ async fn a_client_uploading_on_its_open_stream_is_cut() {
 /// Item 6: the seed's markAllAsRead over 15,000 rows reaches the user's open stream in full.
 #[tokio::test]
 async fn mark_all_as_read_over_15000_rows_reaches_a_reading_client_in_full() {
-    let db = notifications_db().await;
-    let metrics_addr = format!("127.0.0.1:{}", free_port());
-    let gw = Gateway::start(&db, &["--metrics-listen", &metrics_addr]).await;
-    let mut s = gw.stream("alice", &[]).await;
-    s.next_named("connected", T).await.expect("connected");
-    exec(&db, "INSERT INTO notifications (user_id, title) SELECT 'alice', 'n' || i FROM generate_series(1, 15000) i")
-        .await;
+    let (db, gw, metrics_addr, mut s) = gateway_and_stream("alice").await;
+    exec(&db, &bulk_insert("alice", 15_000)).await;
     assert_eq!(s.collect("notification", 15_000, Duration::from_secs(60)).await.len(), 15_000, "every created");
     exec(&db, "UPDATE notifications SET read = true WHERE user_id = 'alice'").await;
     let mut ids = HashSet::new();
     while ids.len() < 15_000 {
-        let Some(e) = s.next_event(Duration::from_secs(30)).await else { break };
-        assert!(e.event == "notification" || e.event == "heartbeat", "{e:?}");
-        if e.event == "notification" {
-            assert_eq!(common::json(&e)["type"], "read");
-            ids.insert(common::json(&e)["notificationId"].as_i64().expect("id"));
-        }
+        let Some(e) = next_notification(&mut s).await else { break };
+        assert_eq!(common::json(&e)["type"], "read");
+        ids.insert(common::json(&e)["notificationId"].as_i64().expect("id"));
     }
     assert_eq!(ids.len(), 15_000, "every read event, none cut");
     assert!(!s.is_closed());
@@ -205,21 +225,12 @@ async fn mark_all_as_read_over_15000_rows_reaches_a_reading_client_in_full() {
 /// the gateway holds at most --max-queue-bytes for it (the rest is read back from the log).
 #[tokio::test]
 async fn a_bulk_statement_of_100000_rows_reaches_a_reading_client() {
-    let db = notifications_db().await;
-    let metrics_addr = format!("127.0.0.1:{}", free_port());
-    let gw = Gateway::start(&db, &["--metrics-listen", &metrics_addr]).await;
-    let mut s = gw.stream("bulk", &[]).await;
-    s.next_named("connected", T).await.expect("connected");
-    exec(&db, "INSERT INTO notifications (user_id, title) SELECT 'bulk', 'n' || i FROM generate_series(1, 100000) i")
-        .await;
+    let (db, gw, metrics_addr, mut s) = gateway_and_stream("bulk").await;
+    exec(&db, &bulk_insert("bulk", 100_000)).await;
     let mut last = 0i64;
     let mut n = 0;
     while n < 100_000 {
-        let Some(e) = s.next_event(Duration::from_secs(60)).await else { break };
-        if e.event != "notification" {
-            assert_eq!(e.event, "heartbeat", "{e:?}");
-            continue;
-        }
+        let Some(e) = next_notification(&mut s).await else { break };
         let id = log_id(&e);
         assert!(id > last, "in log order, once each: {id} after {last}");
         last = id;

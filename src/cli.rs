@@ -126,9 +126,13 @@ pub struct ServeArgs {
     /// announces what writers committed: at most this much latency is added to an event.
     #[arg(long, env = "PGSSE_RELAY_INTERVAL", default_value_t = duration_text(DEFAULT_RELAY_INTERVAL))]
     pub relay_interval: String,
-    /// Bytes queued for one stream before it is closed as too slow (e.g. 1MiB, 256KiB).
+    /// Bytes queued for one stream (e.g. 1MiB, 256KiB); beyond it the stream reads what it
+    /// missed back from the log, as fast as its client takes it, instead of holding it.
     #[arg(long, env = "PGSSE_MAX_QUEUE_BYTES", default_value_t = size_text(DEFAULT_QUEUE_BYTES))]
     pub max_queue_bytes: String,
+    /// A stream whose client takes none of its waiting bytes for this long is cut (it resumes).
+    #[arg(long, env = "PGSSE_SLOW_CLIENT_TIMEOUT", default_value_t = duration_text(DEFAULT_SLOW_CLIENT_TIMEOUT))]
+    pub slow_client_timeout: String,
     /// How long a resuming stream may wait for its replay before it gets 503.
     #[arg(long, env = "PGSSE_REPLAY_TIMEOUT", default_value_t = duration_text(DEFAULT_REPLAY_TIMEOUT))]
     pub replay_timeout: String,

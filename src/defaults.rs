@@ -20,7 +20,13 @@ pub const DEFAULT_RELAY_INTERVAL: Duration = Duration::from_millis(10);
 pub const DEFAULT_RELAY_LEASE: Duration = Duration::from_secs(1);
 /// Rows announced per relay round, about (whole transactions); a longer backlog goes in rounds.
 pub const DEFAULT_RELAY_MAX_ROWS: i32 = 10_000;
+/// A stream's queue bound: beyond it the stream reads what it missed back from the log instead
+/// of holding it (so a burst costs at most this per stream, however large).
 pub const DEFAULT_QUEUE_BYTES: usize = 1 << 20;
+/// A stream whose client takes none of its waiting bytes for this long is cut. Far above any
+/// healthy reader's pause (a burst is drained in milliseconds to seconds), short enough that a
+/// stuck client's socket and slot are freed within a minute.
+pub const DEFAULT_SLOW_CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_REPLAY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Every database round trip's deadline (`--db-timeout`). Well above any healthy round trip of the
 /// gateway's small statements (a marker, a LISTEN, a session lookup, a batch of 1,000 deletes) on a
@@ -77,3 +83,7 @@ pub const DEFAULT_MAX_TCP_CONNECTIONS: usize = DEFAULT_MAX_CONNECTIONS + DEFAULT
 pub const DEFAULT_METRICS_MAX_CONNECTIONS: usize = 16;
 /// Repeated warnings of one kind are logged at most once per this interval (`throttle`).
 pub const DEFAULT_LOG_REPEAT_INTERVAL: Duration = Duration::from_secs(10);
+/// Likewise for the size of what a resume missed (event names and data): beyond it, `reset`.
+pub const DEFAULT_MAX_REPLAY_BYTES: usize = 16 << 20;
+/// Rows per read of a stream catching up from the log (each read also fits in `--max-queue-bytes`).
+pub const DEFAULT_CATCH_UP_ROWS: usize = 1_000;

@@ -64,6 +64,7 @@ pub async fn run_with(
     check_open_files(&config);
     let limits = hub::Limits {
         queue_bytes: config.queue_bytes,
+        stall: config.slow_client_timeout,
         max_connections: config.max_connections,
         max_per_user: config.max_connections_per_user,
         heartbeat_slices: heartbeat_slices(config.heartbeat_interval),

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub events_replayed: Counter,
     resets: Family<Labels, Counter>,
     pub slow_client_disconnects: Counter,
+    streams_cut: Family<Labels, Counter>,
+    pub catch_ups: Counter,
     auth_failures: Family<Labels, Counter>,
     refused: Family<Labels, Counter>,
     pub payloads_dropped: Counter,
@@ -58,6 +60,11 @@ impl Metrics {
         self.auth_failures.get_or_create(&vec![("reason", reason)]).inc();
     }
 
+    /// A stream dropped without a graceful end, by `hub::CloseReason::as_str`.
+    pub fn stream_cut(&self, reason: &'static str) {
+        self.streams_cut.get_or_create(&vec![("reason", reason)]).inc();
+    }
+
     /// A stream request turned away before it opened (limits, draining, not ready).
     pub fn refused(&self, reason: &'static str) {
         self.refused.get_or_create(&vec![("reason", reason)]).inc();
@@ -92,6 +99,17 @@ impl Metrics {
             "slow_client_disconnects",
             "Streams closed because the client fell behind",
             self.slow_client_disconnects.clone(),
+        );
+        r.register(
+            "streams_cut",
+            "Streams dropped without a graceful end, by reason (slow_client: took nothing within \
+             --slow-client-timeout; upload; catch_up_failed; not_reading_at_close)",
+            self.streams_cut.clone(),
+        );
+        r.register(
+            "catch_ups",
+            "Times a stream went over --max-queue-bytes and read its events back from the log",
+            self.catch_ups.clone(),
         );
         r.register("auth_failures", "Stream requests refused by authentication, by reason", self.auth_failures.clone());
         r.register("refused", "Stream requests refused before opening, by reason", self.refused.clone());

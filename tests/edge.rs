@@ -111,7 +111,8 @@ async fn a_client_that_never_reads_is_cut_alone() {
     let db = notifications_db().await;
     let metrics_port = free_port();
     let metrics_addr = format!("127.0.0.1:{metrics_port}");
-    let gw = Gateway::start(&db, &["--max-queue-bytes", "256KiB", "--metrics-listen", &metrics_addr]).await;
+    let flags = ["--max-queue-bytes", "256KiB", "--slow-client-timeout", "2s", "--heartbeat-interval", "1s"];
+    let gw = Gateway::start(&db, &[&flags[..], &["--metrics-listen", &metrics_addr]].concat()).await;
     let mut reader = gw.stream("slow", &[]).await;
     reader.next_named("connected", T).await.expect("connected");
 
@@ -149,6 +150,7 @@ async fn a_client_that_never_reads_is_cut_alone() {
     let (status, _, text) = request(&metrics_addr, "GET", "/metrics", &[]).await;
     assert_eq!(status, 200);
     assert!(text.contains("pgsse_slow_client_disconnects_total 1"), "{text}");
+    assert!(text.contains("pgsse_streams_cut_total{reason=\"slow_client\"} 1"), "{text}");
     assert!(text.contains("pgsse_connections_closed_total{reason=\"slow_client\"} 1"), "{text}");
     drop(stuck);
     gw.stop().await;

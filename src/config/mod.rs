@@ -56,6 +56,8 @@ pub struct Config {
     pub relay_interval: Duration,
     pub queue_bytes: usize,
     pub replay_timeout: Duration,
+    /// `--slow-client-timeout`: a client that takes none of its waiting bytes this long is cut.
+    pub slow_client_timeout: Duration,
     pub db_timeout: Duration,
     pub pool_size: usize,
     pub shutdown_timeout: Duration,
@@ -123,6 +125,8 @@ impl Config {
         let marker_interval = duration(&mut errs, "--marker-interval", &a.marker_interval, Duration::from_millis(10));
         let relay_interval = duration(&mut errs, "--relay-interval", &a.relay_interval, Duration::from_millis(1));
         let replay_timeout = duration(&mut errs, "--replay-timeout", &a.replay_timeout, Duration::from_millis(10));
+        let slow_client_timeout =
+            duration(&mut errs, "--slow-client-timeout", &a.slow_client_timeout, Duration::from_millis(100));
         let db_timeout = duration(&mut errs, "--db-timeout", &a.db_timeout, Duration::from_millis(100));
         let shutdown_timeout = duration(&mut errs, "--shutdown-timeout", &a.shutdown_timeout, Duration::ZERO);
         let drain_period = duration(&mut errs, "--drain-period", &a.drain_period, Duration::ZERO);
@@ -200,7 +204,7 @@ impl Config {
             d
         });
         match (
-            database,
+            (database, slow_client_timeout),
             listen,
             heartbeat_interval,
             auth,
@@ -212,7 +216,7 @@ impl Config {
             relay_interval,
         ) {
             (
-                Some(database),
+                (Some(database), Some(slow_client_timeout)),
                 Some(listen),
                 Some(heartbeat_interval),
                 Some(auth),
@@ -233,6 +237,7 @@ impl Config {
                 relay_interval,
                 queue_bytes,
                 replay_timeout,
+                slow_client_timeout,
                 db_timeout,
                 pool_size: a.db_pool_size,
                 shutdown_timeout,

@@ -1,16 +1,18 @@
 //! Response bodies (a fixed document, or an open event stream) and the small responses every route uses.
 
-use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use hyper::body::{Frame, SizeHint};
 use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 
-use crate::hub::{Item, Next, Subscription};
+use super::catchup::{CatchUp, Step};
+use super::shared::Shared;
+use crate::hub::{CloseReason, Next, Subscription};
 
 pub(super) fn method_not_allowed(allow: &'static str) -> Response<Body> {
     let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed");
@@ -76,54 +78,66 @@ impl hyper::body::Body for Body {
     }
 }
 
-/// The body of one open stream: first what was prepared at open (retry, `connected`, replay or
-/// `reset`), then live events from the hub minus those the replay already sent.
+/// The body of one open stream: what the hub queued for it (first what `stream::open` prepared:
+/// retry, `connected`, replay or `reset`; then live events), or, when it fell behind, pages read
+/// back from the log ([`CatchUp`]).
 pub struct StreamBody {
-    preamble: VecDeque<Bytes>,
-    replayed: HashSet<i64>,
-    /// The position a resumed stream came back with: every event below it was delivered on an
-    /// earlier connection, so a live copy (from a replica whose horizon lags) is dropped.
-    resumed_from: u64,
     sub: Subscription,
+    shared: Arc<Shared>,
+    /// The history the stream's positions belong to.
+    history: u32,
+    catch_up: Option<Box<CatchUp>>,
 }
 
 impl StreamBody {
-    pub(super) fn new(preamble: VecDeque<Bytes>, replayed: HashSet<i64>, resumed_from: u64, sub: Subscription) -> Self {
-        Self { preamble, replayed, resumed_from, sub }
+    pub(super) fn new(sub: Subscription, shared: Arc<Shared>, history: u32) -> Self {
+        Self { sub, shared, history, catch_up: None }
     }
 
-    /// Ready when the hub cut this stream because its client stopped reading.
-    pub(super) fn poll_cut(&self, cx: &mut Context<'_>) -> Poll<()> {
+    /// Ready when the hub closed this stream (see `Subscription::poll_cut`).
+    pub(super) fn poll_cut(&self, cx: &mut Context<'_>) -> Poll<CloseReason> {
         self.sub.poll_cut(cx)
     }
 
+    /// Cuts the stream (the writer gives up on it).
+    pub(super) fn cut(&self, reason: CloseReason) {
+        self.sub.cut(reason);
+    }
+
     pub(super) fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
-        if !self.preamble.is_empty() {
-            // One write for the whole preamble, and its queue's buffer freed for the stream's life.
-            let mut all = std::mem::take(&mut self.preamble);
-            if all.len() == 1 {
-                return Poll::Ready(all.pop_front());
+        loop {
+            if let Some(catch_up) = &mut self.catch_up {
+                match ready!(catch_up.poll_step(cx, &self.sub, &self.shared)) {
+                    Step::Data(b) => return Poll::Ready(Some(b)),
+                    Step::Done(b) => {
+                        self.catch_up = None;
+                        if let Some(b) = b {
+                            return Poll::Ready(Some(b));
+                        }
+                    }
+                    Step::Failed(why) => {
+                        tracing::info!(error = %why, "catch-up from the log failed");
+                        self.sub.cut(CloseReason::CatchUpFailed);
+                        return Poll::Ready(None);
+                    }
+                    Step::Closed => return Poll::Ready(None),
+                }
+                continue;
             }
-            let mut joined = bytes::BytesMut::with_capacity(all.iter().map(Bytes::len).sum());
-            all.iter().for_each(|b| joined.extend_from_slice(b));
-            return Poll::Ready(Some(joined.freeze()));
-        }
-        let (replayed, below) = (&mut self.replayed, &mut self.resumed_from);
-        let skip = |item: &Item| {
-            if item.log_id == Item::RESYNC {
-                // A new history: what this stream resumed from says nothing about its events.
-                (*below, *replayed) = (0, HashSet::new());
-                return false;
+            // Read before taking: every event below it is in the queue by now (see `poll_next`).
+            let horizon = self.shared.source.position().filter(|p| p.history == self.history).map_or(0, |p| p.horizon);
+            match ready!(self.sub.poll_next(cx, horizon)) {
+                Next::Data(b) => return Poll::Ready(Some(b)),
+                Next::Closed(reason) => {
+                    tracing::debug!(conn = self.sub.id(), ?reason, "stream closed by the gateway");
+                    return Poll::Ready(None);
+                }
+                Next::Behind { from, taken } => {
+                    self.shared.metrics.catch_ups.inc();
+                    tracing::debug!(from, "over --max-queue-bytes; catching up from the log");
+                    self.catch_up = Some(Box::new(CatchUp::new(self.history, from, taken)));
+                }
             }
-            item.tx < *below || (!replayed.is_empty() && replayed.remove(&item.log_id))
-        };
-        match self.sub.poll_next(cx, skip) {
-            Poll::Ready(Next::Data(b)) => Poll::Ready(Some(b)),
-            Poll::Ready(Next::Closed(reason)) => {
-                tracing::debug!(conn = self.sub.id(), ?reason, "stream closed by the gateway");
-                Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
         }
     }
 }

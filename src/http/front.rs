@@ -20,7 +20,6 @@ use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 
 use super::body::{error, Body};
 use super::shared::Shared;
@@ -158,7 +157,7 @@ impl HyperConn {
         shared: Arc<Shared>,
         watcher: hyper_util::server::graceful::Watcher,
     ) {
-        let abort = Arc::new(Notify::new());
+        let abort = Arc::new(crate::hub::Abort::default());
         let service = {
             let abort = abort.clone();
             hyper::service::service_fn(move |req| {
@@ -170,12 +169,24 @@ impl HyperConn {
             })
         };
         let conn = watcher.watch(self.builder.serve_connection(io, service));
-        tokio::select! {
-            r = conn => if let Err(e) = r {
-                // Peers hanging up mid-stream is normal life for SSE.
-                tracing::debug!(error = %e, "connection ended");
-            },
-            _ = abort.notified() => tracing::debug!("connection cut: client not reading"),
+        tokio::pin!(conn);
+        let ended = tokio::select! {
+            r = &mut conn => Some(r),
+            // The hub closed or cut the stream: hyper gets a moment to write its last bytes, which
+            // a client that is not reading never takes.
+            _ = abort.notified() => {
+                let ended = tokio::time::timeout(pump::CLOSE_GRACE, &mut conn).await.ok();
+                if ended.is_none() {
+                    abort.cut(crate::hub::CloseReason::NotReading);
+                }
+                ended
+            }
+        };
+        match ended {
+            // Peers hanging up mid-stream is normal life for SSE.
+            Some(Err(e)) => tracing::debug!(error = %e, "connection ended"),
+            Some(Ok(())) => {}
+            None => tracing::debug!("connection closed: its stream ended"),
         }
     }
 }

@@ -2,6 +2,7 @@
 
 mod body;
 mod cap;
+mod catchup;
 mod cors;
 mod front;
 mod pump;

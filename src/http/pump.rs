@@ -8,12 +8,14 @@ use std::future::Future;
 use std::io::{self, IoSlice, Write};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use super::body::StreamBody;
+use crate::hub::CloseReason;
 
 /// How a stream ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,9 +24,18 @@ pub(super) enum Ended {
     Closed,
     /// The client hung up, or writing to it failed.
     ClientGone,
-    /// The hub cut it: the client stopped reading and its queue overflowed.
+    /// Cut: the client stopped taking its bytes, or sent bytes of its own (see `CloseReason`).
     Cut,
 }
+
+/// How long a stream the gateway closed (drain, expiry, revocation) may take to write its last
+/// bytes to a client that is not reading before it is cut.
+pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// Bytes a client may send on its open stream (nothing is expected) before it is cut: a few
+/// stray bytes are harmless, an upload is not served.
+const UPLOAD_LIMIT: usize = 64 << 10;
+/// Unexpected bytes are read and dropped this many at a time.
+const DISCARD_READ: usize = 8 << 10;
 
 /// What is left of one write: the response head (first write only), the chunk-size line, the
 /// hub's bytes, then the chunk's CRLF (or the body's terminator).
@@ -105,13 +116,17 @@ pub(super) struct Pump {
     chunked: bool,
     /// The body has ended and its terminator is queued or written.
     ending: bool,
+    /// Unexpected bytes the client sent so far.
+    uploaded: usize,
+    /// Armed when the gateway closed the stream while a write was pending.
+    grace: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Pump {
     /// `head` is the response head, written first. With `chunked` each write is one HTTP/1.1
     /// chunk; without, the body runs until the connection closes (HTTP/1.0).
     pub(super) fn new(socket: TcpStream, head: Bytes, body: Box<StreamBody>, chunked: bool) -> Self {
-        Self { socket, body, out: Out { head, ..Out::default() }, chunked, ending: false }
+        Self { socket, body, out: Out { head, ..Out::default() }, chunked, ending: false, uploaded: 0, grace: None }
     }
 
     /// Writes what is pending; `Pending` while the socket is full (watching for a cut).
@@ -123,8 +138,14 @@ impl Pump {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Err(Ended::ClientGone)),
                 Poll::Ready(Ok(n)) => self.out.consume(n),
                 Poll::Pending => {
-                    // The client is not reading: give up as soon as the hub cuts it.
-                    ready!(self.body.poll_cut(cx));
+                    // The client is not reading: give up as soon as the hub cuts it, or soon
+                    // after the gateway closed it (its last bytes may never be read).
+                    if ready!(self.body.poll_cut(cx)).is_cut() {
+                        return Poll::Ready(Err(Ended::Cut));
+                    }
+                    let grace = self.grace.get_or_insert_with(|| Box::pin(tokio::time::sleep(CLOSE_GRACE)));
+                    ready!(grace.as_mut().poll(cx));
+                    self.body.cut(CloseReason::NotReading);
                     return Poll::Ready(Err(Ended::Cut));
                 }
             }
@@ -132,19 +153,26 @@ impl Pump {
         Poll::Ready(Ok(()))
     }
 
-    /// Ready when the client has hung up (or sent something unreadable); ignores any bytes it
-    /// sends, as nothing more is expected on this connection.
-    fn poll_client_gone(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let mut scratch = [0u8; 64];
+    /// Ready when the client has hung up (or sent something unreadable), or sent more than
+    /// `UPLOAD_LIMIT` bytes: nothing more is expected on this connection, so a few stray bytes
+    /// are dropped (in large reads, cheaply) and an upload is cut.
+    fn poll_client_gone(&mut self, cx: &mut Context<'_>) -> Poll<Ended> {
+        let mut scratch = [0u8; DISCARD_READ];
         loop {
             if ready!(self.socket.poll_read_ready(cx)).is_err() {
-                return Poll::Ready(());
+                return Poll::Ready(Ended::ClientGone);
             }
             match self.socket.try_read(&mut scratch) {
-                Ok(0) => return Poll::Ready(()),
-                Ok(_) => continue,
+                Ok(0) => return Poll::Ready(Ended::ClientGone),
+                Ok(n) => {
+                    self.uploaded += n;
+                    if self.uploaded > UPLOAD_LIMIT {
+                        self.body.cut(CloseReason::Upload);
+                        return Poll::Ready(Ended::Cut);
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(_) => return Poll::Ready(()),
+                Err(_) => return Poll::Ready(Ended::ClientGone),
             }
         }
     }
@@ -163,10 +191,7 @@ impl Future for Pump {
                         this.ending = true;
                         this.out.end(this.chunked);
                     }
-                    Poll::Pending if this.out.is_empty() => {
-                        ready!(this.poll_client_gone(cx));
-                        return Poll::Ready(Ended::ClientGone);
-                    }
+                    Poll::Pending if this.out.is_empty() => return this.poll_client_gone(cx),
                     Poll::Pending => {}
                 }
             }

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use tokio::sync::Notify;
 
 use super::body::{error, json, method_not_allowed, Body};
 use super::shared::Shared;
@@ -14,9 +13,9 @@ use super::{cors, stream};
 
 pub(super) async fn route(
     req: Request<Incoming>,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     peer: SocketAddr,
-    abort: Arc<Notify>,
+    abort: Arc<crate::hub::Abort>,
 ) -> Response<Body> {
     let path = req.uri().path();
     if let Some(extra) = shared.extra.as_ref().filter(|e| e.matches(req.method(), path)) {
@@ -42,9 +41,9 @@ pub(super) async fn route(
 /// The stream path: GET opens a stream, OPTIONS answers a CORS preflight.
 pub(super) async fn stream_endpoint(
     req: Request<()>,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     peer: SocketAddr,
-    abort: Option<Arc<Notify>>,
+    abort: Option<Arc<crate::hub::Abort>>,
 ) -> Response<Body> {
     let origin = cors::allowed_origin(&shared.config, req.headers());
     let mut resp = match *req.method() {

@@ -1,19 +1,18 @@
 //! The event-stream endpoint: authenticate, subscribe, replay what a resuming client missed, stream.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Request, Response, StatusCode};
-use tokio::sync::Notify;
 
 use super::body::{error, unavailable, Body, StreamBody};
 use super::shared::Shared;
 use crate::auth::{AuthError, Refusal};
-use crate::defaults::DEFAULT_MAX_REPLAY_EVENTS;
-use crate::hub::Full;
-use crate::pg::replay::{self, Replay};
+use crate::defaults::{DEFAULT_MAX_REPLAY_BYTES as MAX_REPLAY_BYTES, DEFAULT_MAX_REPLAY_EVENTS};
+use crate::hub::{Full, Item, Subscription};
+use crate::pg::replay::{self, Replay, ResetReason, Window};
 use crate::pg::PgError;
 use crate::sse::{self, EventId};
 
@@ -29,9 +28,9 @@ fn query_param(query: Option<&str>, name: &str) -> Option<String> {
 /// fired when the hub cuts a client that stopped reading (hyper-written streams only).
 pub(super) async fn open(
     req: Request<()>,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     peer: SocketAddr,
-    abort: Option<Arc<Notify>>,
+    abort: Option<Arc<crate::hub::Abort>>,
 ) -> Response<Body> {
     let span = tracing::Span::current();
     if shared.config.trust_proxy {
@@ -98,43 +97,66 @@ pub(super) async fn open(
         return unavailable("not_ready", "the gateway is not yet listening to the database; retry", 1);
     };
     let user = identity.user_id.clone();
-    let mut preamble = VecDeque::with_capacity(4);
+    let mut preamble = Vec::with_capacity(3);
     let heartbeat_ms = shared.config.heartbeat_interval.as_millis() as u64;
     let connected = |id: EventId, resumed: bool, replayed: usize| {
-        sse::connected(id, &user, sub.id(), resumed, replayed, heartbeat_ms)
+        Item::notice(sse::connected(id, &user, sub.id(), resumed, replayed, heartbeat_ms))
     };
     let here = EventId::horizon(now.history, now.horizon);
-    let reset = |reason: &str, message: &str| sse::reset(here, reason, message);
-    let mut replayed = HashSet::new();
-    let mut resumed_from = 0;
+    let reset = |reason: &str, message: &str| Item::notice(sse::reset(here, reason, message));
     match last_event_id {
-        None => preamble.push_back(connected(here, false, 0)),
+        None => preamble.push(connected(here, false, 0)),
         Some(Err(bad)) => {
             tracing::debug!(error = %bad, "unusable Last-Event-ID; sending reset");
             shared.metrics.reset("invalid_last_event_id");
-            preamble.push_back(connected(here, false, 0));
-            preamble.push_back(reset("invalid_last_event_id", &bad.to_string()));
+            preamble.push(connected(here, false, 0));
+            preamble.push(reset("invalid_last_event_id", &bad.to_string()));
         }
         Some(Ok(from)) => {
             let limit = shared.config.replay_timeout;
-            match replay::replay(&shared.pool, &identity.user_id, from, now.history, DEFAULT_MAX_REPLAY_EVENTS, limit)
-                .await
+            // At most --max-queue-bytes is read here; a larger replay is paged by the catch-up.
+            let window = Window {
+                from: from.horizon,
+                until: None,
+                after: 0,
+                rows: DEFAULT_MAX_REPLAY_EVENTS,
+                bytes: shared.config.queue_bytes,
+            };
+            let outcome = match replay::replay(&shared.pool, &identity.user_id, from, now.history, window, limit).await
             {
-                Ok(Replay::Events(events)) => {
-                    shared.metrics.events_replayed.inc_by(events.len() as u64);
-                    resumed_from = from.horizon;
-                    preamble.push_back(connected(EventId::horizon(now.history, from.horizon), true, events.len()));
-                    for ev in events {
-                        let id = EventId::event(now.history, from.horizon, ev.id);
-                        preamble.push_back(sse::encode(&ev.event, Some(id), &ev.data));
-                        replayed.insert(ev.id);
+                Ok(Replay::Events(p))
+                    if p.total > DEFAULT_MAX_REPLAY_EVENTS || p.total_bytes > MAX_REPLAY_BYTES as u64 =>
+                {
+                    Ok(Replay::Reset(ResetReason::TooMany))
+                }
+                other => other,
+            };
+            match outcome {
+                Ok(Replay::Events(page)) => {
+                    shared.metrics.events_replayed.inc_by(page.total as u64);
+                    preamble.push(connected(EventId::horizon(now.history, from.horizon), true, page.total));
+                    let complete = page.complete();
+                    let mut replayed = HashSet::new();
+                    if complete {
+                        for ev in page.events {
+                            let id = EventId::event(now.history, from.horizon, ev.id);
+                            let bytes = sse::encode(&ev.event, Some(id), &ev.data);
+                            preamble.push(Item { log_id: ev.id, tx: ev.tx, bytes });
+                            replayed.insert(ev.id);
+                        }
                     }
+                    if !complete {
+                        // Larger than the queue: the catch-up pages it from the log.
+                        sub.fall_behind();
+                    }
+                    sub.start(preamble, from.horizon, from.horizon, replayed);
+                    return stream_response(sub, shared, now.history);
                 }
                 Ok(Replay::Reset(reason)) => {
                     tracing::debug!(reason = reason.as_str(), "resume not possible; sending reset");
                     shared.metrics.reset(reason.as_str());
-                    preamble.push_back(connected(here, false, 0));
-                    preamble.push_back(reset(reason.as_str(), reason.message()));
+                    preamble.push(connected(here, false, 0));
+                    preamble.push(reset(reason.as_str(), reason.message()));
                 }
                 Err(PgError::Deadline { .. }) => {
                     shared.metrics.refused("replay_timeout");
@@ -148,8 +170,14 @@ pub(super) async fn open(
             }
         }
     }
+    sub.start(preamble, now.horizon, 0, HashSet::new());
+    stream_response(sub, shared, now.history)
+}
+
+/// The 200 that carries the stream.
+fn stream_response(sub: Subscription, shared: &Arc<Shared>, history: u32) -> Response<Body> {
     tracing::debug!("stream opened");
-    let mut resp = Response::new(Body::Stream(Box::new(StreamBody::new(preamble, replayed, resumed_from, sub))));
+    let mut resp = Response::new(Body::Stream(Box::new(StreamBody::new(sub, shared.clone(), history))));
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));

@@ -1,17 +1,44 @@
 //! Hub: routes each encoded event to every open stream of its user, without ever waiting on one.
 //!
-//! Each stream owns a small queue bounded in bytes. Publishing appends the shared `Bytes` (encoded
-//! once per event) to each matching queue and wakes the stream's task; a queue that would exceed
-//! its bound is closed instead, so a client that stops reading is dropped alone and everyone else
-//! keeps their latency. Locks are held only for these appends, never across a socket write.
+//! Each stream owns a queue bounded in bytes. Publishing appends the shared `Bytes` (encoded once
+//! per event) to each matching queue and wakes the stream's task. A queue that would exceed its
+//! bound stops queueing instead: it is emptied and marked *behind*, and the stream's task reads
+//! what it missed back from the log, page by page, as fast as its client takes it (`http/body.rs`),
+//! then rejoins. A stream is cut only when its client does not drain: bytes waiting longer than
+//! `Limits::stall` without the writer taking any. Locks are held only for these appends, never
+//! across a socket write or a query.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::task::{Context, Poll, Waker};
+use std::task::Waker;
+use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::Notify;
+
+/// How a stream's connection task is told to cut it at once (hyper-written streams, whose writes
+/// the hub cannot watch), and how that task cuts the stream it serves.
+#[derive(Default)]
+pub struct Abort {
+    notify: Notify,
+    conn: Mutex<Option<Weak<Conn>>>,
+}
+
+impl Abort {
+    /// Resolves once the hub closed or cut the stream.
+    pub async fn notified(&self) {
+        self.notify.notified().await
+    }
+
+    /// Cuts the stream this connection serves, unless it was already cut.
+    pub fn cut(&self, reason: CloseReason) {
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(conn) = conn.and_then(|w| w.upgrade()) {
+            conn.cut(reason);
+        }
+    }
+}
 
 use crate::auth::session::SessionKey;
 use crate::metrics::Metrics;
@@ -45,12 +72,19 @@ impl Item {
 /// Why a stream ended from the hub's side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
-    /// The client did not read fast enough and its queue overflowed.
+    /// Cut: the client took none of its bytes for `Limits::stall`.
     SlowClient,
     /// The gateway is shutting down or draining.
     Shutdown,
     /// The stream's credential is no longer valid.
     AuthExpired,
+    /// Cut: the stream fell behind and could not read its missed events back from the log (the
+    /// client resumes, and the resume replays or resets).
+    CatchUpFailed,
+    /// Cut: the client kept sending bytes on its open stream.
+    Upload,
+    /// Cut: the gateway closed the stream but the client did not take its last bytes in time.
+    NotReading,
 }
 
 impl CloseReason {
@@ -59,7 +93,26 @@ impl CloseReason {
             CloseReason::SlowClient => "slow_client",
             CloseReason::Shutdown => "shutdown",
             CloseReason::AuthExpired => "auth_expired",
+            CloseReason::CatchUpFailed => "catch_up_failed",
+            CloseReason::Upload => "upload",
+            CloseReason::NotReading => "not_reading_at_close",
         }
+    }
+
+    /// What the log line of a cut says.
+    fn message(self) -> &'static str {
+        match self {
+            CloseReason::SlowClient => "the client took none of its bytes within --slow-client-timeout",
+            CloseReason::CatchUpFailed => "the stream fell behind and its missed events could not be read back",
+            CloseReason::Upload => "the client kept sending bytes on its open stream",
+            CloseReason::NotReading => "the gateway closed the stream and the client did not take its last bytes",
+            CloseReason::Shutdown | CloseReason::AuthExpired => "closed",
+        }
+    }
+
+    /// The stream was cut (dropped without a graceful end), not closed.
+    pub fn is_cut(self) -> bool {
+        !matches!(self, CloseReason::Shutdown | CloseReason::AuthExpired)
     }
 }
 
@@ -75,7 +128,10 @@ pub enum Full {
 /// Limits checked atomically with registration.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// Bytes queued for one stream before it stops queueing and catches up from the log.
     pub queue_bytes: usize,
+    /// How long bytes may wait without the stream's writer taking any before it is cut.
+    pub stall: Duration,
     pub max_connections: usize,
     pub max_per_user: usize,
     /// Heartbeat slices: streams are kept in this many groups (by stream id) so one heartbeat
@@ -89,6 +145,43 @@ struct Queue {
     bytes: usize,
     waker: Option<Waker>,
     closed: Option<CloseReason>,
+    /// Since when something has been waiting for the writer (queued bytes, or the log while
+    /// behind) without it taking anything; `None` while it is up to date.
+    waiting_since: Option<Instant>,
+    /// Over its bound: live events are not queued; the writer reads them from the log.
+    behind: bool,
+    /// Every log event with `tx` below this was handed to the writer (the horizon its last take
+    /// was told): where a catch-up starts.
+    taken_below: u64,
+    /// Log events handed to the writer at or above `taken_below`: (tx, highest log id), so a
+    /// catch-up does not send them twice (a transaction's events arrive in log id order).
+    taken_above: Vec<(u64, i64)>,
+    /// Live copies to drop because a replay already sent them: below this tx, or these log ids.
+    below: u64,
+    replayed: HashSet<i64>,
+}
+
+impl Queue {
+    /// Whether the writer already has this log event (so it is neither queued nor counted).
+    fn delivered(&mut self, item: &Item) -> bool {
+        if item.log_id == Item::RESYNC {
+            // A new history: what this stream resumed from says nothing about its events.
+            (self.below, self.replayed) = (0, HashSet::new());
+            return false;
+        }
+        item.log_id != 0 && (item.tx < self.below || (!self.replayed.is_empty() && self.replayed.remove(&item.log_id)))
+    }
+
+    fn clear(&mut self) {
+        self.items = VecDeque::new();
+        self.bytes = 0;
+    }
+
+    fn wake(&mut self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
 }
 
 /// The hub's side of one stream.
@@ -99,7 +192,7 @@ pub struct Conn {
     /// Fired when the connection must be cut at once (its client stopped reading, so a graceful
     /// end would never be written). Streams written by their own task watch the queue instead
     /// (`Subscription::poll_cut`) and pass `None`.
-    abort: Option<Arc<Notify>>,
+    abort: Option<Arc<Abort>>,
 }
 
 impl Conn {
@@ -109,33 +202,56 @@ impl Conn {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Appends, or closes the queue if `limit` would be exceeded. Returns false if closed.
-    fn push(&self, item: &Item, limit: usize) -> bool {
+    /// Appends (unless the writer already has it); over `limits.queue_bytes` the queue is emptied
+    /// and goes behind instead. A stream whose bytes waited longer than `limits.stall` is cut.
+    /// Returns false if the stream is closed.
+    fn push(&self, item: &Item, limits: &Limits, now: Instant) -> bool {
         let mut q = self.lock();
         if q.closed.is_some() {
             return false;
         }
-        if q.bytes + item.bytes.len() > limit && !q.items.is_empty() {
-            q.items.clear();
-            q.bytes = 0;
-            q.closed = Some(CloseReason::SlowClient);
-            if let Some(abort) = &self.abort {
-                abort.notify_one();
+        if q.waiting_since.is_some_and(|t| now.saturating_duration_since(t) > limits.stall) {
+            drop(q);
+            self.cut(CloseReason::SlowClient);
+            return false;
+        }
+        if q.delivered(item) {
+            return true;
+        }
+        if q.behind {
+            if item.log_id == Item::RESYNC {
+                // Positions of the old history cannot be caught up from: the client resumes and
+                // gets the history's `reset`.
+                drop(q);
+                self.cut(CloseReason::CatchUpFailed);
+                return false;
             }
+            // The catch-up reads it from the log; until the writer takes a page, it waits.
+            q.waiting_since.get_or_insert(now);
+            return true;
+        }
+        if q.bytes + item.bytes.len() > limits.queue_bytes && !q.items.is_empty() {
+            q.clear();
+            q.behind = true;
         } else {
             q.bytes += item.bytes.len();
             q.items.push_back(item.clone());
         }
-        let open = q.closed.is_none();
-        if let Some(w) = q.waker.take() {
-            w.wake();
-        }
-        open
+        q.waiting_since.get_or_insert(now);
+        q.wake();
+        true
     }
 
-    /// Queues `last` (beyond the byte bound) and closes: the stream ends after writing it.
+    /// Queues `last` (beyond the byte bound, unless behind) and closes: the stream ends after
+    /// writing it, or is cut if its client does not take it (`Subscription::poll_cut`).
     pub fn finish(&self, last: &Item, reason: CloseReason) {
-        self.push(last, usize::MAX);
+        {
+            let mut q = self.lock();
+            if q.closed.is_none() && !q.behind {
+                q.bytes += last.bytes.len();
+                q.items.push_back(last.clone());
+            }
+        }
         self.close(reason);
     }
 
@@ -143,10 +259,25 @@ impl Conn {
         let mut q = self.lock();
         if q.closed.is_none() {
             q.closed = Some(reason);
+            if let Some(abort) = &self.abort {
+                abort.notify.notify_one();
+            }
         }
-        if let Some(w) = q.waker.take() {
-            w.wake();
+        q.wake();
+    }
+
+    /// Ends the stream at once: whatever is queued is dropped, the writer gives up.
+    fn cut(&self, reason: CloseReason) {
+        let mut q = self.lock();
+        if q.closed.is_some_and(CloseReason::is_cut) {
+            return;
         }
+        q.clear();
+        q.closed = Some(reason);
+        if let Some(abort) = &self.abort {
+            abort.notify.notify_one();
+        }
+        q.wake();
     }
 }
 
@@ -199,13 +330,13 @@ impl Hub {
     /// Registers a stream for `user`, unless a connection limit is reached. Events published
     /// after this call reach it; dropping the returned `Subscription` removes it at once.
     /// `expires_at` (unix seconds) closes it with `auth_expired` then; `abort` is fired when the
-    /// connection must be cut without a graceful end.
+    /// hub closes or cuts it (for connections whose writes the hub cannot watch).
     pub fn subscribe(
         self: &Arc<Self>,
         user: Arc<str>,
         expires_at: Option<u64>,
         session: Option<SessionKey>,
-        abort: Option<Arc<Notify>>,
+        abort: Option<Arc<Abort>>,
     ) -> Result<Subscription, Full> {
         let conn = Arc::new(Conn {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -228,6 +359,9 @@ impl Hub {
         }
         if let Some(exp) = expires_at {
             self.expiries().insert((exp, conn.id), Arc::downgrade(&conn));
+        }
+        if let Some(abort) = &conn.abort {
+            *abort.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::downgrade(&conn));
         }
         if let Some(key) = session {
             self.sessions().entry(key).or_default().push(Arc::downgrade(&conn));
@@ -305,7 +439,8 @@ impl Hub {
     }
 
     fn deliver<'a>(&self, conns: impl Iterator<Item = &'a Arc<Conn>>, item: &Item) -> usize {
-        let n = conns.filter(|c| c.push(item, self.limits.queue_bytes)).count();
+        let now = Instant::now();
+        let n = conns.filter(|c| c.push(item, &self.limits, now)).count();
         self.metrics.events_delivered.inc_by(n as u64);
         n
     }
@@ -346,95 +481,21 @@ impl Hub {
                 }
             }
         }
-        let reason = conn.lock().closed.map_or("client", CloseReason::as_str);
-        if reason == CloseReason::SlowClient.as_str() {
-            self.metrics.slow_client_disconnects.inc();
+        let closed = conn.lock().closed;
+        if let Some(cut) = closed.filter(|r| r.is_cut()) {
+            if cut == CloseReason::SlowClient {
+                self.metrics.slow_client_disconnects.inc();
+            }
+            self.metrics.stream_cut(cut.as_str());
+            tracing::info!(reason = cut.as_str(), "stream cut: {}", cut.message());
         }
-        self.metrics.connection_closed(reason);
+        self.metrics.connection_closed(closed.map_or("client", CloseReason::as_str));
         self.metrics.connections_open.dec();
     }
 }
 
-/// A stream's membership in the hub; the stream's task polls it for bytes to write.
-pub struct Subscription {
-    hub: Arc<Hub>,
-    conn: Arc<Conn>,
-    expires_at: Option<u64>,
-    session: Option<SessionKey>,
-}
-
-/// What `Subscription::poll_next` yields.
-#[derive(Debug)]
-pub enum Next {
-    /// Bytes to write (possibly several events coalesced into one write).
-    Data(Bytes),
-    /// The hub closed this stream.
-    Closed(CloseReason),
-}
-
-impl Subscription {
-    pub fn id(&self) -> u64 {
-        self.conn.id
-    }
-
-    /// Takes everything queued, skipping log events that `skip` says were already sent.
-    pub fn poll_next(&self, cx: &mut Context<'_>, mut skip: impl FnMut(&Item) -> bool) -> Poll<Next> {
-        let mut q = self.conn.lock();
-        let mut first: Option<Bytes> = None;
-        let mut more: Option<BytesMut> = None;
-        while let Some(item) = q.items.pop_front() {
-            q.bytes -= item.bytes.len();
-            if item.log_id != 0 && skip(&item) {
-                continue;
-            }
-            match (&first, &mut more) {
-                (None, _) => first = Some(item.bytes),
-                (Some(f), None) => {
-                    let mut m = BytesMut::with_capacity(f.len() + item.bytes.len() + q.bytes);
-                    m.extend_from_slice(f);
-                    m.extend_from_slice(&item.bytes);
-                    more = Some(m);
-                }
-                (Some(_), Some(m)) => m.extend_from_slice(&item.bytes),
-            }
-        }
-        if let Some(m) = more {
-            return Poll::Ready(Next::Data(m.freeze()));
-        }
-        if let Some(f) = first {
-            return Poll::Ready(Next::Data(f));
-        }
-        if let Some(reason) = q.closed {
-            return Poll::Ready(Next::Closed(reason));
-        }
-        Self::register(&mut q, cx);
-        Poll::Pending
-    }
-
-    /// Ready once the hub has cut this stream because its client stopped reading; polled while
-    /// a write to that client is pending, so the write is abandoned instead of awaited.
-    pub fn poll_cut(&self, cx: &mut Context<'_>) -> Poll<()> {
-        let mut q = self.conn.lock();
-        if q.closed == Some(CloseReason::SlowClient) {
-            return Poll::Ready(());
-        }
-        Self::register(&mut q, cx);
-        Poll::Pending
-    }
-
-    fn register(q: &mut Queue, cx: &mut Context<'_>) {
-        match &q.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => q.waker = Some(cx.waker().clone()),
-        }
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        self.hub.remove(&self.conn, self.expires_at, self.session);
-    }
-}
+mod subscription;
+pub use subscription::{Next, Subscription};
 
 #[cfg(test)]
 mod tests;

@@ -11,8 +11,39 @@ use crate::sse::{EventId, History};
 
 #[derive(Debug)]
 pub enum Replay {
-    Events(Vec<StoredEvent>),
+    Events(Page),
     Reset(ResetReason),
+}
+
+/// Which of a user's log rows to read: `tx` in `from..until` (no upper bound when `None`), log
+/// id above `after`, in log id order; at most `rows`, and only as many as fit in `bytes` (at
+/// least one).
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    pub from: u64,
+    pub until: Option<u64>,
+    pub after: i64,
+    pub rows: usize,
+    pub bytes: usize,
+}
+
+/// The first rows of a window, and how much the window held.
+#[derive(Debug, Default)]
+pub struct Page {
+    pub events: Vec<StoredEvent>,
+    /// Rows in the window, counted up to `rows` + 1.
+    pub total: usize,
+    /// Their size (event name and data).
+    pub total_bytes: u64,
+    /// The window holds rows past `events`.
+    more: bool,
+}
+
+impl Page {
+    /// Every row of the window is in `events`.
+    pub fn complete(&self) -> bool {
+        !self.more
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,7 +52,8 @@ pub enum ResetReason {
     Pruned,
     /// The horizon is beyond any transaction id the database has handed out.
     Future,
-    /// More than the replay limit.
+    /// More than the replay limit (`DEFAULT_MAX_REPLAY_EVENTS` events or
+    /// `DEFAULT_MAX_REPLAY_BYTES` bytes).
     TooMany,
     /// The position belongs to another history of the database (before a failover or restore),
     /// or to a gateway version that did not say which.
@@ -49,33 +81,33 @@ impl ResetReason {
     }
 }
 
-/// What `user` missed from position `from`, or why the stream must reset; read within `limit` in
-/// all and `--db-timeout` per round trip (a connection that does not answer in time is dropped
-/// from the pool). `history` is the gateway's current history; the database's is checked too, in
-/// the same snapshot as the rows, so a replay on a database that failed over before the gateway
-/// noticed resets as well.
+/// The rows of `window` for `user` (what it missed from position `from`, whose horizon is
+/// `window.from`), or why the
+/// stream must reset; read within `limit` in all and `--db-timeout` per round trip (a connection
+/// that does not answer in time is dropped from the pool). `history` is the gateway's current
+/// history; the database's is checked too, in the same snapshot as the rows, so a replay on a
+/// database that failed over before the gateway noticed resets as well.
 pub async fn replay(
     pool: &super::Pool,
     user: &str,
     from: EventId,
     history: u32,
-    max: usize,
+    window: Window,
     limit: Duration,
 ) -> Result<Replay, PgError> {
     if from.history != History::Known(history) {
         return Ok(Replay::Reset(ResetReason::HistoryChanged));
     }
     let t = pool.timeout();
-    pool.run_for(limit, async |client| read(client, t, user, from.horizon, history, max).await).await
+    pool.run_for(limit, async |client| read(client, t, user, history, window).await).await
 }
 
 async fn read(
     client: &mut deadpool_postgres::Client,
     t: Duration,
     user: &str,
-    from: u64,
     history: u32,
-    max: usize,
+    w: Window,
 ) -> Result<Replay, PgError> {
     // One snapshot for the checks and the rows, so a concurrent prune cannot slip between them.
     let start = client
@@ -98,21 +130,36 @@ async fn read(
     if super::payload::parse_history(row.try_get(2)?) != Some(history) {
         return Ok(Replay::Reset(ResetReason::HistoryChanged));
     }
-    if from > xmax {
+    if w.from > xmax {
         return Ok(Replay::Reset(ResetReason::Future));
     }
-    if from <= pruned {
+    if w.from <= pruned {
         return Ok(Replay::Reset(ResetReason::Pruned));
     }
-    let limit = i64::try_from(max).unwrap_or(i64::MAX).saturating_add(1);
+    // The sizes are summed in the database, so rows past `bytes` are never sent here: memory
+    // per read is bounded by the window, whatever the user missed.
     let q = format!(
-        "SELECT {EVENT_COLUMNS} FROM pgsse.events \
-         WHERE (user_id = $1 OR user_id IS NULL) AND tx >= $2::text::xid8 ORDER BY id LIMIT $3"
+        "SELECT {EVENT_COLUMNS}, n::bigint, total::bigint FROM ( \
+           SELECT *, sum(len) OVER (ORDER BY id) AS upto, count(*) OVER () AS n, sum(len) OVER () AS total FROM ( \
+             SELECT id, tx, user_id, event, data, octet_length(event) + octet_length(data::text) AS len \
+             FROM pgsse.events \
+             WHERE (user_id = $1 OR user_id IS NULL) AND tx >= $2::text::xid8 AND tx < $3::text::xid8 AND id > $4 \
+             ORDER BY id LIMIT $5) l) w \
+         WHERE upto - len < $6 ORDER BY id"
     );
-    let rows = within("pool", t, tx.query(&q, &[&user, &from.to_string(), &limit])).await?;
+    let until = w.until.unwrap_or(u64::MAX).to_string();
+    let rows = i64::try_from(w.rows).unwrap_or(i64::MAX).saturating_add(1);
+    let bytes = i64::try_from(w.bytes.max(1)).unwrap_or(i64::MAX);
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+        [&user, &w.from.to_string(), &until, &w.after, &rows, &bytes];
+    let rows = within("pool", t, tx.query(&q, &params)).await?;
     within("pool", t, tx.commit()).await?;
-    if rows.len() > max {
-        return Ok(Replay::Reset(ResetReason::TooMany));
+    let mut page = Page::default();
+    if let Some(first) = rows.first() {
+        page.total = usize::try_from(first.try_get::<_, i64>(5)?).unwrap_or(usize::MAX);
+        page.total_bytes = u64::try_from(first.try_get::<_, i64>(6)?).unwrap_or(0);
     }
-    rows.iter().map(StoredEvent::from_row).collect::<Result<_, _>>().map(Replay::Events)
+    page.events = rows.iter().take(w.rows).map(StoredEvent::from_row).collect::<Result<_, _>>()?;
+    page.more = page.events.len() < page.total;
+    Ok(Replay::Events(page))
 }

@@ -38,6 +38,10 @@ use crate::hub::{Hub, Item};
 use crate::metrics::Metrics;
 use crate::sse::{self, EventId};
 
+/// While dispatching a large reference, the source lets the stream writers run after about this
+/// many bytes of events.
+const YIELD_EVERY_BYTES: usize = 64 << 10;
+
 pub struct Source {
     db: tokio_postgres::Config,
     hub: Arc<Hub>,
@@ -356,9 +360,18 @@ impl Source {
                     return self.stale("a reference already read");
                 }
                 let rows = within("listen", self.timeout, client.query(fetch, &[&tx.to_string(), &lo, &hi])).await?;
+                // A large transaction arrives as one reference: handed out in one go, it would
+                // fill every stream's queue before any writer ran. Letting the writers run between
+                // slices (the hub still never waits for one) keeps a reading client inside its bound.
+                let mut since_yield = 0;
                 for row in &rows {
                     let ev = StoredEvent::from_row(row)?;
                     self.dispatch(ev.id, ev.tx, ev.user_id.as_deref(), &ev.event, &ev.data);
+                    since_yield += ev.data.len();
+                    if since_yield >= YIELD_EVERY_BYTES {
+                        since_yield = 0;
+                        tokio::task::yield_now().await;
+                    }
                 }
             }
             Message::Sessions { changes, .. } => {

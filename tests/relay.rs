@@ -184,24 +184,6 @@ async fn switching_modes_under_load_loses_nothing() {
     }
 }
 
-/// The index of the one replica whose `pgsse_relay_leader` is 1, once exactly one says so.
-async fn leader_of(metrics: &[String], timeout: Duration) -> Option<usize> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        let mut leaders = Vec::new();
-        for (i, m) in metrics.iter().enumerate() {
-            if metric(m, "pgsse_relay_leader").await == 1 {
-                leaders.push(i);
-            }
-        }
-        if let [one] = leaders[..] {
-            return Some(one);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    None
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_surviving_replica_takes_over_the_relay_after_a_sigkill() {
     let db = notifications_db().await;

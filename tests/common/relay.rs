@@ -4,12 +4,13 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
+use super::gateway::metric;
 use super::{connect, describe_pg_error, json, log_id, SseClient};
 
 /// The title of the last row each user gets once the writers have stopped: a stream that saw it has
@@ -212,6 +213,24 @@ pub async fn check_exactly_once(db: &str, since: i64, streams: &[Received]) -> (
         }
     }
     (t, problems)
+}
+
+/// The index of the one replica whose `pgsse_relay_leader` is 1, once exactly one says so.
+pub async fn leader_of(metrics: &[String], timeout: Duration) -> Option<usize> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let mut leaders = Vec::new();
+        for (i, m) in metrics.iter().enumerate() {
+            if metric(m, "pgsse_relay_leader").await == 1 {
+                leaders.push(i);
+            }
+        }
+        if let [one] = leaders[..] {
+            return Some(one);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
 }
 
 /// Log ids a signed payload carries (inline entries or a reference range); none for markers.

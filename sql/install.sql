@@ -216,8 +216,9 @@ COMMENT ON TABLE pgsse.events IS
 CREATE INDEX IF NOT EXISTS events_user_id_tx_idx ON pgsse.events (user_id, tx);
 -- gateway catch-up after a lost LISTEN connection, and reference payloads
 CREATE INDEX IF NOT EXISTS events_tx_idx ON pgsse.events (tx);
--- retention pruning
-CREATE INDEX IF NOT EXISTS events_created_at_idx ON pgsse.events (created_at);
+-- Retention walks the primary key (ids grow with insert time), so the index on
+-- created_at of earlier versions only cost every writer an index insert.
+DROP INDEX IF EXISTS pgsse.events_created_at_idx;
 
 -- -----------------------------------------------------------------------------
 -- Bookkeeping: exactly one row
@@ -234,10 +235,29 @@ CREATE TABLE IF NOT EXISTS pgsse.meta (
 ALTER TABLE pgsse.meta ADD COLUMN IF NOT EXISTS history text NOT NULL
     DEFAULT pg_catalog.md5(pg_catalog.gen_random_uuid()::text);
 
-COMMENT ON TABLE pgsse.meta IS
-    'pgsse bookkeeping (single row): pruned_tx = largest tx deleted by retention; history = part of pgsse.history()';
+-- How events are announced (see pgsse.set_notify_mode): 'commit' = each
+-- writing statement NOTIFYs in the app's own transaction; 'relay' = writers
+-- only log rows, and one gateway replica (the relay) NOTIFYs them.
+-- An existing install keeps 'commit' until a DBA switches; a fresh one starts
+-- in 'relay' (set below, when the row is created).
+ALTER TABLE pgsse.meta ADD COLUMN IF NOT EXISTS notify_mode text NOT NULL DEFAULT 'commit';
+-- The relay's position: the snapshot of its last round (every transaction
+-- visible in it has been announced). NULL when no relay is needed (commit
+-- mode, drained).
+ALTER TABLE pgsse.meta ADD COLUMN IF NOT EXISTS relay_snapshot pg_catalog.pg_snapshot;
+-- After a switch back to 'commit': the virtual transaction ids that were
+-- running when the relay noticed; the relay keeps going until they ended.
+ALTER TABLE pgsse.meta ADD COLUMN IF NOT EXISTS relay_drain text[];
+-- The relay's lease: the replica that relays, and until when.
+ALTER TABLE pgsse.meta ADD COLUMN IF NOT EXISTS relay_owner text;
+ALTER TABLE pgsse.meta ADD COLUMN IF NOT EXISTS relay_until timestamptz;
 
-INSERT INTO pgsse.meta DEFAULT VALUES ON CONFLICT DO NOTHING;
+COMMENT ON TABLE pgsse.meta IS
+    'pgsse bookkeeping (single row): pruned_tx = largest tx deleted by retention; history = part of pgsse.history(); notify_mode and the relay''s position and lease';
+
+INSERT INTO pgsse.meta (notify_mode, relay_snapshot)
+VALUES ('relay', pg_catalog.pg_current_snapshot())
+ON CONFLICT DO NOTHING;
 
 -- Written by every marker (pgsse.mark): the write makes the marker's commit
 -- wait for its WAL flush, so no horizon is acted on before it is durable.
@@ -320,7 +340,9 @@ $fn$;
 COMMENT ON FUNCTION pgsse._send(text) IS
     'pgsse internal: signs a NOTIFY payload and sends it on the secret channel';
 
-REVOKE ALL ON FUNCTION pgsse._send(text) FROM PUBLIC;
+-- It runs with its caller's rights: only a role that can read pgsse.secret
+-- (the installing role, the gateway's relay) can sign with it.
+GRANT EXECUTE ON FUNCTION pgsse._send(text) TO PUBLIC;
 
 -- -----------------------------------------------------------------------------
 -- pgsse.history: which history of the database positions belong to
@@ -370,8 +392,12 @@ REVOKE ALL ON FUNCTION pgsse.new_history() FROM PUBLIC;
 -- -----------------------------------------------------------------------------
 -- Every transaction whose xid is below the snapshot xmin has finished, and
 -- this NOTIFY is queued after all of their NOTIFYs: when a gateway receives
--- it, it has received every event of those transactions. SECURITY DEFINER so
--- it can sign; safe for anyone because it only states the true xmin.
+-- it, it has received every event of those transactions. While the relay
+-- runs, a finished transaction is announced only once a relay round has
+-- seen it, so the horizon is also held at the xmin of the relay's position
+-- (whose round committed, NOTIFYs included, before this marker reads it).
+-- SECURITY DEFINER so it can sign; safe for anyone because it only states
+-- a true horizon.
 
 CREATE OR REPLACE FUNCTION pgsse.mark(gateway text, seq bigint) RETURNS void
 LANGUAGE plpgsql
@@ -380,7 +406,11 @@ SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
     x xid8 := pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot());
+    r xid8 := (SELECT pg_catalog.pg_snapshot_xmin(m.relay_snapshot) FROM pgsse.meta AS m);
 BEGIN
+    IF r IS NOT NULL AND r OPERATOR(pg_catalog.<) x THEN
+        x := r;
+    END IF;
     -- Writing WAL makes this commit wait for its flush (the gateway's marker
     -- session runs with synchronous_commit on): after a crash the database
     -- cannot hand out an xid below x again.
@@ -397,11 +427,64 @@ COMMENT ON FUNCTION pgsse.mark(text, bigint) IS
     'pgsse: sends a signed horizon marker (the current snapshot xmin) on channel pgsse';
 
 -- -----------------------------------------------------------------------------
+-- pgsse._payload: the payload announcing one transaction's rows
+-- -----------------------------------------------------------------------------
+-- n       number of rows (NULL when there are none)
+-- min_id  smallest / max_id largest pgsse.events.id of the rows
+-- entries JSON array text [[id, user_id, event, data], ...] ordered by id,
+--         or NULL to send a reference
+-- Inline when it fits, else a reference the gateway reads back (NOTIFY
+-- payloads must stay under 8000 bytes; the signature takes 64).
+
+CREATE OR REPLACE FUNCTION pgsse._payload(
+    tx xid8, n bigint, min_id bigint, max_id bigint, entries text
+) RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    payload text;
+BEGIN
+    IF n IS NULL OR n = 0 THEN
+        RETURN NULL;
+    END IF;
+    IF entries IS NOT NULL THEN
+        payload := pg_catalog.format('{"t":"%s","e":%s}', tx, entries);
+    END IF;
+    IF payload IS NULL OR pg_catalog.octet_length(payload) > 7900 - 64 THEN
+        payload := pg_catalog.format('{"t":"%s","r":[%s,%s]}', tx, min_id, max_id);
+    END IF;
+    RETURN payload;
+END
+$fn$;
+
+COMMENT ON FUNCTION pgsse._payload(xid8, bigint, bigint, bigint, text) IS
+    'pgsse internal: the NOTIFY payload (inline or by reference) for a batch of log rows of one transaction';
+
+-- -----------------------------------------------------------------------------
+-- pgsse._relaying: whether writers leave announcing to the relay
+-- -----------------------------------------------------------------------------
+
+-- PL/pgSQL so the plan of its query is kept for the session (see _send).
+CREATE OR REPLACE FUNCTION pgsse._relaying() RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    RETURN (SELECT m.notify_mode OPERATOR(pg_catalog.=) 'relay' FROM pgsse.meta AS m);
+END
+$fn$;
+
+COMMENT ON FUNCTION pgsse._relaying() IS
+    'pgsse internal: true in relay mode (writers only log rows; see pgsse.set_notify_mode)';
+
+REVOKE ALL ON FUNCTION pgsse._relaying() FROM PUBLIC;
+
+-- -----------------------------------------------------------------------------
 -- pgsse._announce: send the one NOTIFY for a batch of freshly logged rows
 -- -----------------------------------------------------------------------------
--- n       number of rows logged (nothing is sent when 0)
--- min_id  smallest / max_id largest pgsse.events.id of the batch
--- entries JSON array text [[id, user_id, event, data], ...] ordered by id
+-- In relay mode it sends nothing (the relay will): trigger functions
+-- generated by earlier versions call it on every statement.
 
 CREATE OR REPLACE FUNCTION pgsse._announce(
     tx xid8, n bigint, min_id bigint, max_id bigint, entries text
@@ -409,23 +492,16 @@ CREATE OR REPLACE FUNCTION pgsse._announce(
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $fn$
-DECLARE
-    payload text;
 BEGIN
-    IF n IS NULL OR n = 0 THEN
+    IF n IS NULL OR n = 0 OR pgsse._relaying() THEN
         RETURN;
     END IF;
-    payload := pg_catalog.format('{"t":"%s","e":%s}', tx, entries);
-    -- 64 bytes of signature go in front (NOTIFY payloads must be < 8000 bytes)
-    IF payload IS NULL OR pg_catalog.octet_length(payload) > 7900 - 64 THEN
-        payload := pg_catalog.format('{"t":"%s","r":[%s,%s]}', tx, min_id, max_id);
-    END IF;
-    PERFORM pgsse._send(payload);
+    PERFORM pgsse._send(pgsse._payload(tx, n, min_id, max_id, entries));
 END
 $fn$;
 
 COMMENT ON FUNCTION pgsse._announce(xid8, bigint, bigint, bigint, text) IS
-    'pgsse internal: sends the single NOTIFY pgsse for a batch of log rows';
+    'pgsse internal: sends the single NOTIFY for a batch of log rows (nothing in relay mode)';
 
 REVOKE ALL ON FUNCTION pgsse._announce(xid8, bigint, bigint, bigint, text) FROM PUBLIC;
 
@@ -441,8 +517,12 @@ REVOKE ALL ON FUNCTION pgsse._announce(xid8, bigint, bigint, bigint, text) FROM 
 -- final FROM. Transition tables: pgsse_new (INSERT, UPDATE), pgsse_old
 -- (UPDATE, DELETE).
 
+-- announce = false (relay mode): only the INSERT, with no result to read.
+DROP FUNCTION IF EXISTS pgsse._capture_sql(text, text, text, text, text[], text);
+
 CREATE OR REPLACE FUNCTION pgsse._capture_sql(
-    op text, user_col text, id_col text, read_col text, excluded text[], into_clause text DEFAULT ''
+    op text, user_col text, id_col text, read_col text, excluded text[], into_clause text DEFAULT '',
+    announce boolean DEFAULT true
 ) RETURNS text
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
@@ -501,6 +581,10 @@ BEGIN
         RAISE EXCEPTION 'pgsse: cannot capture %', op;
     END IF;
 
+    IF NOT announce THEN
+        RETURN 'INSERT INTO pgsse.events (user_id, event, data)'
+               ' SELECT s.u, ''notification'', s.d FROM (' || body || ') AS s(u, d)';
+    END IF;
     RETURN 'WITH ins AS ('
            '  INSERT INTO pgsse.events (user_id, event, data)'
            '  SELECT s.u, ''notification'', s.d FROM (' || body || ') AS s(u, d)'
@@ -511,10 +595,10 @@ BEGIN
 END
 $fn$;
 
-COMMENT ON FUNCTION pgsse._capture_sql(text, text, text, text, text[], text) IS
+COMMENT ON FUNCTION pgsse._capture_sql(text, text, text, text, text[], text, boolean) IS
     'pgsse internal: the SQL logging one INSERT/UPDATE/DELETE statement''s row changes';
 
-REVOKE ALL ON FUNCTION pgsse._capture_sql(text, text, text, text, text[], text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgsse._capture_sql(text, text, text, text, text[], text, boolean) FROM PUBLIC;
 
 -- -----------------------------------------------------------------------------
 -- pgsse.capture: the generic statement-level trigger function
@@ -541,6 +625,11 @@ BEGIN
         RAISE EXCEPTION 'pgsse.capture() must be an AFTER ... FOR EACH STATEMENT trigger (use pgsse.watch())';
     END IF;
     -- plpgsql's EXECUTE can read the transition tables.
+    IF pgsse._relaying() THEN
+        EXECUTE pgsse._capture_sql(TG_OP, TG_ARGV[0], TG_ARGV[1], COALESCE(TG_ARGV[2], ''),
+                                   COALESCE(TG_ARGV[3], '{}')::text[], '', false);
+        RETURN NULL;
+    END IF;
     EXECUTE pgsse._capture_sql(TG_OP, TG_ARGV[0], TG_ARGV[1], COALESCE(TG_ARGV[2], ''),
                                COALESCE(TG_ARGV[3], '{}')::text[])
         INTO n, min_id, max_id, entries;
@@ -614,6 +703,17 @@ BEGIN
     IF TG_LEVEL <> 'STATEMENT' OR TG_WHEN <> 'AFTER' THEN
         RAISE EXCEPTION 'pgsse: %% must be an AFTER ... FOR EACH STATEMENT trigger (use pgsse.watch())', TG_NAME;
     END IF;
+    -- Relay mode: only the log rows, nothing built for a NOTIFY (see pgsse.set_notify_mode).
+    IF pgsse._relaying() THEN
+        IF TG_OP = 'INSERT' THEN
+            %4$s;
+        ELSIF TG_OP = 'UPDATE' THEN
+            %5$s;
+        ELSIF TG_OP = 'DELETE' THEN
+            %6$s;
+        END IF;
+        RETURN NULL;
+    END IF;
     IF TG_OP = 'INSERT' THEN
         %1$s;
     ELSIF TG_OP = 'UPDATE' THEN
@@ -629,7 +729,10 @@ END
 $body$,
         pgsse._capture_sql('INSERT', user_column, id_column, read_col, excluded, into_vars),
         pgsse._capture_sql('UPDATE', user_column, id_column, read_col, excluded, into_vars),
-        pgsse._capture_sql('DELETE', user_column, id_column, read_col, excluded, into_vars));
+        pgsse._capture_sql('DELETE', user_column, id_column, read_col, excluded, into_vars),
+        pgsse._capture_sql('INSERT', user_column, id_column, read_col, excluded, '', false),
+        pgsse._capture_sql('UPDATE', user_column, id_column, read_col, excluded, '', false),
+        pgsse._capture_sql('DELETE', user_column, id_column, read_col, excluded, '', false));
 
     EXECUTE pg_catalog.format(
         'CREATE OR REPLACE FUNCTION pgsse.%I() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER'
@@ -716,6 +819,12 @@ BEGIN
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
 
+    IF pgsse._relaying() THEN
+        INSERT INTO pgsse.events AS e (user_id, event, data)
+        VALUES (publish.user_id, publish.event, publish.data)
+        RETURNING e.id INTO new_id;
+        RETURN new_id;
+    END IF;
     INSERT INTO pgsse.events AS e (user_id, event, data)
     VALUES (publish.user_id, publish.event, publish.data)
     RETURNING e.id,
@@ -735,6 +844,203 @@ COMMENT ON FUNCTION pgsse.publish(text, jsonb, text) IS
 --   GRANT USAGE ON SCHEMA pgsse TO some_role;
 --   GRANT EXECUTE ON FUNCTION pgsse.publish(text, jsonb, text) TO some_role;
 REVOKE ALL ON FUNCTION pgsse.publish(text, jsonb, text) FROM PUBLIC;
+
+-- -----------------------------------------------------------------------------
+-- Notify modes: pgsse.set_notify_mode, pgsse.notify_mode, pgsse.relay
+-- -----------------------------------------------------------------------------
+-- PostgreSQL commits every transaction that called NOTIFY one at a time (an
+-- instance-wide lock held through the commit's WAL flush). In 'relay' mode
+-- the app's transactions only write log rows; one gateway replica (the
+-- holder of a lease in pgsse.meta) calls pgsse.relay() every few
+-- milliseconds, which announces the rows committed since its last round in
+-- the usual payloads. In 'commit' mode each writing statement NOTIFYs itself.
+--
+-- The relay's position is the snapshot of its last round: it announces
+-- exactly the transactions visible now and not visible then (a transaction
+-- that took its xid early and commits late is announced when it commits).
+-- Switching is safe while writers run: a transaction that captured in relay
+-- mode either committed after the switch to relay (so it is not visible in
+-- the position stored by the switch) or, after a switch back to commit, was
+-- running when the relay noticed the switch, and the relay keeps going
+-- until those transactions ended. A transaction announced both ways is
+-- deduplicated by the gateway (by log id).
+
+CREATE OR REPLACE FUNCTION pgsse.set_notify_mode(mode text) RETURNS text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF set_notify_mode.mode IS NULL OR set_notify_mode.mode NOT IN ('commit', 'relay') THEN
+        RAISE EXCEPTION 'pgsse.set_notify_mode: unknown mode %: use ''commit'' or ''relay''',
+            COALESCE(pg_catalog.quote_literal(set_notify_mode.mode), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = '''relay'': writers only log rows and a gateway replica announces them; '
+                         '''commit'': each writing transaction NOTIFYs as it commits.';
+    END IF;
+    UPDATE pgsse.meta AS m
+       SET notify_mode = set_notify_mode.mode,
+           relay_drain = NULL,
+           -- Taken before this switch commits: whatever captures in relay
+           -- mode commits after it, so it is not visible in this position.
+           relay_snapshot = CASE WHEN set_notify_mode.mode = 'relay'
+                                 THEN COALESCE(m.relay_snapshot, pg_catalog.pg_current_snapshot())
+                                 ELSE m.relay_snapshot END
+     WHERE m.notify_mode IS DISTINCT FROM set_notify_mode.mode OR m.relay_drain IS NOT NULL;
+    RETURN set_notify_mode.mode;
+END
+$fn$;
+
+COMMENT ON FUNCTION pgsse.set_notify_mode(text) IS
+    'pgsse: ''relay'' (writers only log rows; a gateway replica announces them) or ''commit'' (each writing transaction NOTIFYs at commit)';
+
+REVOKE ALL ON FUNCTION pgsse.set_notify_mode(text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION pgsse.notify_mode() RETURNS text
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    RETURN (SELECT m.notify_mode FROM pgsse.meta AS m);
+END
+$fn$;
+
+COMMENT ON FUNCTION pgsse.notify_mode() IS
+    'pgsse: the notify mode, ''commit'' or ''relay'' (see pgsse.set_notify_mode)';
+
+-- The snapshot in which exactly the transactions below c visible in s, and
+-- those from c up visible in p, are visible: the relay's position after a
+-- round that announced only the transactions below c (p's successor).
+CREATE OR REPLACE FUNCTION pgsse._snapshot_cut(p pg_catalog.pg_snapshot, s pg_catalog.pg_snapshot, c xid8)
+RETURNS pg_catalog.pg_snapshot
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT pg_catalog.format('%s:%s:%s',
+               COALESCE(pg_catalog.min(x.x), h.hi), h.hi,
+               COALESCE(pg_catalog.string_agg(x.x::text, ',' ORDER BY x.x), ''))::pg_catalog.pg_snapshot
+      FROM (SELECT GREATEST(c, pg_catalog.pg_snapshot_xmax(p)) AS hi) AS h
+      LEFT JOIN (SELECT a.x FROM pg_catalog.pg_snapshot_xip(s) AS a(x) WHERE a.x OPERATOR(pg_catalog.<) c
+                 UNION
+                 SELECT b.x FROM pg_catalog.pg_snapshot_xip(p) AS b(x) WHERE b.x OPERATOR(pg_catalog.>=) c) AS x
+        ON true
+     GROUP BY h.hi
+$fn$;
+
+COMMENT ON FUNCTION pgsse._snapshot_cut(pg_catalog.pg_snapshot, pg_catalog.pg_snapshot, xid8) IS
+    'pgsse internal: the relay position after announcing only the transactions below a cut';
+
+-- One relay round; the gateway calls it every --relay-interval. Runs with
+-- the caller's rights (the gateway's grants: SELECT on pgsse.events and
+-- pgsse.secret, SELECT and UPDATE on pgsse.meta), so it is no use to a role
+-- without them. Returns state: 'off' (no relay needed), 'standby' (another
+-- replica holds the lease), 'idle', 'relayed' or 'done' (finished draining
+-- after a switch back to commit), with the transactions and events sent.
+-- The position, the lease and the NOTIFYs commit together: a round that
+-- raced another (or a mode switch) fails whole and sends nothing.
+CREATE OR REPLACE FUNCTION pgsse.relay(
+    gateway text, lease interval DEFAULT '1 second', max_txs integer DEFAULT 1000,
+    OUT state text, OUT txs integer, OUT events bigint
+)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    m     record;
+    p     pg_catalog.pg_snapshot;
+    s     pg_catalog.pg_snapshot;
+    cut   xid8;
+    drain text[];
+    done  boolean;
+    r     record;
+BEGIN
+    txs := 0;
+    events := 0;
+    IF pg_catalog.current_setting('transaction_isolation') OPERATOR(pg_catalog.<>) 'read committed' THEN
+        RAISE EXCEPTION 'pgsse.relay: must run at READ COMMITTED (each round reads what committed during it)'
+            USING ERRCODE = 'invalid_transaction_state';
+    END IF;
+    SELECT mm.notify_mode, mm.relay_snapshot, mm.relay_drain, mm.relay_owner, mm.relay_until
+      INTO m FROM pgsse.meta AS mm;
+    IF m.relay_snapshot IS NULL THEN
+        state := 'off';
+        RETURN;
+    END IF;
+    IF m.relay_owner IS DISTINCT FROM gateway AND m.relay_until OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp() THEN
+        state := 'standby';
+        RETURN;
+    END IF;
+    drain := m.relay_drain;
+    IF m.notify_mode OPERATOR(pg_catalog.=) 'commit' THEN
+        -- Back in commit mode. A transaction that captured in relay mode was
+        -- running when the switch committed: wait for every transaction
+        -- running when the relay first noticed the switch to end.
+        SELECT COALESCE(pg_catalog.array_agg(l.virtualxid), '{}') INTO drain
+          FROM pg_catalog.pg_locks AS l
+         WHERE l.locktype OPERATOR(pg_catalog.=) 'virtualxid' AND l.granted
+           AND l.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()
+           AND (m.relay_drain IS NULL OR l.virtualxid OPERATOR(pg_catalog.=) ANY (m.relay_drain));
+    END IF;
+    -- After the check above, so a transaction that ended before it is visible.
+    s := pg_catalog.pg_current_snapshot();
+    p := m.relay_snapshot;
+    -- At most max_txs transactions per round (a long backlog goes in rounds).
+    SELECT x.tx INTO cut
+      FROM (SELECT DISTINCT e.tx FROM pgsse.events AS e
+             WHERE e.tx OPERATOR(pg_catalog.>=) pg_catalog.pg_snapshot_xmin(p)
+               AND NOT pg_catalog.pg_visible_in_snapshot(e.tx, p)
+               AND pg_catalog.pg_visible_in_snapshot(e.tx, s)) AS x
+     ORDER BY x.tx OFFSET max_txs LIMIT 1;
+    -- In the order their last rows were written: a transaction that acted on
+    -- another's committed rows wrote after them.
+    FOR r IN
+        SELECT w.tx, pg_catalog.count(*) AS n, pg_catalog.min(w.id) AS lo, pg_catalog.max(w.id) AS hi,
+               (pg_catalog.json_agg(pg_catalog.json_build_array(w.id, w.user_id, w.event, w.data) ORDER BY w.id)
+                   FILTER (WHERE w.few))::text AS entries
+          FROM (SELECT e.id, e.tx, e.user_id, e.event, e.data,
+                       pg_catalog.count(*) OVER (PARTITION BY e.tx) OPERATOR(pg_catalog.<=) 64 AS few
+                  FROM pgsse.events AS e
+                 WHERE e.tx OPERATOR(pg_catalog.>=) pg_catalog.pg_snapshot_xmin(p)
+                   AND (cut IS NULL OR e.tx OPERATOR(pg_catalog.<) cut)
+                   AND NOT pg_catalog.pg_visible_in_snapshot(e.tx, p)
+                   AND pg_catalog.pg_visible_in_snapshot(e.tx, s)) AS w
+         GROUP BY w.tx
+         ORDER BY hi
+    LOOP
+        PERFORM pgsse._send(pgsse._payload(r.tx, r.n, r.lo, r.hi, r.entries));
+        txs := txs + 1;
+        events := events + r.n;
+    END LOOP;
+    done := cut IS NULL AND m.notify_mode OPERATOR(pg_catalog.=) 'commit' AND drain OPERATOR(pg_catalog.=) '{}';
+    -- Nothing to record: write only to keep the lease (and the horizon) fresh.
+    IF txs = 0 AND NOT done AND drain IS NOT DISTINCT FROM m.relay_drain
+       AND m.relay_owner OPERATOR(pg_catalog.=) gateway
+       AND m.relay_until OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp() + lease * 0.75 THEN
+        state := 'idle';
+        RETURN;
+    END IF;
+    UPDATE pgsse.meta AS mm
+       SET relay_snapshot = CASE WHEN done THEN NULL
+                                 WHEN cut IS NULL THEN s
+                                 ELSE pgsse._snapshot_cut(p, s, cut) END,
+           relay_drain = CASE WHEN done THEN NULL ELSE drain END,
+           relay_owner = CASE WHEN done THEN NULL ELSE gateway END,
+           relay_until = CASE WHEN done THEN NULL ELSE pg_catalog.clock_timestamp() + lease END
+     WHERE mm.relay_snapshot::text OPERATOR(pg_catalog.=) p::text
+       AND mm.notify_mode OPERATOR(pg_catalog.=) m.notify_mode
+       AND mm.relay_drain IS NOT DISTINCT FROM m.relay_drain
+       AND mm.relay_owner IS NOT DISTINCT FROM m.relay_owner;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pgsse.relay: the relay position moved during this round (another replica, or a mode switch)'
+            USING ERRCODE = 'serialization_failure';
+    END IF;
+    state := CASE WHEN done THEN 'done' WHEN txs > 0 THEN 'relayed' ELSE 'idle' END;
+END
+$fn$;
+
+COMMENT ON FUNCTION pgsse.relay(text, interval, integer) IS
+    'pgsse: one round of the relay (relay mode): announces the rows committed since the last round; called by the gateway';
 
 -- -----------------------------------------------------------------------------
 -- pgsse.watch / pgsse.unwatch

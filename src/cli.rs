@@ -96,6 +96,10 @@ pub struct ServeArgs {
     /// How often the horizon marker is sent (bounds how stale resume positions are).
     #[arg(long, env = "PGSSE_MARKER_INTERVAL", default_value_t = duration_text(DEFAULT_MARKER_INTERVAL))]
     pub marker_interval: String,
+    /// In relay mode (`SELECT pgsse.set_notify_mode('relay')`), how often the relay replica
+    /// announces what writers committed: at most this much latency is added to an event.
+    #[arg(long, env = "PGSSE_RELAY_INTERVAL", default_value_t = duration_text(DEFAULT_RELAY_INTERVAL))]
+    pub relay_interval: String,
     /// Bytes queued for one stream before it is closed as too slow (e.g. 1MiB, 256KiB).
     #[arg(long, env = "PGSSE_MAX_QUEUE_BYTES", default_value_t = size_text(DEFAULT_QUEUE_BYTES))]
     pub max_queue_bytes: String,

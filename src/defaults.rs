@@ -12,6 +12,14 @@ pub const DEFAULT_PATH: &str = "/api/notifications/stream";
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_MARKER_INTERVAL: Duration = Duration::from_millis(250);
+/// Relay mode's round interval: what it adds to an event's latency at most (BENCHMARKS.md,
+/// "What pgsse costs your writers", for how it was chosen).
+pub const DEFAULT_RELAY_INTERVAL: Duration = Duration::from_millis(10);
+/// How long the relay replica's lease lasts without a renewal: another replica takes over within
+/// about this long after the relay dies or goes silent.
+pub const DEFAULT_RELAY_LEASE: Duration = Duration::from_secs(1);
+/// Transactions announced per relay round at most; a longer backlog goes in several rounds.
+pub const DEFAULT_RELAY_MAX_TXS: i32 = 1000;
 pub const DEFAULT_QUEUE_BYTES: usize = 1 << 20;
 pub const DEFAULT_REPLAY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Every database round trip's deadline (`--db-timeout`). Well above any healthy round trip of the

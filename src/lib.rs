@@ -87,8 +87,12 @@ pub async fn run_with(
     if let Some(remote) = config.auth.jwt.as_ref().and_then(|j| j.remote()) {
         tokio::spawn(auth::remote::keep_fresh(remote.clone(), metrics.clone(), stop.clone()));
     }
+    let relay =
+        pg::relay::Relay::new(config.database.clone(), metrics.clone(), config.relay_interval, config.marker_interval)
+            .with_db_timeout(config.db_timeout);
     let tasks = [
         tokio::spawn(source.run(stop.clone())),
+        tokio::spawn(relay.run(stop.clone())),
         tokio::spawn(pg::retention::run(
             pool.clone(),
             config.retention,
@@ -99,7 +103,7 @@ pub async fn run_with(
         )),
         tokio::spawn(heartbeats(hub.clone(), source_state.clone(), config.heartbeat_interval, stop.clone())),
         tokio::spawn(expiries(hub.clone(), stop.clone())),
-        tokio::spawn(pg::watch_queue_usage(pool.clone(), metrics.clone(), stop.clone())),
+        tokio::spawn(pg::watch_notify_health(pool.clone(), metrics.clone(), stop.clone())),
     ];
     if let Some(l) = metrics_listener {
         if let Ok(addr) = l.local_addr() {

@@ -35,6 +35,12 @@ pub struct Metrics {
     pub jwks_fetch_failures: Gauge,
     pub retention_pruned_rows: Counter,
     pub retention_failures: Counter,
+    pub relay_mode: Gauge,
+    pub relay_leader: Gauge,
+    pub relay_rounds: Counter,
+    pub relay_transactions: Counter,
+    pub relay_events: Counter,
+    pub notify_lock_waiters: Gauge,
 }
 
 impl Metrics {
@@ -121,6 +127,20 @@ impl Metrics {
             "retention_failures",
             "Retention rounds that failed (pgsse.events is not pruned meanwhile)",
             self.retention_failures.clone(),
+        );
+        r.register("relay_mode", "1 in relay mode (writers only log rows), 0 in commit mode", self.relay_mode.clone());
+        r.register("relay_leader", "1 while this replica is the relay", self.relay_leader.clone());
+        r.register("relay_rounds", "Relay rounds run by this replica", self.relay_rounds.clone());
+        r.register(
+            "relay_transactions",
+            "Transactions announced by this replica's relay rounds",
+            self.relay_transactions.clone(),
+        );
+        r.register("relay_events", "Events announced by this replica's relay rounds", self.relay_events.clone());
+        r.register(
+            "notify_lock_waiters",
+            "Sessions waiting on PostgreSQL's NOTIFY commit lock (sampled every second)",
+            self.notify_lock_waiters.clone(),
         );
         let mut out = String::new();
         // Writing into a String cannot fail.

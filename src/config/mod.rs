@@ -52,6 +52,8 @@ pub struct Config {
     pub auth: AuthSetup,
     pub retention: Duration,
     pub marker_interval: Duration,
+    /// Relay mode's round interval (`--relay-interval`).
+    pub relay_interval: Duration,
     pub queue_bytes: usize,
     pub replay_timeout: Duration,
     pub db_timeout: Duration,
@@ -116,6 +118,7 @@ impl Config {
             duration(&mut errs, "--heartbeat-interval", &a.heartbeat_interval, Duration::from_millis(100));
         let retention = duration(&mut errs, "--retention", &a.retention, Duration::from_secs(1));
         let marker_interval = duration(&mut errs, "--marker-interval", &a.marker_interval, Duration::from_millis(10));
+        let relay_interval = duration(&mut errs, "--relay-interval", &a.relay_interval, Duration::from_millis(1));
         let replay_timeout = duration(&mut errs, "--replay-timeout", &a.replay_timeout, Duration::from_millis(10));
         let db_timeout = duration(&mut errs, "--db-timeout", &a.db_timeout, Duration::from_millis(100));
         let shutdown_timeout = duration(&mut errs, "--shutdown-timeout", &a.shutdown_timeout, Duration::ZERO);
@@ -202,6 +205,7 @@ impl Config {
             queue_bytes,
             replay_timeout,
             shutdown_timeout,
+            relay_interval,
         ) {
             (
                 Some(database),
@@ -213,6 +217,7 @@ impl Config {
                 Some(queue_bytes),
                 Some(replay_timeout),
                 Some(shutdown_timeout),
+                Some(relay_interval),
             ) if errs.is_empty() => Ok(Config {
                 database,
                 listen,
@@ -221,6 +226,7 @@ impl Config {
                 auth,
                 retention,
                 marker_interval,
+                relay_interval,
                 queue_bytes,
                 replay_timeout,
                 db_timeout,

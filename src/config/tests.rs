@@ -104,6 +104,7 @@ fn flag_defaults_are_the_typed_defaults() {
     assert_eq!(c.heartbeat_interval, DEFAULT_HEARTBEAT_INTERVAL);
     assert_eq!(c.retention, DEFAULT_RETENTION);
     assert_eq!(c.marker_interval, DEFAULT_MARKER_INTERVAL);
+    assert_eq!(c.relay_interval, DEFAULT_RELAY_INTERVAL);
     assert_eq!(c.queue_bytes, DEFAULT_QUEUE_BYTES);
     assert_eq!(c.replay_timeout, DEFAULT_REPLAY_TIMEOUT);
     assert_eq!(c.db_timeout, DEFAULT_DB_TIMEOUT);

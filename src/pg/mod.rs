@@ -4,6 +4,7 @@ mod deadline;
 pub mod demo;
 pub mod install;
 pub mod payload;
+pub mod relay;
 pub mod replay;
 pub mod retention;
 mod seen;
@@ -167,30 +168,59 @@ impl From<deadpool_postgres::PoolError> for PgError {
     }
 }
 
-/// How often `pg_notification_queue_usage()` is sampled for the metrics.
-const QUEUE_USAGE_EVERY: Duration = Duration::from_secs(5);
+/// How often the database's NOTIFY health is sampled.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+/// At most one warning about writers waiting on the NOTIFY lock per this period.
+const LOCK_WARN_EVERY: Duration = Duration::from_secs(60);
 
-/// Samples the NOTIFY queue fill level: if it nears 1, a listener somewhere is not reading and
-/// Postgres will start refusing NOTIFY (writes fail); the gateway must be told before that.
-pub async fn watch_queue_usage(
+/// Samples the database's NOTIFY health for the metrics: the queue fill level (if it nears 1, a
+/// listener somewhere is not reading and Postgres will start refusing NOTIFY: writes fail), the
+/// notify mode, and the sessions waiting on the NOTIFY commit lock (in commit mode, the app's
+/// writers queue there: relay mode is the cure, which the warning says).
+pub async fn watch_notify_health(
     pool: Pool,
     metrics: crate::metrics::Metrics,
     stop: tokio_util::sync::CancellationToken,
 ) {
     let mut warned = false;
+    let mut lock_warned: Option<std::time::Instant> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(QUEUE_USAGE_EVERY) => {}
+            _ = tokio::time::sleep(SAMPLE_EVERY) => {}
         }
-        let sampled = pool.run(async |c| Ok(c.query_one("SELECT pg_notification_queue_usage()", &[]).await?)).await;
-        if let Ok(row) = sampled {
-            let usage: f64 = row.try_get(0).unwrap_or(0.0);
-            metrics.notify_queue_usage.set(usage);
-            if usage > 0.5 && !warned {
-                tracing::warn!(usage, "the NOTIFY queue is over half full: some listener is not keeping up");
-            }
-            warned = usage > 0.5;
+        // PostgreSQL takes this lock (an object lock on database 0 of pg_database) in every
+        // notifying transaction's commit and holds it through the WAL flush.
+        let sampled = pool
+            .run(async |c| {
+                Ok(c.query_one(
+                    "SELECT pg_notification_queue_usage(),                             (SELECT count(*) FROM pg_locks                               WHERE locktype = 'object' AND classid = 'pg_database'::regclass                                 AND objid = 0 AND NOT granted),                             pgsse.notify_mode()",
+                    &[],
+                )
+                .await?)
+            })
+            .await;
+        let Ok(row) = sampled else { continue };
+        let usage: f64 = row.try_get(0).unwrap_or(0.0);
+        let waiters: i64 = row.try_get(1).unwrap_or(0);
+        let mode: Option<String> = row.try_get(2).unwrap_or(None);
+        metrics.notify_queue_usage.set(usage);
+        metrics.notify_lock_waiters.set(waiters);
+        metrics.relay_mode.set(i64::from(mode.as_deref() == Some("relay")));
+        if usage > 0.5 && !warned {
+            tracing::warn!(usage, "the NOTIFY queue is over half full: some listener is not keeping up");
+        }
+        warned = usage > 0.5;
+        if waiters > 0
+            && mode.as_deref() == Some("commit")
+            && lock_warned.is_none_or(|t| t.elapsed() >= LOCK_WARN_EVERY)
+        {
+            lock_warned = Some(std::time::Instant::now());
+            tracing::warn!(
+                waiters,
+                "writers are waiting on PostgreSQL's NOTIFY commit lock (commit mode: every writing transaction \
+                 notifies as it commits, one at a time); switch to relay mode: SELECT pgsse.set_notify_mode('relay')"
+            );
         }
     }
 }

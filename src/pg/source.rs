@@ -23,17 +23,17 @@ use futures_util::{pin_mut, FutureExt, TryStreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-mod conn;
+pub(in crate::pg) mod conn;
 mod history;
 mod state;
 
-use self::conn::{jitter, Msg};
+use self::conn::{Backoff, Msg};
 pub use self::state::{Position, SourceState};
 use super::payload::{self, Message, Verifier};
 use super::seen::Seen;
 use super::sessions::SessionStore;
 use super::{within, PgError, StoredEvent, EVENT_COLUMNS};
-use crate::defaults::{DEFAULT_BACKOFF_MAX, DEFAULT_BACKOFF_MIN, DEFAULT_DB_TIMEOUT};
+use crate::defaults::DEFAULT_DB_TIMEOUT;
 use crate::hub::{Hub, Item};
 use crate::metrics::Metrics;
 use crate::sse::{self, EventId};
@@ -98,7 +98,7 @@ impl Source {
 
     /// Runs until `shutdown` is cancelled, reconnecting as often as needed.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut backoff = DEFAULT_BACKOFF_MIN;
+        let mut backoff = Backoff::new();
         let mut connected_before = false;
         loop {
             let started = Instant::now();
@@ -115,12 +115,7 @@ impl Source {
             }
             connected_before |= self.state.horizon().is_some();
             self.metrics.pg_reconnects.inc();
-            // A connection that lived a while resets the backoff: this is a new outage.
-            if started.elapsed() > DEFAULT_BACKOFF_MAX * 2 {
-                backoff = DEFAULT_BACKOFF_MIN;
-            }
-            let sleep = jitter(backoff);
-            backoff = (backoff * 2).min(DEFAULT_BACKOFF_MAX);
+            let sleep = backoff.next(started.elapsed());
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(sleep) => {}

@@ -9,14 +9,15 @@ use tokio_postgres::{AsyncMessage, NoTls, Notification, Socket};
 use tokio_util::sync::CancellationToken;
 
 use super::{End, Source};
-use crate::pg::within;
+use crate::defaults::{DEFAULT_BACKOFF_MAX, DEFAULT_BACKOFF_MIN};
+use crate::pg::{within, PgError};
 
 pub(super) enum Msg {
     Notify(Notification),
     Closed(Option<tokio_postgres::Error>),
 }
 
-type Connection = tokio_postgres::Connection<Socket, NoTlsStream>;
+pub(in crate::pg) type Connection = tokio_postgres::Connection<Socket, NoTlsStream>;
 
 impl Source {
     /// One connection attempt (`conn`: listen or marker), given up when `shutdown` is cancelled.
@@ -25,12 +26,25 @@ impl Source {
         conn: &'static str,
         shutdown: &CancellationToken,
     ) -> Result<(tokio_postgres::Client, Connection), End> {
-        // The URL's connect_timeout bounds only the TCP connect; this bounds the startup too.
-        let limit = self.timeout.max(self.db.get_connect_timeout().copied().unwrap_or_default());
-        tokio::select! {
-            _ = shutdown.cancelled() => Err(End::Shutdown),
-            r = within(conn, limit, self.db.connect(NoTls)) => r.map_err(End::Lost),
+        match open(&self.db, self.timeout, conn, shutdown).await {
+            Some(r) => r.map_err(End::Lost),
+            None => Err(End::Shutdown),
         }
+    }
+}
+
+/// One connection attempt within the deadline; `None` when `shutdown` was cancelled first.
+pub(in crate::pg) async fn open(
+    db: &tokio_postgres::Config,
+    timeout: Duration,
+    conn: &'static str,
+    shutdown: &CancellationToken,
+) -> Option<Result<(tokio_postgres::Client, Connection), PgError>> {
+    // The URL's connect_timeout bounds only the TCP connect; this bounds the startup too.
+    let limit = timeout.max(db.get_connect_timeout().copied().unwrap_or_default());
+    tokio::select! {
+        _ = shutdown.cancelled() => None,
+        r = within(conn, limit, db.connect(NoTls)) => Some(r),
     }
 }
 
@@ -62,8 +76,28 @@ pub(super) fn drive(mut conn: Connection) -> (JoinHandle<()>, mpsc::UnboundedRec
     (driver, rx)
 }
 
+/// Capped exponential backoff between reconnects; a connection that lived a while starts over.
+pub(in crate::pg) struct Backoff(Duration);
+
+impl Backoff {
+    pub(in crate::pg) fn new() -> Self {
+        Self(DEFAULT_BACKOFF_MIN)
+    }
+
+    /// How long to wait before the next attempt, after a connection that lived `lived`.
+    pub(in crate::pg) fn next(&mut self, lived: Duration) -> Duration {
+        // A connection that lived a while resets the backoff: this is a new outage.
+        if lived > DEFAULT_BACKOFF_MAX * 2 {
+            self.0 = DEFAULT_BACKOFF_MIN;
+        }
+        let sleep = jitter(self.0);
+        self.0 = (self.0 * 2).min(DEFAULT_BACKOFF_MAX);
+        sleep
+    }
+}
+
 /// Full jitter between half and all of `d`, so replicas do not reconnect in lockstep.
-pub(super) fn jitter(d: Duration) -> Duration {
+fn jitter(d: Duration) -> Duration {
     let half = d / 2;
     half + Duration::from_micros(rand::random::<u64>() % (half.as_micros() as u64 + 1))
 }

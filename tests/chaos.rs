@@ -60,9 +60,8 @@ async fn chaos(mode: Mode) {
     let pg = Arc::new(PgCluster::start());
     let db = pg.create_database("app");
     gateway::install(&db).await;
-    if mode == Mode::Relay {
-        assert_eq!(common::relay::set_mode(&db, "relay").await, "relay");
-    }
+    let name = if mode == Mode::Relay { "relay" } else { "commit" };
+    assert_eq!(common::relay::set_mode(&db, name).await, name);
 
     let ports = [common::free_port(), common::free_port()];
     let metrics = ports.map(|_| format!("127.0.0.1:{}", common::free_port()));

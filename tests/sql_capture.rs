@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 #[tokio::test]
 async fn camel_case_table() {
     let url = fresh_database();
-    exec(&url, INSTALL).await;
+    install_commit_mode(&url).await;
     exec(
         &url,
         "CREATE TABLE \"Notification\" (
@@ -81,7 +81,7 @@ async fn camel_case_table() {
 #[tokio::test]
 async fn row_changes_map_to_events() {
     let url = fresh_database();
-    exec(&url, INSTALL).await;
+    install_commit_mode(&url).await;
     exec(&url, NOTIFICATIONS).await;
     let mut t = Tracker::new(&url).await;
 
@@ -224,7 +224,7 @@ async fn row_changes_map_to_events() {
 #[tokio::test]
 async fn bulk_update_sends_one_reference() {
     let url = fresh_database();
-    exec(&url, INSTALL).await;
+    install_commit_mode(&url).await;
     exec(
         &url,
         "CREATE TABLE notifications (
@@ -276,7 +276,7 @@ async fn bulk_update_sends_one_reference() {
 #[tokio::test]
 async fn large_rows_are_sent_by_reference() {
     let url = fresh_database();
-    exec(&url, INSTALL).await;
+    install_commit_mode(&url).await;
     exec(&url, NOTIFICATIONS).await;
     let mut t = Tracker::new(&url).await;
 
@@ -342,7 +342,7 @@ async fn large_rows_are_sent_by_reference() {
 #[tokio::test]
 async fn publish_logs_and_announces() {
     let url = fresh_database();
-    exec(&url, INSTALL).await;
+    install_commit_mode(&url).await;
     let mut t = Tracker::new(&url).await;
 
     let id = scalar_i64(&t.client, "SELECT pgsse.publish(NULL, '{\"motd\": \"hi\"}')").await;

@@ -42,8 +42,8 @@ async fn install_is_idempotent_and_keeps_events() {
     );
     assert_eq!(
         count("SELECT count(*) FROM pg_indexes WHERE schemaname = 'pgsse' AND tablename = 'events'").await,
-        4,
-        "primary key + (user_id, tx) + (tx) + (created_at)"
+        3,
+        "primary key + (user_id, tx) + (tx): retention walks the primary key"
     );
     assert_eq!(
         count(
@@ -55,9 +55,10 @@ async fn install_is_idempotent_and_keeps_events() {
     );
     assert_eq!(
         count("SELECT count(*) FROM pg_proc WHERE pronamespace = 'pgsse'::regnamespace").await,
-        16,
+        22,
         "plus _send, history, new_history, mark, capture_sessions, watch_sessions, unwatch_sessions, _capture_sql, \
-         _generate_capture, _drop_unused_captures and the generated capture_<oid> of notifications"
+         _generate_capture, _drop_unused_captures, _payload, _relaying, set_notify_mode, notify_mode, relay, \
+         _snapshot_cut and the generated capture_<oid> of notifications"
     );
     assert_eq!(count("SELECT count(*) FROM pgsse.meta").await, 1);
     assert_eq!(count("SELECT count(*) FROM pgsse.secret").await, 1, "the signing key is generated once");
@@ -182,8 +183,8 @@ async fn installs_and_runs_without_superuser() {
         ),
     )
     .await;
-    exec(&owner_url, INSTALL).await;
-    exec(&owner_url, INSTALL).await;
+    install_commit_mode(&owner_url).await;
+    install_commit_mode(&owner_url).await;
     exec(&owner_url, "SELECT pgsse.watch('app.notifications', 'user_id')").await;
 
     // The app: rights on its table only, none on pgsse.
@@ -269,7 +270,7 @@ async fn watch_by_another_table_owner() {
     let pg = shared_cluster();
     let owner = unique_role("sql_tblowner");
     pg.create_role(&owner, false);
-    exec(&url, INSTALL).await;
+    install_commit_mode(&url).await;
     let owner_url = url_as(&url, &owner);
     exec(
         &url,

@@ -10,7 +10,7 @@ use serde_json::json;
 #[tokio::test]
 async fn watch_reports_helpful_errors() {
     let url = fresh_database();
-    exec(&url, INSTALL).await;
+    install_commit_mode(&url).await;
     exec(
         &url,
         "CREATE TABLE notifications (id int, user_id text, title text, read boolean);
@@ -84,7 +84,7 @@ async fn watch_reports_helpful_errors() {
 #[tokio::test]
 async fn watch_generates_a_static_trigger_function() {
     let url = fresh_database();
-    exec(&url, INSTALL).await;
+    install_commit_mode(&url).await;
     exec(&url, NOTIFICATIONS).await;
     let client = connect(&url).await;
     let oid = scalar_i64(&client, "SELECT 'notifications'::regclass::oid::bigint").await;
@@ -195,7 +195,7 @@ async fn watch_generates_a_static_trigger_function() {
     assert_eq!(trigger_function(&client, "b").await, format!("pgsse.capture_{b_oid}()"));
 
     // Re-installing keeps the generated functions and their triggers.
-    exec(&url, INSTALL).await;
+    install_commit_mode(&url).await;
     assert_eq!(scalar_i64(&client, GENERATED_CAPTURES).await, 1);
     t.expect(
         "INSERT INTO b VALUES (1, 'x')",
@@ -210,7 +210,7 @@ async fn watch_generates_a_static_trigger_function() {
 #[tokio::test]
 async fn generated_and_generic_capture_log_the_same_events() {
     let url = fresh_database();
-    exec(&url, INSTALL).await;
+    install_commit_mode(&url).await;
     let table = |name: &str| {
         format!(
             "CREATE TABLE {name} (id integer PRIMARY KEY, user_id integer, title text,
@@ -290,7 +290,7 @@ async fn generated_and_generic_capture_log_the_same_events() {
 #[tokio::test]
 async fn generated_function_names_survive_new_oids() {
     let url = fresh_database();
-    exec(&url, INSTALL).await;
+    install_commit_mode(&url).await;
     exec(
         &url,
         "CREATE TABLE a (id int PRIMARY KEY, owner text, note text);

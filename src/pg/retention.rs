@@ -40,11 +40,14 @@ async fn prune_on(client: &mut deadpool_postgres::Client, retention: Duration) -
         return Ok(Batch::Busy);
     }
     // `pruned_tx` only moves up: the gateway resets streams asking for history at or below it.
+    // The oldest rows by id: ids grow with insert time, so walking the primary key finds them
+    // without an index on created_at (which would cost every writer an index insert). A row
+    // written late by a long transaction may wait until the rows before it are old too.
     let row = tx
         .query_one(
             "WITH doomed AS ( \
-                 SELECT id FROM pgsse.events WHERE created_at < now() - make_interval(secs => $1) \
-                 ORDER BY created_at LIMIT $2), \
+                 SELECT f.id FROM (SELECT id, created_at FROM pgsse.events ORDER BY id LIMIT $2) AS f \
+                 WHERE f.created_at < now() - make_interval(secs => $1)), \
              gone AS (DELETE FROM pgsse.events WHERE id IN (SELECT id FROM doomed) RETURNING tx), \
              top AS (SELECT tx FROM gone ORDER BY tx DESC LIMIT 1), \
              moved AS (UPDATE pgsse.meta SET pruned_tx = top.tx FROM top WHERE pgsse.meta.pruned_tx < top.tx RETURNING 1) \

@@ -42,6 +42,13 @@ pub async fn exec_err(url: &str, sql: &str) -> String {
     }
 }
 
+/// Installs pgsse in commit mode: the tests that read what triggers NOTIFY (a fresh install
+/// starts in relay mode, where writers send nothing).
+pub async fn install_commit_mode(url: &str) {
+    super::exec(url, INSTALL).await;
+    super::exec(url, "SELECT pgsse.set_notify_mode('commit')").await;
+}
+
 /// A raw `LISTEN` connection on pgsse's secret channel (`pgsse.secret.channel`) that collects
 /// the payloads it receives.
 pub struct Listener {

@@ -61,6 +61,7 @@ cleanup() {
     rm -rf "$D"
 }
 trap cleanup EXIT
+trap 'exit 1' INT TERM
 U=postgres://postgres@127.0.0.1:$PORT/postgres
 q() { psql -qAtX "$U" -c "$1"; }
 "$PGSSE_BIN" sql install --apply --database-url "$U" >/dev/null
@@ -76,9 +77,9 @@ listener_on() {
     LISTEN_PID=$!
 }
 listener_off() {
-    [ -n "$LISTEN_PID" ] && kill "$LISTEN_PID" 2>/dev/null && wait "$LISTEN_PID" 2>/dev/null || true
     [ -s "$D/listen-feed.pid" ] && kill "$(cat "$D/listen-feed.pid")" 2>/dev/null || true
     rm -f "$D/listen-feed.pid"
+    [ -n "$LISTEN_PID" ] && kill "$LISTEN_PID" 2>/dev/null && wait "$LISTEN_PID" 2>/dev/null || true
     LISTEN_PID=""
 }
 

@@ -12,11 +12,35 @@ use std::time::{Duration, Instant};
 use common::gateway::{metric, notifications_db, Gateway, GatewayProcess};
 use common::relay::*;
 use common::sql::{exec_err, unique_role, url_as, Tracker};
-use common::{connect, exec, free_port, insert, insert_rows, log_id, title, PgCluster};
+use common::{connect, exec, free_port, insert, insert_rows, log_id, title};
 use tokio_postgres::error::SqlState;
 
 fn users(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+/// Stops the writers, sends each user the marker row, and checks that every stream got every row
+/// of its user after `since` exactly once; returns the transactions the writers committed.
+async fn finish(
+    db: &str,
+    since: i64,
+    what: &str,
+    users: &[String],
+    stop: &Arc<AtomicBool>,
+    writers: Vec<tokio::task::JoinHandle<u64>>,
+    follows: Vec<tokio::task::JoinHandle<Received>>,
+) -> u64 {
+    let committed = stop_writers(stop, writers).await;
+    for u in users {
+        insert(db, u, MARKER).await;
+    }
+    let mut got = Vec::new();
+    for f in follows {
+        got.push(f.await.expect("stream task"));
+    }
+    let (tally, problems) = check_exactly_once(db, since, &got).await;
+    assert_clean(&format!("{what}, {committed} transactions"), &tally, &problems);
+    committed
 }
 
 fn assert_clean(what: &str, tally: &Tally, problems: &[String]) {
@@ -180,16 +204,7 @@ async fn switching_modes_under_load_loses_nothing() {
         assert_eq!(set_mode(&db, m).await, m);
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let committed = stop_writers(&stop, writers).await;
-    for u in &users {
-        insert(&db, u, MARKER).await;
-    }
-    let mut got = Vec::new();
-    for f in follows {
-        got.push(f.await.expect("stream task"));
-    }
-    let (tally, problems) = check_exactly_once(&db, since, &got).await;
-    assert_clean(&format!("mode switches, {committed} transactions"), &tally, &problems);
+    let committed = finish(&db, since, "mode switches", &users, &stop, writers, follows).await;
     assert!(committed > 100, "too little load to mean anything: {committed}");
     assert_eq!(mode(&db).await, "commit");
     for gw in gws {
@@ -241,16 +256,7 @@ async fn the_surviving_replica_takes_over_the_relay_after_a_sigkill() {
     eprintln!("events flowing again {:.0} ms after the SIGKILL", flowing.as_secs_f64() * 1000.0);
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let committed = stop_writers(&stop, writers).await;
-    for u in &users {
-        insert(&db, u, MARKER).await;
-    }
-    let mut got = Vec::new();
-    for f in follows {
-        got.push(f.await.expect("stream task"));
-    }
-    let (tally, problems) = check_exactly_once(&db, since, &got).await;
-    assert_clean(&format!("relay failover, {committed} transactions"), &tally, &problems);
+    let committed = finish(&db, since, "relay failover", &users, &stop, writers, follows).await;
     assert!(committed > 50, "too little load to mean anything: {committed}");
 }
 
@@ -321,81 +327,4 @@ async fn a_dba_without_superuser_installs_watches_and_switches_modes() {
     exec(&dba_url, &format!("GRANT EXECUTE ON FUNCTION pgsse.set_notify_mode(text) TO {other}")).await;
     assert_eq!(set_mode(&other_url, "relay").await, "relay");
     assert_eq!(mode(&db).await, "relay");
-}
-
-/// PostgreSQL serializes notifying commits on one lock, held through the commit's WAL flush and
-/// its wait for a synchronous standby: a standby that never answers holds it as long as needed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writers_waiting_on_the_notify_commit_lock_are_counted_and_relay_mode_frees_them() {
-    let pg = PgCluster::start_with("synchronous_standby_names = 'nobody'\nsynchronous_commit = local");
-    let db = pg.create_database("app");
-    common::gateway::install(&db).await;
-    assert_eq!(set_mode(&db, "commit").await, "commit");
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let (gw, log) = GatewayProcess::spawn_logged(&db, &["--metrics-listen", &metrics]).await;
-    assert!(common::gateway::wait_ready(&gw.addr, Duration::from_secs(30)).await, "gateway never ready");
-
-    // Commit mode: one commit waits for the standby holding the lock; three writers queue behind it.
-    let held = hold_commit(&db, "held-1").await;
-    let writers: Vec<_> = (0..3).map(|i| tokio::spawn(insert_owned(db.clone(), format!("queued-{i}")))).collect();
-    let counted = common::wait_until(Duration::from_secs(10), || async {
-        metric(&metrics, "pgsse_notify_lock_waiters").await >= 3
-    })
-    .await;
-    assert!(counted, "pgsse_notify_lock_waiters never reached 3");
-    let warned = common::wait_until(Duration::from_secs(5), || async {
-        log.lock().unwrap_or_else(|e| e.into_inner()).contains("SELECT pgsse.set_notify_mode('relay')")
-    })
-    .await;
-    assert!(warned, "no warning naming relay mode; the log:\n{}", log.lock().unwrap_or_else(|e| e.into_inner()));
-    require_standby(&pg, "").await;
-    held.await.expect("held commit").expect("commits once the standby is not required");
-    for w in writers {
-        w.await.expect("queued writer");
-    }
-
-    // Relay mode: the same stuck commit notifies nothing, so it holds no lock and nobody waits.
-    assert_eq!(set_mode(&db, "relay").await, "relay");
-    require_standby(&pg, "nobody").await;
-    let held = hold_commit(&db, "held-2").await;
-    let writers: Vec<_> = (0..3).map(|i| tokio::spawn(insert_owned(db.clone(), format!("free-{i}")))).collect();
-    for w in writers {
-        tokio::time::timeout(Duration::from_secs(10), w)
-            .await
-            .expect("in relay mode a writer does not wait behind another's commit")
-            .expect("writer");
-    }
-    require_standby(&pg, "").await;
-    held.await.expect("held commit").expect("commits");
-}
-
-/// Sets `synchronous_standby_names` and reloads.
-async fn require_standby(pg: &PgCluster, names: &str) {
-    let url = pg.url("postgres");
-    exec(&url, &format!("ALTER SYSTEM SET synchronous_standby_names = '{names}'")).await;
-    exec(&url, "SELECT pg_reload_conf()").await;
-}
-
-/// An INSERT whose commit waits for the (absent) synchronous standby; returns once it is waiting.
-async fn hold_commit(db: &str, title: &str) -> tokio::task::JoinHandle<Result<(), tokio_postgres::Error>> {
-    let c = connect(db).await;
-    let sql =
-        format!("SET synchronous_commit = on; INSERT INTO notifications (user_id, title) VALUES ('held', '{title}')");
-    let task = tokio::spawn(async move { c.batch_execute(&sql).await });
-    let waiting = common::wait_until(Duration::from_secs(10), || async {
-        let c = connect(db).await;
-        let n: i64 = c
-            .query_one("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'", &[])
-            .await
-            .expect("pg_stat_activity")
-            .get(0);
-        n > 0
-    })
-    .await;
-    assert!(waiting, "the commit never waited for the synchronous standby");
-    task
-}
-
-async fn insert_owned(db: String, title: String) {
-    insert(&db, "bob", &title).await;
 }

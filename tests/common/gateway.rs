@@ -1,10 +1,9 @@
 //! Starting the real gateway for tests: in-process on port 0, or as a separate `pgsse` process.
 
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The path of the event stream.
@@ -208,42 +207,19 @@ impl GatewayProcess {
     }
 
     pub async fn spawn_on(db_url: &str, port: u16, extra: &[&str]) -> GatewayProcess {
-        let (addr, mut cmd) = Self::command(db_url, port, extra);
-        let child = cmd.spawn().expect("spawn pgsse");
-        GatewayProcess { addr, child }
-    }
-
-    /// Like `spawn`, with its log (stderr, warnings and above) collected into the returned buffer.
-    pub async fn spawn_logged(db_url: &str, extra: &[&str]) -> (GatewayProcess, Arc<Mutex<String>>) {
-        let (addr, mut cmd) = Self::command(db_url, super::free_port(), extra);
-        let mut child = cmd.env("RUST_LOG", "warn").stderr(Stdio::piped()).spawn().expect("spawn pgsse");
-        let log = Arc::new(Mutex::new(String::new()));
-        if let Some(stderr) = child.stderr.take() {
-            let log = log.clone();
-            tokio::spawn(async move {
-                let mut lines = tokio::io::BufReader::new(stderr).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            });
-        }
-        (GatewayProcess { addr, child }, log)
-    }
-
-    fn command(db_url: &str, port: u16, extra: &[&str]) -> (String, tokio::process::Command) {
         let addr = format!("127.0.0.1:{port}");
         let mut args = argv(db_url, extra);
         let i = args.iter().position(|a| a == "127.0.0.1:0").expect("listen arg");
         args[i] = addr.clone();
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgsse"));
-        cmd.arg("serve")
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgsse"))
+            .arg("serve")
             .args(&args)
             .env("RUST_LOG", std::env::var("PGSSE_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdin(Stdio::null())
-            .kill_on_drop(true);
-        (addr, cmd)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn pgsse");
+        GatewayProcess { addr, child }
     }
 
     pub fn pid(&self) -> u32 {

@@ -34,7 +34,8 @@
 --                   pgsse.watch() with the table's column names written in
 --                   (static SQL, so its plans are cached). Turns every
 --                   INSERT / UPDATE / DELETE statement on the table into log
---                   rows (one INSERT ... SELECT) and ONE NOTIFY.
+--                   rows (one INSERT ... SELECT) and, in commit mode only,
+--                   ONE NOTIFY.
 --   pgsse.capture() The same, generic (column names as trigger arguments,
 --                   query built and planned on every statement): used by
 --                   tables watched by earlier versions until watch() is run
@@ -68,6 +69,17 @@
 --                   sessions and changed session tokens/expiries so the
 --                   gateways close revoked sessions' streams at once.
 --                   pgsse.unwatch_sessions(tbl) removes it.
+--   pgsse.set_notify_mode('relay' | 'commit'), pgsse.notify_mode()
+--                   How events are announced. 'relay' (a fresh install's
+--                   default): writers only log rows, no NOTIFY in the app's
+--                   transactions; one gateway replica calls pgsse.relay()
+--                   every few milliseconds and announces what committed.
+--                   'commit': each writing statement NOTIFYs as it commits
+--                   (PostgreSQL then commits those transactions one at a
+--                   time). Safe to switch on a live system.
+--   pgsse.relay(gateway, lease, max_rows)
+--                   One relay round; called by the gateway with its own
+--                   grants (below), never by the app.
 --   pgsse.mark(gateway, seq)
 --                   The gateway's signed, durable horizon marker (see below).
 --   pgsse.history() The database's history token, carried in every event id:
@@ -126,6 +138,8 @@
 --     -- GRANT USAGE ON SCHEMA pgsse TO pgsse_gateway;
 --     -- GRANT SELECT, DELETE ON pgsse.events TO pgsse_gateway;
 --     -- GRANT SELECT, UPDATE ON pgsse.meta TO pgsse_gateway;
+--   The same grants run the relay (relay mode): it reads pgsse.events and
+--   pgsse.secret and moves its position and lease in pgsse.meta.
 --   SELECT on pgsse.events serves replays;
 --   DELETE on it and UPDATE on pgsse.meta let retention prune old rows and
 --   record pruned_tx. Replicas take turns pruning through an advisory lock,
@@ -157,9 +171,11 @@
 -- NOTIFY payload (channel: pgsse.secret.channel)
 -- -----------------------------------------------------------------------------
 --
--- Exactly one NOTIFY per statement (or per publish() call) that logged at
--- least one row; it is delivered when the writing transaction commits and is
--- discarded if it rolls back. tx is pg_current_xact_id() of the writing
+-- Commit mode: exactly one NOTIFY per statement (or per publish() call) that
+-- logged at least one row; it is delivered when the writing transaction
+-- commits and is discarded if it rolls back. Relay mode: one NOTIFY per
+-- transaction, in the same format, sent by the relay after it committed
+-- (references then span every row of the transaction). tx is pg_current_xact_id() of the writing
 -- transaction as a decimal string (the same value as pgsse.events.tx).
 --
 -- Every payload is <signature><json>: 64 lowercase hex characters of
@@ -704,7 +720,8 @@ BEGIN
         RAISE EXCEPTION 'pgsse: %% must be an AFTER ... FOR EACH STATEMENT trigger (use pgsse.watch())', TG_NAME;
     END IF;
     -- Relay mode: only the log rows, nothing built for a NOTIFY (see pgsse.set_notify_mode).
-    IF pgsse._relaying() THEN
+    -- The query itself rather than pgsse._relaying(): a call with a SET clause costs more.
+    IF (SELECT m.notify_mode FROM pgsse.meta AS m) OPERATOR(pg_catalog.=) 'relay' THEN
         IF TG_OP = 'INSERT' THEN
             %4$s;
         ELSIF TG_OP = 'UPDATE' THEN
@@ -935,12 +952,13 @@ COMMENT ON FUNCTION pgsse._snapshot_cut(pg_catalog.pg_snapshot, pg_catalog.pg_sn
 -- the caller's rights (the gateway's grants: SELECT on pgsse.events and
 -- pgsse.secret, SELECT and UPDATE on pgsse.meta), so it is no use to a role
 -- without them. Returns state: 'off' (no relay needed), 'standby' (another
--- replica holds the lease), 'idle', 'relayed' or 'done' (finished draining
--- after a switch back to commit), with the transactions and events sent.
+-- replica holds the lease), 'idle', 'relayed', 'more' (relayed, and more is
+-- waiting beyond max_rows) or 'done' (finished draining after a switch back
+-- to commit), with the transactions and events sent.
 -- The position, the lease and the NOTIFYs commit together: a round that
 -- raced another (or a mode switch) fails whole and sends nothing.
 CREATE OR REPLACE FUNCTION pgsse.relay(
-    gateway text, lease interval DEFAULT '1 second', max_txs integer DEFAULT 1000,
+    gateway text, lease interval DEFAULT '1 second', max_rows integer DEFAULT 10000,
     OUT state text, OUT txs integer, OUT events bigint
 )
 LANGUAGE plpgsql
@@ -951,6 +969,9 @@ DECLARE
     p     pg_catalog.pg_snapshot;
     s     pg_catalog.pg_snapshot;
     cut   xid8;
+    top   xid8;
+    news  boolean;
+    fresh xid8[];
     drain text[];
     done  boolean;
     r     record;
@@ -985,33 +1006,49 @@ BEGIN
     -- After the check above, so a transaction that ended before it is visible.
     s := pg_catalog.pg_current_snapshot();
     p := m.relay_snapshot;
-    -- At most max_txs transactions per round (a long backlog goes in rounds).
-    SELECT x.tx INTO cut
-      FROM (SELECT DISTINCT e.tx FROM pgsse.events AS e
-             WHERE e.tx OPERATOR(pg_catalog.>=) pg_catalog.pg_snapshot_xmin(p)
-               AND NOT pg_catalog.pg_visible_in_snapshot(e.tx, p)
-               AND pg_catalog.pg_visible_in_snapshot(e.tx, s)) AS x
-     ORDER BY x.tx OFFSET max_txs LIMIT 1;
-    -- In the order their last rows were written: a transaction that acted on
-    -- another's committed rows wrote after them.
-    FOR r IN
-        SELECT w.tx, pg_catalog.count(*) AS n, pg_catalog.min(w.id) AS lo, pg_catalog.max(w.id) AS hi,
-               (pg_catalog.json_agg(pg_catalog.json_build_array(w.id, w.user_id, w.event, w.data) ORDER BY w.id)
-                   FILTER (WHERE w.few))::text AS entries
-          FROM (SELECT e.id, e.tx, e.user_id, e.event, e.data,
-                       pg_catalog.count(*) OVER (PARTITION BY e.tx) OPERATOR(pg_catalog.<=) 64 AS few
-                  FROM pgsse.events AS e
-                 WHERE e.tx OPERATOR(pg_catalog.>=) pg_catalog.pg_snapshot_xmin(p)
-                   AND (cut IS NULL OR e.tx OPERATOR(pg_catalog.<) cut)
-                   AND NOT pg_catalog.pg_visible_in_snapshot(e.tx, p)
-                   AND pg_catalog.pg_visible_in_snapshot(e.tx, s)) AS w
-         GROUP BY w.tx
-         ORDER BY hi
-    LOOP
-        PERFORM pgsse._send(pgsse._payload(r.tx, r.n, r.lo, r.hi, r.entries));
-        txs := txs + 1;
-        events := events + r.n;
-    END LOOP;
+    -- Invisible in p: at or above its xmax, or one of its in-progress list; of those, the ones
+    -- in p's list that have finished since. Neither a transaction held open for hours (which
+    -- holds xmin back) nor a large one still running is read again every round.
+    top := pg_catalog.pg_snapshot_xmax(p);
+    fresh := ARRAY(SELECT x.x FROM pg_catalog.pg_snapshot_xip(p) AS x(x)
+                    WHERE pg_catalog.pg_visible_in_snapshot(x.x, s));
+    -- Most rounds find nothing: say so with two index probes whose plans are kept (the queries
+    -- below are planned on every call, their best plan depends on the values).
+    news := (SELECT pg_catalog.max(e.tx) FROM pgsse.events AS e) OPERATOR(pg_catalog.>=) top;
+    IF NOT COALESCE(news, false) AND pg_catalog.cardinality(fresh) OPERATOR(pg_catalog.>) 0 THEN
+        -- One index probe per transaction (= ANY of an array of unknown size may be planned as
+        -- a sequential scan).
+        news := EXISTS (SELECT FROM pg_catalog.unnest(fresh) AS f(x)
+                         WHERE EXISTS (SELECT FROM pgsse.events AS e WHERE e.tx OPERATOR(pg_catalog.=) f.x));
+    END IF;
+    -- About max_rows rows per round, whole transactions (a long backlog goes in rounds): an
+    -- index scan in tx order that stops there.
+    IF news THEN
+        SELECT e.tx INTO cut FROM pgsse.events AS e
+         WHERE e.tx OPERATOR(pg_catalog.>=) top ORDER BY e.tx OFFSET max_rows LIMIT 1;
+        IF cut IS NOT NULL THEN
+            cut := (SELECT pg_catalog.min(e.tx) FROM pgsse.events AS e WHERE e.tx OPERATOR(pg_catalog.>) cut);
+        END IF;
+        -- In the order their last rows were written: a transaction that acted on
+        -- another's committed rows wrote after them.
+        FOR r IN
+            SELECT w.tx, pg_catalog.count(*) AS n, pg_catalog.min(w.id) AS lo, pg_catalog.max(w.id) AS last,
+                   (pg_catalog.json_agg(pg_catalog.json_build_array(w.id, w.user_id, w.event, w.data) ORDER BY w.id)
+                       FILTER (WHERE w.few))::text AS entries
+              FROM (SELECT e.id, e.tx, e.user_id, e.event, e.data,
+                           pg_catalog.count(*) OVER (PARTITION BY e.tx) OPERATOR(pg_catalog.<=) 64 AS few
+                      FROM pgsse.events AS e
+                     WHERE (e.tx OPERATOR(pg_catalog.>=) top OR e.tx OPERATOR(pg_catalog.=) ANY (fresh))
+                       AND (cut IS NULL OR e.tx OPERATOR(pg_catalog.<) cut)
+                       AND pg_catalog.pg_visible_in_snapshot(e.tx, s)) AS w
+             GROUP BY w.tx
+             ORDER BY last
+        LOOP
+            PERFORM pgsse._send(pgsse._payload(r.tx, r.n, r.lo, r.last, r.entries));
+            txs := txs + 1;
+            events := events + r.n;
+        END LOOP;
+    END IF;
     done := cut IS NULL AND m.notify_mode OPERATOR(pg_catalog.=) 'commit' AND drain OPERATOR(pg_catalog.=) '{}';
     -- Nothing to record: write only to keep the lease (and the horizon) fresh.
     IF txs = 0 AND NOT done AND drain IS NOT DISTINCT FROM m.relay_drain
@@ -1035,7 +1072,7 @@ BEGIN
         RAISE EXCEPTION 'pgsse.relay: the relay position moved during this round (another replica, or a mode switch)'
             USING ERRCODE = 'serialization_failure';
     END IF;
-    state := CASE WHEN done THEN 'done' WHEN txs > 0 THEN 'relayed' ELSE 'idle' END;
+    state := CASE WHEN done THEN 'done' WHEN cut IS NOT NULL THEN 'more' WHEN txs > 0 THEN 'relayed' ELSE 'idle' END;
 END
 $fn$;
 

@@ -18,8 +18,8 @@ pub const DEFAULT_RELAY_INTERVAL: Duration = Duration::from_millis(10);
 /// How long the relay replica's lease lasts without a renewal: another replica takes over within
 /// about this long after the relay dies or goes silent.
 pub const DEFAULT_RELAY_LEASE: Duration = Duration::from_secs(1);
-/// Transactions announced per relay round at most; a longer backlog goes in several rounds.
-pub const DEFAULT_RELAY_MAX_TXS: i32 = 1000;
+/// Rows announced per relay round, about (whole transactions); a longer backlog goes in rounds.
+pub const DEFAULT_RELAY_MAX_ROWS: i32 = 10_000;
 pub const DEFAULT_QUEUE_BYTES: usize = 1 << 20;
 pub const DEFAULT_REPLAY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Every database round trip's deadline (`--db-timeout`). Well above any healthy round trip of the

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::source::conn::{self, Backoff};
 use super::{with_install_hint, within, PgError};
-use crate::defaults::{DEFAULT_RELAY_LEASE, DEFAULT_RELAY_MAX_TXS};
+use crate::defaults::{DEFAULT_RELAY_LEASE, DEFAULT_RELAY_MAX_ROWS};
 use crate::metrics::Metrics;
 
 /// What one round did (`state` of `pgsse.relay()`).
@@ -113,7 +113,7 @@ impl Relay {
         let mut leader = false;
         loop {
             let r =
-                within("relay", t, client.query_one(&round, &[&self.instance, &lease, &DEFAULT_RELAY_MAX_TXS])).await;
+                within("relay", t, client.query_one(&round, &[&self.instance, &lease, &DEFAULT_RELAY_MAX_ROWS])).await;
             let next = match r {
                 Ok(row) => self.on_round(&row, &mut leader)?,
                 // Another replica's round, or a mode switch, moved the position first: nothing was
@@ -143,7 +143,8 @@ impl Relay {
         let round = match state.as_str() {
             "off" => Round::Off,
             "standby" => Round::Standby,
-            "idle" | "relayed" | "done" => Round::Leader { full: txs >= DEFAULT_RELAY_MAX_TXS },
+            "idle" | "relayed" | "done" => Round::Leader { full: false },
+            "more" => Round::Leader { full: true },
             other => return Err(PgError::Protocol(format!("pgsse.relay() returned the unknown state {other:?}"))),
         };
         let now_leader = matches!(round, Round::Leader { .. }) && state != "done";

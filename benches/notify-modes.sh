@@ -15,7 +15,8 @@
 # every event but delivers none, so the figures are the database's, not the clients'.
 #
 # Then, IDLE_SECS seconds with no writes: the CPU PostgreSQL spends (postmaster and all its
-# children, utime + stime from /proc) with the gateway in relay mode, and in commit mode.
+# children, utime + stime from /proc) with no gateway, with the gateway in relay mode, and in
+# commit mode (the relay's own cost is the difference between the last two).
 #
 # Run as root (the server runs as `postgres`) from the repository root after
 # `cargo build --release`; needs pgbench, psql and python3. Environment: SECS (per pgbench run,
@@ -196,12 +197,13 @@ pg_ticks() {
 gw_ticks() { awk '{ print $14 + $15 }' /proc/$GW_PID/stat; }
 HZ=$(getconf CLK_TCK)
 echo
-for v in relay commit; do
+for v in log relay commit; do
     variant "$v"
     sleep 2
-    p0=$(pg_ticks); g0=$(gw_ticks)
+    p0=$(pg_ticks); g0=0; [ -n "$GW_PID" ] && g0=$(gw_ticks)
     sleep "$IDLE_SECS"
-    p1=$(pg_ticks); g1=$(gw_ticks)
-    awk -v m="$v" -v p=$((p1 - p0)) -v g=$((g1 - g0)) -v hz="$HZ" -v s="$IDLE_SECS" 'BEGIN {
-        printf "idle %s mode, %d s, no writes: PostgreSQL %.2f%% of a core, gateway %.2f%%\n", m, s, 100 * p / hz / s, 100 * g / hz / s }'
+    p1=$(pg_ticks); g1=0; [ -n "$GW_PID" ] && g1=$(gw_ticks)
+    what="$v mode, a gateway with $STREAMS streams"; [ "$v" = log ] && what="no gateway"
+    awk -v m="$what" -v p=$((p1 - p0)) -v g=$((g1 - g0)) -v hz="$HZ" -v s="$IDLE_SECS" 'BEGIN {
+        printf "idle %d s, no writes, %s: PostgreSQL %.2f%% of a core, gateway %.2f%%\n", s, m, 100 * p / hz / s, 100 * g / hz / s }'
 done

@@ -1,6 +1,6 @@
-//! The chaos run: real gateway processes, a Postgres restart, a SIGKILLed gateway, writers whose
-//! commit order differs from id order, and 200 clients reconnecting at random, sometimes to the
-//! other replica. No event may be lost, misrouted, altered or reordered, and duplicates may come
+//! The chaos run, in commit and in relay mode: real gateway processes, a Postgres restart, a
+//! SIGKILLed gateway (in relay mode the relaying replica), writers whose commit order differs from
+//! id order, and 200 clients reconnecting at random, sometimes to the other replica. No event may be lost, misrouted, altered or reordered, and duplicates may come
 //! only at a reconnect boundary. Its ground truth is `pgsse.events` after the run, cross-checked
 //! against what the writers saw.
 
@@ -24,22 +24,56 @@ const PG_DOWN_FOR: Duration = Duration::from_secs(1);
 const GATEWAY_KILL_AT: Duration = Duration::from_secs(14);
 const GATEWAY_FLAGS: &[&str] = &["--heartbeat-interval", "1s"];
 
+/// How the database announces commits during the run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    /// Each writing statement NOTIFYs in the app's transaction; gateway A is the one SIGKILLed.
+    Commit,
+    /// `pgsse.set_notify_mode('relay')`: one replica relays the log; that replica is the one SIGKILLed.
+    Relay,
+}
+
+/// The two runs share the machine's cores: one at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_no_event_is_lost_across_reconnects_restarts_and_replicas() {
+    chaos(Mode::Commit).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_in_relay_mode_with_the_relay_replica_sigkilled() {
+    chaos(Mode::Relay).await;
+}
+
+/// A gateway replica of the run, with its own metrics listener (to find the relay leader).
+async fn spawn_replica(db: &str, port: u16, metrics: &str) -> GatewayProcess {
+    let mut flags = GATEWAY_FLAGS.to_vec();
+    flags.extend(["--metrics-listen", metrics]);
+    GatewayProcess::spawn_on(db, port, &flags).await
+}
+
+async fn chaos(mode: Mode) {
+    let _one = ONE_AT_A_TIME.lock().await;
     let t0 = Instant::now();
     let stamp = move || format!("{:>6.2}s", t0.elapsed().as_secs_f64());
     let pg = Arc::new(PgCluster::start());
     let db = pg.create_database("app");
     gateway::install(&db).await;
+    let name = if mode == Mode::Relay { "relay" } else { "commit" };
+    assert_eq!(common::relay::set_mode(&db, name).await, name);
 
-    let port_a = common::free_port();
-    let mut gw_a = Some(GatewayProcess::spawn_on(&db, port_a, GATEWAY_FLAGS).await);
-    let gw_b = GatewayProcess::spawn(&db, GATEWAY_FLAGS).await;
-    let addrs = [gw_a.as_ref().expect("A").addr.clone(), gw_b.addr.clone()];
+    let ports = [common::free_port(), common::free_port()];
+    let metrics = ports.map(|_| format!("127.0.0.1:{}", common::free_port()));
+    let mut gws = [None, None];
+    for i in 0..2 {
+        gws[i] = Some(spawn_replica(&db, ports[i], &metrics[i]).await);
+    }
+    let addrs = ports.map(|p| format!("127.0.0.1:{p}"));
     for a in &addrs {
         assert!(wait_ready(a, Duration::from_secs(30)).await, "gateway {a} never became ready");
     }
-    eprintln!("[{}] gateways A={} B={} ready", stamp(), addrs[0], addrs[1]);
+    eprintln!("[{}] {mode:?} mode, gateways A={} B={} ready", stamp(), addrs[0], addrs[1]);
 
     let users: Arc<Vec<String>> = Arc::new((0..USERS).map(|i| format!("chaos-user-{i}")).collect());
     let final_round = Arc::new(AtomicBool::new(false));
@@ -81,14 +115,23 @@ async fn chaos_no_event_is_lost_across_reconnects_restarts_and_replicas() {
     tokio::task::spawn_blocking(move || p.start_again()).await.expect("start postgres");
     eprintln!("[{}] Postgres is back", stamp());
 
-    // SIGKILL gateway A and start it again on the same port.
+    // SIGKILL a gateway (in relay mode the relaying one) and start it again on the same port.
     tokio::time::sleep_until((load_start + GATEWAY_KILL_AT).into()).await;
-    eprintln!("[{}] SIGKILL gateway A", stamp());
-    gw_a.take().expect("A").kill().await;
+    let victim = match mode {
+        Mode::Commit => 0,
+        Mode::Relay => common::relay::leader_of(&metrics, Duration::from_secs(5))
+            .await
+            .expect("exactly one replica reports pgsse_relay_leader 1"),
+    };
+    eprintln!("[{}] SIGKILL gateway {}", stamp(), ["A", "B"][victim]);
+    gws[victim].take().expect("victim").kill().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    gw_a = Some(GatewayProcess::spawn_on(&db, port_a, GATEWAY_FLAGS).await);
-    assert!(wait_ready(&addrs[0], Duration::from_secs(30)).await, "gateway A never became ready after the restart");
-    eprintln!("[{}] gateway A is back", stamp());
+    gws[victim] = Some(spawn_replica(&db, ports[victim], &metrics[victim]).await);
+    assert!(
+        wait_ready(&addrs[victim], Duration::from_secs(30)).await,
+        "the gateway never became ready after the restart"
+    );
+    eprintln!("[{}] gateway {} is back", stamp(), ["A", "B"][victim]);
 
     tokio::time::sleep_until((load_start + LOAD).into()).await;
     stop_writers.store(true, Ordering::Release);
@@ -117,8 +160,7 @@ async fn chaos_no_event_is_lost_across_reconnects_restarts_and_replicas() {
         let tx: String = r.get(1);
         log.push(LogRow { id: r.get(0), tx: tx.parse().expect("tx"), user: r.get(2), kind, row, hash });
     }
-    drop(gw_a);
-    drop(gw_b);
+    drop(gws);
 
     // Cross-check against the writers: every committed transaction's event is in the log, exactly
     // once and as expected; nothing else is.
@@ -291,7 +333,7 @@ async fn chaos_no_event_is_lost_across_reconnects_restarts_and_replicas() {
     let large =
         txs.iter().filter(|t| t.large && matches!(t.outcome, Outcome::Acked | Outcome::UnknownCommitted)).count();
     eprintln!(
-        "chaos figures: committed events {} (large {large}), writer tx outcomes {outcomes:?}\n\
+        "chaos figures ({mode:?} mode): committed events {} (large {large}), writer tx outcomes {outcomes:?}\n\
          \x20 delivered {delivered}, required {required}, lost {lost}, duplicates {dup_total} \
          (in replay {dup_in_replay}, after replay before new live {}, outside the boundary {dup_bad}), \
          misrouted {misrouted}, corrupted {corrupted}, order violations {order_bad}\n\

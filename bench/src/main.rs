@@ -54,6 +54,14 @@ struct AllArgs {
     /// Smoke run with this many streams (small sizes, no 100k / variants / heaptrack).
     #[arg(long)]
     quick: Option<u64>,
+    /// Only the latency workload: `<streams>x<events per second>` (2 streams per user, 30 s), e.g.
+    /// `2000x500`.
+    #[arg(long, value_parser = parse_latency_only, conflicts_with = "quick")]
+    latency_only: Option<(u64, u64)>,
+    /// `pgsse.set_notify_mode()` before the run: `commit` or `relay` (default: what the install
+    /// script leaves).
+    #[arg(long)]
+    notify_mode: Option<String>,
     /// Load-generator processes (each holds at most ~19k streams).
     #[arg(long, default_value_t = 7)]
     workers: usize,
@@ -140,6 +148,11 @@ async fn all(args: AllArgs) -> anyhow::Result<()> {
     let both = format!("{},{}", procs::SERVER_CPU, procs::LOAD_CPU);
     let pg = procs::Postgres::start(&dir.join("pg"), (!args.no_pin).then_some(both.as_str())).await?;
     let db_url = setup_db(&pg, &pgsse_bin).await?;
+    if let Some(mode) = &args.notify_mode {
+        let (c, conn) = tokio_postgres::connect(&db_url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        c.query_one("SELECT pgsse.set_notify_mode($1)", &[mode]).await.context("--notify-mode")?;
+    }
     let pg_version = {
         let (c, conn) = tokio_postgres::connect(&db_url, tokio_postgres::NoTls).await?;
         tokio::spawn(conn);
@@ -154,9 +167,10 @@ async fn all(args: AllArgs) -> anyhow::Result<()> {
         keep_dir: root.join("target"),
         server_cpus,
     };
-    let plan = match args.quick {
-        Some(n) => workloads::Plan::quick(n),
-        None => workloads::Plan::full(),
+    let plan = match (args.quick, args.latency_only) {
+        (Some(n), _) => workloads::Plan::quick(n),
+        (None, Some((conns, rate))) => workloads::Plan::latency_only(conns, rate),
+        (None, None) => workloads::Plan::full(),
     };
     let fleet = fleet::Fleet::spawn(args.workers, load_cpus.as_deref()).await?;
     let hz = procs::clock_ticks_per_sec();
@@ -225,6 +239,16 @@ async fn all(args: AllArgs) -> anyhow::Result<()> {
     pg.proc.stop(std::time::Duration::from_secs(30)).await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// `2000x500`: streams and events per second.
+fn parse_latency_only(s: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("{s:?} is not <streams>x<events per second>, e.g. 2000x500");
+    let (conns, rate) = s.split_once('x').ok_or_else(bad)?;
+    match (conns.parse(), rate.parse()) {
+        (Ok(c), Ok(r)) if c >= 2 && r > 0 => Ok((c, r)),
+        _ => Err(bad()),
+    }
 }
 
 fn which(prog: &str) -> bool {

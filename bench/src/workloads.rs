@@ -51,6 +51,12 @@ impl Plan {
         }
     }
 
+    /// Only the latency workload at `conns` streams and `rate` events/s, a full 30 s window.
+    pub fn latency_only(conns: u64, rate: u64) -> Plan {
+        let latency = vec![(conns, rate)];
+        Plan { mem_steps: vec![conns], bcast_sizes: vec![], latency, latency_secs: 30.0, ..Plan::quick(conns) }
+    }
+
     pub fn quick(conns: u64) -> Plan {
         Plan {
             mem_steps: vec![conns / 4, conns],

@@ -11,6 +11,7 @@ pub mod gateway;
 pub mod nginx;
 mod pg;
 pub mod proxy;
+pub mod relay;
 pub mod sql;
 mod sse;
 

@@ -1,0 +1,330 @@
+//! Relay mode (issue 14): the app's transactions write log rows only and one gateway replica
+//! announces them. Nothing committed may be lost or reach a live stream twice: not rows that
+//! waited while no gateway ran, not a transaction that committed long after taking its xid, not
+//! across mode switches under load, not when the relay replica is SIGKILLed.
+
+mod common;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::gateway::{metric, notifications_db, Gateway, GatewayProcess};
+use common::relay::*;
+use common::sql::{exec_err, unique_role, url_as, Tracker};
+use common::{connect, exec, free_port, insert, insert_rows, log_id, title};
+use tokio_postgres::error::SqlState;
+
+fn users(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+/// Stops the writers, sends each user the marker row, and checks that every stream got every row
+/// of its user after `since` exactly once; returns the transactions the writers committed.
+async fn finish(
+    db: &str,
+    since: i64,
+    what: &str,
+    users: &[String],
+    stop: &Arc<AtomicBool>,
+    writers: Vec<tokio::task::JoinHandle<u64>>,
+    follows: Vec<tokio::task::JoinHandle<Received>>,
+) -> u64 {
+    let committed = stop_writers(stop, writers).await;
+    for u in users {
+        insert(db, u, MARKER).await;
+    }
+    let mut got = Vec::new();
+    for f in follows {
+        got.push(f.await.expect("stream task"));
+    }
+    let (tally, problems) = check_exactly_once(db, since, &got).await;
+    assert_clean(&format!("{what}, {committed} transactions"), &tally, &problems);
+    committed
+}
+
+fn assert_clean(what: &str, tally: &Tally, problems: &[String]) {
+    eprintln!("{what}: {tally:?}");
+    assert!(problems.is_empty(), "{what}:\n{}", problems.join("\n"));
+    assert_eq!((tally.lost, tally.duplicated, tally.misrouted), (0, 0, 0), "{what}");
+}
+
+/// Waits until the raw listener of `tracker` has heard every id of `want` (relayed payloads).
+async fn heard_all(tracker: &mut Tracker, want: &[i64], timeout: Duration) -> Vec<i64> {
+    let deadline = Instant::now() + timeout;
+    let mut heard = Vec::new();
+    while Instant::now() < deadline {
+        let (_, payloads) = tracker.collect().await;
+        heard.extend(payloads.iter().flat_map(payload_ids));
+        if want.iter().all(|id| heard.contains(id)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    heard
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_mode_writes_no_notify_and_the_first_gateway_relays_what_waited() {
+    let db = notifications_db().await;
+    assert_eq!(set_mode(&db, "relay").await, "relay");
+    assert_eq!(mode(&db).await, "relay");
+
+    // A stream position from before the rows, on a gateway that then goes away.
+    let gw = Gateway::start(&db, &[]).await;
+    let mut s = open(&gw.addr, "alice").await;
+    insert(&db, "alice", "before").await;
+    let before = s.next_named("notification", Duration::from_secs(10)).await.expect("`before` relayed");
+    assert_eq!(title(&before), "before");
+    let position = before.id.clone().expect("event id");
+    let before_id = Some(log_id(&before));
+    drop(s);
+    gw.stop().await;
+
+    // No gateway: the app's transactions write log rows and NOTIFY nothing.
+    let mut tracker = Tracker::new(&db).await;
+    insert_rows(&db, "alice", &["one", "two", "three"]).await;
+    exec(&db, "SELECT pgsse.publish('alice', '{\"title\": \"four\"}')").await;
+    let (events, payloads) = tracker.collect().await;
+    assert_eq!(events.len(), 4, "four log rows: {events:?}");
+    assert!(payloads.is_empty(), "relay mode: no NOTIFY from the app's transactions, got {payloads:?}");
+    let waiting: Vec<i64> = events.iter().map(|e| e.id).collect();
+
+    // The first gateway to start relays them as signed payloads on the secret channel.
+    let gw = Gateway::start(&db, &[]).await;
+    let heard = heard_all(&mut tracker, &waiting, Duration::from_secs(10)).await;
+    assert!(waiting.iter().all(|id| heard.contains(id)), "relayed {heard:?}, waiting were {waiting:?}");
+
+    // A stream resuming from before gets them once (besides `before` again, which a resume may
+    // replay: its id says it is a duplicate), then live rows.
+    let mut s = common::gateway::try_stream(&gw.addr, "alice", Some(&position)).await.expect("resume");
+    assert_eq!(s.status, 200);
+    insert(&db, "alice", "live").await;
+    let mut got = Vec::new();
+    while let Some(ev) = s.next_named("notification", Duration::from_secs(10)).await {
+        got.push(log_id(&ev));
+        if common::json(&ev)["notification"]["title"] == "live" {
+            break;
+        }
+    }
+    got.retain(|&id| Some(id) != before_id);
+    assert_eq!(got[..got.len().saturating_sub(1)], waiting[..], "the rows that waited, once, in order, then `live`");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_in_relay_mode_reaches_the_stream() {
+    let db = notifications_db().await;
+    assert_eq!(set_mode(&db, "commit").await, "commit");
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let gw = Gateway::start(&db, &["--metrics-listen", &metrics]).await;
+    let mut s = open(&gw.addr, "alice").await;
+    // Switched on a running gateway: it picks the mode up without a restart.
+    assert_eq!(set_mode(&db, "relay").await, "relay");
+    let c = connect(&db).await;
+    let id: i64 =
+        c.query_one("SELECT pgsse.publish('alice', '{\"title\": \"published\"}')", &[]).await.expect("publish").get(0);
+    let ev = s.next_named("notification", Duration::from_secs(10)).await.expect("the published event");
+    assert_eq!((log_id(&ev), common::json(&ev)), (id, serde_json::json!({"title": "published"})));
+    let id: i64 = c
+        .query_one("SELECT pgsse.publish(NULL, '{\"text\": \"to all\"}', 'announcement')", &[])
+        .await
+        .expect("publish a broadcast")
+        .get(0);
+    let ev = s.next_named("announcement", Duration::from_secs(10)).await.expect("the broadcast");
+    assert_eq!(log_id(&ev), id);
+    // It went through the relay (the mode gauge is sampled every second).
+    let relayed = common::wait_until(Duration::from_secs(5), || async {
+        metric(&metrics, "pgsse_relay_mode").await == 1
+            && metric(&metrics, "pgsse_relay_leader").await == 1
+            && metric(&metrics, "pgsse_relay_transactions_total").await >= 2
+    })
+    .await;
+    assert!(relayed, "pgsse_relay_mode 1, pgsse_relay_leader 1, pgsse_relay_transactions_total >= 2");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_that_took_its_xid_early_and_commits_late_is_relayed_once() {
+    let db = notifications_db().await;
+    set_mode(&db, "relay").await;
+    let gw = Gateway::start(&db, &["--relay-interval", "10ms"]).await;
+    let since = last_log_id(&db).await;
+    let mut s = open(&gw.addr, "alice").await;
+
+    // Two transactions take their xid now; one writes its row now, the other just before COMMIT.
+    let late_a = connect(&db).await;
+    late_a.batch_execute("BEGIN; SELECT pg_current_xact_id()").await.expect("begin a");
+    late_a.batch_execute("INSERT INTO notifications (user_id, title) VALUES ('alice', 'late-a')").await.expect("a");
+    let late_b = connect(&db).await;
+    late_b.batch_execute("BEGIN; SELECT pg_current_xact_id()").await.expect("begin b");
+
+    // Others commit meanwhile, across many relay intervals: they arrive without waiting for them.
+    let quick: Vec<String> = (0..40).map(|i| format!("quick-{i}")).collect();
+    for t in &quick {
+        insert(&db, "alice", t).await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let first = s.collect("notification", quick.len(), Duration::from_secs(10)).await;
+    assert_eq!(first.iter().map(title).collect::<Vec<_>>(), quick, "committed rows do not wait for open ones");
+
+    late_b.batch_execute("INSERT INTO notifications (user_id, title) VALUES ('alice', 'late-b')").await.expect("b");
+    late_a.batch_execute("COMMIT").await.expect("commit a");
+    insert_rows(&db, "alice", &["after-a-1", "after-a-2"]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    late_b.batch_execute("COMMIT").await.expect("commit b");
+    insert(&db, "alice", MARKER).await;
+
+    let mut rest = follow("stream".into(), "alice".into(), s, Duration::from_secs(15)).await.expect("follow");
+    rest.ids.splice(0..0, first.iter().map(log_id));
+    let (tally, problems) = check_exactly_once(&db, since, &[rest]).await;
+    assert_clean("late commits", &tally, &problems);
+    assert_eq!(tally.required, quick.len() + 5, "the quick rows, late-a, late-b, two after, the marker");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_modes_under_load_loses_nothing() {
+    let db = notifications_db().await;
+    assert_eq!(set_mode(&db, "commit").await, "commit");
+    let gws = [Gateway::start(&db, &[]).await, Gateway::start(&db, &[]).await];
+    let users = users("switch", 4);
+    let since = last_log_id(&db).await;
+    let mut follows = Vec::new();
+    for (g, gw) in gws.iter().enumerate() {
+        for u in &users {
+            let s = open(&gw.addr, u).await;
+            follows.push(follow(format!("gateway {g} stream of {u}"), u.clone(), s, Duration::from_secs(60)));
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = spawn_writers(&db, 4, &users, &stop, 15);
+    for m in ["relay", "commit", "relay", "commit", "relay", "commit"] {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(set_mode(&db, m).await, m);
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let committed = finish(&db, since, "mode switches", &users, &stop, writers, follows).await;
+    assert!(committed > 100, "too little load to mean anything: {committed}");
+    assert_eq!(mode(&db).await, "commit");
+    for gw in gws {
+        gw.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_surviving_replica_takes_over_the_relay_after_a_sigkill() {
+    let db = notifications_db().await;
+    set_mode(&db, "relay").await;
+    let metrics = [format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port())];
+    let mut gws = Vec::new();
+    for m in &metrics {
+        gws.push(Some(GatewayProcess::spawn(&db, &["--metrics-listen", m]).await));
+    }
+    for g in gws.iter().flatten() {
+        assert!(common::gateway::wait_ready(&g.addr, Duration::from_secs(30)).await, "{} never ready", g.addr);
+    }
+    let leader =
+        leader_of(&metrics, Duration::from_secs(10)).await.expect("exactly one replica reports pgsse_relay_leader 1");
+    let survivor = 1 - leader;
+    let addrs: Vec<String> = gws.iter().flatten().map(|g| g.addr.clone()).collect();
+
+    let users = users("failover", 3);
+    let since = last_log_id(&db).await;
+    let mut follows = Vec::new();
+    for u in &users {
+        let _on_leader = open(&addrs[leader], u).await; // dies with it
+        let s = open(&addrs[survivor], u).await;
+        follows.push(follow(format!("survivor stream of {u}"), u.clone(), s, Duration::from_secs(60)));
+    }
+    let mut probe = open(&addrs[survivor], "failover-probe").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = spawn_writers(&db, 3, &users, &stop, 10);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    gws[leader].take().expect("leader").kill().await;
+    let killed = Instant::now();
+    insert(&db, "failover-probe", "probe").await;
+    let ev = probe.next_named("notification", Duration::from_secs(5)).await;
+    assert!(ev.is_some(), "no event relayed within 5 s of the relay replica's SIGKILL");
+    let flowing = killed.elapsed();
+    let took_over = common::wait_until(Duration::from_secs(5), || async {
+        metric(&metrics[survivor], "pgsse_relay_leader").await == 1
+    })
+    .await;
+    assert!(took_over, "the survivor never reported pgsse_relay_leader 1");
+    eprintln!("events flowing again {:.0} ms after the SIGKILL", flowing.as_secs_f64() * 1000.0);
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let committed = finish(&db, since, "relay failover", &users, &stop, writers, follows).await;
+    assert!(committed > 50, "too little load to mean anything: {committed}");
+}
+
+#[tokio::test]
+async fn set_notify_mode_refuses_anything_but_commit_and_relay() {
+    let db = notifications_db().await;
+    let c = connect(&db).await;
+    assert_eq!(set_mode(&db, "commit").await, "commit");
+    for bad in [None, Some(""), Some("batch"), Some("RELAY ")] {
+        let err = c.query_one("SELECT pgsse.set_notify_mode($1)", &[&bad]).await.err();
+        let db_err = err.as_ref().and_then(|e| e.as_db_error()).unwrap_or_else(|| panic!("{bad:?} accepted: {err:?}"));
+        assert_eq!(db_err.code(), &SqlState::INVALID_PARAMETER_VALUE, "{bad:?}: {db_err:?}");
+        let msg = db_err.message();
+        assert!(msg.starts_with("pgsse.set_notify_mode: "), "{bad:?}: {msg}");
+        assert!(msg.contains("commit") && msg.contains("relay"), "{bad:?}: names the accepted values: {msg}");
+    }
+    assert_eq!(mode(&db).await, "commit", "bad input switched nothing");
+    // A switch rolled back is no switch.
+    c.batch_execute("BEGIN; SELECT pgsse.set_notify_mode('relay'); ROLLBACK").await.expect("rolled back switch");
+    assert_eq!(mode(&db).await, "commit");
+}
+
+#[tokio::test]
+async fn a_dba_without_superuser_installs_watches_and_switches_modes() {
+    let db = common::fresh_database();
+    let pg = common::shared_cluster();
+    let (dba, other) = (unique_role("relay_dba"), unique_role("relay_other"));
+    pg.create_role(&dba, false);
+    pg.create_role(&other, false);
+    // CREATE on the database (for schema pgsse) and on the app's schema; owns the app's table.
+    exec(
+        &db,
+        &format!(
+            "GRANT CREATE ON DATABASE \"{}\" TO {dba}; GRANT CREATE ON SCHEMA public TO {dba}",
+            common::sql::db_name(&db)
+        ),
+    )
+    .await;
+    let dba_url = url_as(&db, &dba);
+    exec(&dba_url, pgsse::pg::demo::CREATE_TABLE_SQL).await;
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgsse"))
+        .args(["sql", "install", "--apply", "--database-url", &dba_url])
+        .output()
+        .await
+        .expect("run pgsse sql install");
+    assert!(out.status.success(), "pgsse sql install --apply as {dba}: {}", String::from_utf8_lossy(&out.stderr));
+    exec(&dba_url, "SELECT pgsse.watch('notifications', 'user_id')").await;
+
+    let mut tracker = Tracker::new(&db).await;
+    assert_eq!(set_mode(&dba_url, "relay").await, "relay");
+    insert(&dba_url, "alice", "relayed").await;
+    let (events, payloads) = tracker.collect().await;
+    assert_eq!((events.len(), payloads.len()), (1, 0), "relay mode: a log row, no NOTIFY");
+    assert_eq!(set_mode(&dba_url, "commit").await, "commit");
+    insert(&dba_url, "alice", "notified").await;
+    let (events, payloads) = tracker.collect().await;
+    assert_eq!((events.len(), payloads.len()), (1, 1), "commit mode: a log row and its NOTIFY");
+
+    // Another role may not switch, even with USAGE on the schema, until granted.
+    let other_url = url_as(&db, &other);
+    let err = exec_err(&other_url, "SELECT pgsse.set_notify_mode('relay')").await;
+    assert!(err.contains("permission denied"), "{err}");
+    exec(&dba_url, &format!("GRANT USAGE ON SCHEMA pgsse TO {other}")).await;
+    let err = exec_err(&other_url, "SELECT pgsse.set_notify_mode('relay')").await;
+    assert!(err.contains("permission denied for function set_notify_mode"), "{err}");
+    assert_eq!(mode(&other_url).await, "commit", "anyone may read the mode");
+    exec(&dba_url, &format!("GRANT EXECUTE ON FUNCTION pgsse.set_notify_mode(text) TO {other}")).await;
+    assert_eq!(set_mode(&other_url, "relay").await, "relay");
+    assert_eq!(mode(&db).await, "relay");
+}

@@ -1077,6 +1077,7 @@ DECLARE
     drain text[];
     done  boolean;
     r     record;
+    entries text;
 BEGIN
     txs := 0;
     events := 0;
@@ -1131,22 +1132,31 @@ BEGIN
         IF cut IS NOT NULL THEN
             cut := (SELECT pg_catalog.min(e.tx) FROM pgsse.events AS e WHERE e.tx OPERATOR(pg_catalog.>) cut);
         END IF;
-        -- In the order their last rows were written: a transaction that acted on
-        -- another's committed rows wrote after them.
+        -- Each query below has one good plan whatever the values (index scans on tx, in tx
+        -- order), so PL/pgSQL plans it once per session: a round costs its rows, not planning.
+        -- The transactions to announce: p's finished in-progress ones, and those from its xmax
+        -- up that are visible in s (below the cut); each with its row count and id range.
         FOR r IN
-            SELECT w.tx, pg_catalog.count(*) AS n, pg_catalog.min(w.id) AS lo, pg_catalog.max(w.id) AS last,
-                   (pg_catalog.json_agg(pg_catalog.json_build_array(w.id, w.user_id, w.event, w.data) ORDER BY w.id)
-                       FILTER (WHERE w.few))::text AS entries
-              FROM (SELECT e.id, e.tx, e.user_id, e.event, e.data,
-                           pg_catalog.count(*) OVER (PARTITION BY e.tx) OPERATOR(pg_catalog.<=) 64 AS few
-                      FROM pgsse.events AS e
-                     WHERE (e.tx OPERATOR(pg_catalog.>=) top OR e.tx OPERATOR(pg_catalog.=) ANY (fresh))
-                       AND (cut IS NULL OR e.tx OPERATOR(pg_catalog.<) cut)
-                       AND pg_catalog.pg_visible_in_snapshot(e.tx, s)) AS w
-             GROUP BY w.tx
+            SELECT t.tx, pg_catalog.count(*) AS n, pg_catalog.min(e.id) AS lo, pg_catalog.max(e.id) AS last
+              FROM (SELECT f.x AS tx FROM pg_catalog.unnest(fresh) AS f(x)
+                    UNION
+                    SELECT DISTINCT e.tx FROM pgsse.events AS e
+                     WHERE e.tx OPERATOR(pg_catalog.>=) top
+                       AND e.tx OPERATOR(pg_catalog.<) COALESCE(cut, '18446744073709551615'::xid8)
+                       AND pg_catalog.pg_visible_in_snapshot(e.tx, s)) AS t
+              JOIN pgsse.events AS e ON e.tx OPERATOR(pg_catalog.=) t.tx
+             GROUP BY t.tx
+             -- In the order their last rows were written: a transaction that acted on
+             -- another's committed rows wrote after them.
              ORDER BY last
         LOOP
-            PERFORM pgsse._send(pgsse._payload(r.tx, r.n, r.lo, r.last, r.entries));
+            entries := NULL;
+            IF r.n OPERATOR(pg_catalog.<=) 64 THEN
+                entries := (SELECT pg_catalog.json_agg(pg_catalog.json_build_array(e.id, e.user_id, e.event, e.data)
+                                                       ORDER BY e.id)::text
+                              FROM pgsse.events AS e WHERE e.tx OPERATOR(pg_catalog.=) r.tx);
+            END IF;
+            PERFORM pgsse._send(pgsse._payload(r.tx, r.n, r.lo, r.last, entries));
             txs := txs + 1;
             events := events + r.n;
         END LOOP;

@@ -125,6 +125,9 @@ impl Relay {
         // The relay's position after this replica's last round, and when that round ran.
         let mut last: Option<(String, Instant)> = None;
         loop {
+            // Rounds start every interval (not an interval after the last one ended), so an event
+            // waits at most one interval plus one round.
+            let began = Instant::now();
             // While this replica relays, most intervals have nothing new: a probe with a kept plan
             // says so for a fraction of a round's cost. A round still runs every RENEW_EVERY, to
             // keep the lease and the horizon fresh (and to notice a mode switch or a drained relay).
@@ -137,7 +140,7 @@ impl Relay {
             if !due {
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(self.interval) => {}
+                    _ = tokio::time::sleep(self.interval.saturating_sub(began.elapsed())) => {}
                 }
                 continue;
             }
@@ -160,7 +163,7 @@ impl Relay {
             };
             let pause = match next {
                 Round::Leader { full: true } => Duration::ZERO,
-                Round::Leader { full: false } => self.interval,
+                Round::Leader { full: false } => self.interval.saturating_sub(began.elapsed()),
                 Round::Off | Round::Standby => self.idle_interval,
             };
             tokio::select! {

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
@@ -62,9 +62,9 @@ pub fn spawn_writers(
                 let mut rng = rand::rngs::StdRng::seed_from_u64(w as u64 + 1);
                 let mut committed = 0u64;
                 while !stop.load(Ordering::Acquire) {
-                    let user = &users[rng.gen_range(0..users.len())];
+                    let user = &users[rng.random_range(0..users.len())];
                     let title = format!("w{w}-{committed}");
-                    let hold = rng.gen_range(0..=hold_ms);
+                    let hold = rng.random_range(0..=hold_ms);
                     let run = async {
                         c.batch_execute("BEGIN").await?;
                         c.execute("INSERT INTO notifications (user_id, title) VALUES ($1, $2)", &[user, &title])

@@ -1162,8 +1162,10 @@ BEGIN
         END LOOP;
     END IF;
     done := cut IS NULL AND m.notify_mode OPERATOR(pg_catalog.=) 'commit' AND drain OPERATOR(pg_catalog.=) '{}';
-    -- Nothing to record: write only to keep the lease (and the horizon) fresh.
+    -- Nothing to record: write only to keep the lease (and the horizon) fresh, or to move the
+    -- position past finished transactions (the gateway's probe would keep asking otherwise).
     IF txs = 0 AND NOT done AND drain IS NOT DISTINCT FROM m.relay_drain
+       AND pg_catalog.cardinality(fresh) OPERATOR(pg_catalog.=) 0
        AND m.relay_owner OPERATOR(pg_catalog.=) gateway
        AND m.relay_until OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp() + lease * 0.75 THEN
         state := 'idle';

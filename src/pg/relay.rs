@@ -144,9 +144,8 @@ impl Relay {
         // database's default. Its commit need not wait for the WAL flush: nothing is acted on as a
         // position until a marker has read the relay's position, and the marker's own synchronous
         // commit flushes the WAL past the round's. (Waiting would cost a flush per round.)
-        let setup = client.batch_execute(
-            "SET synchronous_commit = off; SET default_transaction_isolation = 'read committed'",
-        );
+        let setup =
+            client.batch_execute("SET synchronous_commit = off; SET default_transaction_isolation = 'read committed'");
         within("relay", t, setup).await?;
         let round = within(
             "relay",

@@ -54,10 +54,10 @@ async fn writers_waiting_on_the_notify_lock_are_reported_and_relay_mode_frees_th
     );
 
     // The relay has finished the switch to commit mode (it writes no more).
-    let probe = common::connect(&url).await;
+    let drained = common::connect(&url).await;
     assert!(
         wait_until(LIMIT, || async {
-            probe.query_one("SELECT relay_snapshot IS NULL FROM pgsse.meta", &[]).await.is_ok_and(|r| r.get(0))
+            drained.query_one("SELECT relay_snapshot IS NULL FROM pgsse.meta", &[]).await.is_ok_and(|r| r.get(0))
         })
         .await,
         "the relay never finished draining after the switch to commit mode"
@@ -84,7 +84,20 @@ async fn writers_waiting_on_the_notify_lock_are_reported_and_relay_mode_frees_th
     };
     // The first notifying commit holds the lock while it waits; the next ones queue on it.
     let holder = insert("alice");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let probe = common::connect(&url).await;
+    assert!(
+        wait_until(LIMIT, || async {
+            probe
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep' AND query LIKE 'INSERT%'",
+                    &[],
+                )
+                .await
+                .is_ok_and(|r| r.get::<_, i64>(0) >= 1)
+        })
+        .await,
+        "the first commit never waited for the missing standby"
+    );
     let queued = [insert("bob"), insert("carol")];
 
     assert!(

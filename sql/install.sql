@@ -92,11 +92,13 @@
 --                   How events are announced. 'relay' (a fresh install's
 --                   default): writers only log rows, no NOTIFY in the app's
 --                   transactions; one gateway replica calls pgsse.relay()
---                   every few milliseconds and announces what committed.
+--                   every few milliseconds and announces what committed;
+--                   idle, it sleeps, and the first writer wakes it with an
+--                   empty NOTIFY on a secret channel (pgsse._wake).
 --                   'commit': each writing statement NOTIFYs as it commits
 --                   (PostgreSQL then commits those transactions one at a
 --                   time). Safe to switch on a live system.
---   pgsse.relay(gateway, lease, max_rows)
+--   pgsse.relay(gateway, lease, max_rows, asleep)
 --                   One relay round; called by the gateway with its own
 --                   grants (below), never by the app.
 --   pgsse.mark(gateway, seq)
@@ -329,6 +331,11 @@ ALTER TABLE pgsse.meta ADD COLUMN IF NOT EXISTS relay_drain text[];
 -- The relay's lease: the replica that relays, and until when.
 ALTER TABLE pgsse.meta ADD COLUMN IF NOT EXISTS relay_owner text;
 ALTER TABLE pgsse.meta ADD COLUMN IF NOT EXISTS relay_until timestamptz;
+-- Set while the relay sleeps (nothing written for a while): until then, a
+-- writer in relay mode wakes it with a NOTIFY on the wake channel (see
+-- pgsse._wake). It is the relay's lease end, so a relay that died asleep
+-- stops costing writers a NOTIFY when its lease runs out.
+ALTER TABLE pgsse.meta ADD COLUMN IF NOT EXISTS relay_wake timestamptz;
 
 COMMENT ON TABLE pgsse.meta IS
     'pgsse bookkeeping (single row): pruned_tx = largest tx deleted by retention; history = part of pgsse.history(); notify_mode and the relay''s position and lease';
@@ -588,6 +595,49 @@ COMMENT ON FUNCTION pgsse._relaying() IS
 REVOKE ALL ON FUNCTION pgsse._relaying() FROM PUBLIC;
 
 -- -----------------------------------------------------------------------------
+-- pgsse._wake: wake a sleeping relay
+-- -----------------------------------------------------------------------------
+-- An idle relay sleeps instead of polling (a backend's wake-up costs about as
+-- much as the poll): it sets pgsse.meta.relay_wake and LISTENs on the secret
+-- channel plus '_wake'. Until it is awake again, writers in relay mode send an
+-- empty NOTIFY there; only those few transactions take NOTIFY's commit lock.
+-- The payload carries nothing: a wake-up is only a hint, and a missed one
+-- costs latency (the sleeping relay still runs a round with every lease
+-- renewal), never an event.
+
+CREATE OR REPLACE FUNCTION pgsse._wake() RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    PERFORM pg_catalog.pg_notify(s.channel OPERATOR(pg_catalog.||) '_wake', '') FROM pgsse.secret AS s;
+END
+$fn$;
+
+COMMENT ON FUNCTION pgsse._wake() IS
+    'pgsse internal: wakes a sleeping relay (an empty NOTIFY on the secret wake channel)';
+
+REVOKE ALL ON FUNCTION pgsse._wake() FROM PUBLIC;
+
+-- For pgsse.publish and pgsse.capture(); the generated trigger functions read
+-- relay_wake with the mode instead.
+CREATE OR REPLACE FUNCTION pgsse._wake_if_asleep() RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF (SELECT m.relay_wake FROM pgsse.meta AS m) OPERATOR(pg_catalog.>) pg_catalog.now() THEN
+        PERFORM pgsse._wake();
+    END IF;
+END
+$fn$;
+
+COMMENT ON FUNCTION pgsse._wake_if_asleep() IS
+    'pgsse internal: wakes the relay if it sleeps (see pgsse._wake)';
+
+REVOKE ALL ON FUNCTION pgsse._wake_if_asleep() FROM PUBLIC;
+
+-- -----------------------------------------------------------------------------
 -- pgsse._announce: send the one NOTIFY for a batch of freshly logged rows
 -- -----------------------------------------------------------------------------
 -- In relay mode it sends nothing (the relay will): trigger functions
@@ -735,6 +785,7 @@ BEGIN
     IF pgsse._relaying() THEN
         EXECUTE pgsse._capture_sql(TG_OP, TG_ARGV[0], TG_ARGV[1], COALESCE(TG_ARGV[2], ''),
                                    COALESCE(TG_ARGV[3], '{}')::text[], '', false);
+        PERFORM pgsse._wake_if_asleep();
         RETURN NULL;
     END IF;
     EXECUTE pgsse._capture_sql(TG_OP, TG_ARGV[0], TG_ARGV[1], COALESCE(TG_ARGV[2], ''),
@@ -802,23 +853,30 @@ BEGIN
     body := pg_catalog.format($body$
 #variable_conflict use_column
 DECLARE
-    n       bigint;
-    min_id  bigint;
-    max_id  bigint;
-    entries text;
+    n          bigint;
+    min_id     bigint;
+    max_id     bigint;
+    entries    text;
+    pgsse_mode text;
+    pgsse_wake timestamptz;
 BEGIN
     IF TG_LEVEL <> 'STATEMENT' OR TG_WHEN <> 'AFTER' THEN
         RAISE EXCEPTION 'pgsse: %% must be an AFTER ... FOR EACH STATEMENT trigger (use pgsse.watch())', TG_NAME;
     END IF;
-    -- Relay mode: only the log rows, nothing built for a NOTIFY (see pgsse.set_notify_mode).
+    -- Relay mode: only the log rows, nothing built for a NOTIFY (see pgsse.set_notify_mode),
+    -- and a wake-up for a sleeping relay (see pgsse._wake).
     -- The query itself rather than pgsse._relaying(): a call with a SET clause costs more.
-    IF (SELECT m.notify_mode FROM pgsse.meta AS m) OPERATOR(pg_catalog.=) 'relay' THEN
+    SELECT m.notify_mode, m.relay_wake INTO pgsse_mode, pgsse_wake FROM pgsse.meta AS m;
+    IF pgsse_mode OPERATOR(pg_catalog.=) 'relay' THEN
         IF TG_OP = 'INSERT' THEN
             %4$s;
         ELSIF TG_OP = 'UPDATE' THEN
             %5$s;
         ELSIF TG_OP = 'DELETE' THEN
             %6$s;
+        END IF;
+        IF pgsse_wake OPERATOR(pg_catalog.>) pg_catalog.now() THEN
+            PERFORM pgsse._wake();
         END IF;
         RETURN NULL;
     END IF;
@@ -941,6 +999,7 @@ BEGIN
         INSERT INTO pgsse.events AS e (user_id, event, data)
         VALUES (publish.user_id, publish.event, publish.data)
         RETURNING e.id INTO new_id;
+        PERFORM pgsse._wake_if_asleep();
         RETURN new_id;
     END IF;
     INSERT INTO pgsse.events AS e (user_id, event, data)
@@ -1057,10 +1116,15 @@ COMMENT ON FUNCTION pgsse._snapshot_cut(pg_catalog.pg_snapshot, pg_catalog.pg_sn
 -- waiting beyond max_rows) or 'done' (finished draining after a switch back
 -- to commit), with the transactions and events sent, and the relay's position
 -- after the round (for the gateway's cheap check between rounds).
+-- asleep: the gateway will wait for a wake-up (pgsse._wake) rather than
+-- poll until its next round; writers send one while relay_wake is ahead.
 -- The position, the lease and the NOTIFYs commit together: a round that
 -- raced another (or a mode switch) fails whole and sends nothing.
+DROP FUNCTION IF EXISTS pgsse.relay(text, interval, integer);
+
 CREATE OR REPLACE FUNCTION pgsse.relay(
     gateway text, lease interval DEFAULT '1 second', max_rows integer DEFAULT 10000,
+    asleep boolean DEFAULT false,
     OUT state text, OUT txs integer, OUT events bigint, OUT pos text
 )
 LANGUAGE plpgsql
@@ -1085,7 +1149,7 @@ BEGIN
         RAISE EXCEPTION 'pgsse.relay: must run at READ COMMITTED (each round reads what committed during it)'
             USING ERRCODE = 'invalid_transaction_state';
     END IF;
-    SELECT mm.notify_mode, mm.relay_snapshot, mm.relay_drain, mm.relay_owner, mm.relay_until
+    SELECT mm.notify_mode, mm.relay_snapshot, mm.relay_drain, mm.relay_owner, mm.relay_until, mm.relay_wake
       INTO m FROM pgsse.meta AS mm;
     IF m.relay_snapshot IS NULL THEN
         state := 'off';
@@ -1167,7 +1231,8 @@ BEGIN
     IF txs = 0 AND NOT done AND drain IS NOT DISTINCT FROM m.relay_drain
        AND pg_catalog.cardinality(fresh) OPERATOR(pg_catalog.=) 0
        AND m.relay_owner OPERATOR(pg_catalog.=) gateway
-       AND m.relay_until OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp() + lease * 0.75 THEN
+       AND m.relay_until OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp() + lease * 0.75
+       AND (m.relay_wake IS NOT NULL) OPERATOR(pg_catalog.=) COALESCE(asleep, false) THEN
         state := 'idle';
         pos := p::text;
         RETURN;
@@ -1177,7 +1242,10 @@ BEGIN
        SET relay_snapshot = pos::pg_catalog.pg_snapshot,
            relay_drain = CASE WHEN done THEN NULL ELSE drain END,
            relay_owner = CASE WHEN done THEN NULL ELSE gateway END,
-           relay_until = CASE WHEN done THEN NULL ELSE pg_catalog.clock_timestamp() + lease END
+           relay_until = CASE WHEN done THEN NULL ELSE pg_catalog.clock_timestamp() + lease END,
+           -- Writers wake a sleeping relay until its lease would run out (renewed with it).
+           relay_wake = CASE WHEN done OR NOT COALESCE(asleep, false) THEN NULL
+                             ELSE pg_catalog.clock_timestamp() + lease END
      WHERE mm.relay_snapshot::text OPERATOR(pg_catalog.=) p::text
        AND mm.notify_mode OPERATOR(pg_catalog.=) m.notify_mode
        AND mm.relay_drain IS NOT DISTINCT FROM m.relay_drain
@@ -1190,7 +1258,7 @@ BEGIN
 END
 $fn$;
 
-COMMENT ON FUNCTION pgsse.relay(text, interval, integer) IS
+COMMENT ON FUNCTION pgsse.relay(text, interval, integer, boolean) IS
     'pgsse: one round of the relay (relay mode): announces the rows committed since the last round; called by the gateway';
 
 -- -----------------------------------------------------------------------------

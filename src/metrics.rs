@@ -42,6 +42,9 @@ pub struct Metrics {
     pub relay_rounds: Counter,
     pub relay_transactions: Counter,
     pub relay_events: Counter,
+    pub relay_probes: Counter,
+    pub relay_asleep: Gauge,
+    pub relay_wakeups: Counter,
     pub notify_lock_waiters: Gauge,
     tcp_open: Family<Labels, Gauge>,
     tcp_refused: Family<Labels, Counter>,
@@ -167,6 +170,17 @@ impl Metrics {
             self.relay_transactions.clone(),
         );
         r.register("relay_events", "Events announced by this replica's relay rounds", self.relay_events.clone());
+        r.register(
+            "relay_probes",
+            "Probes for anything new between this replica's relay rounds",
+            self.relay_probes.clone(),
+        );
+        r.register(
+            "relay_asleep",
+            "1 while this replica's relay sleeps (idle: a writer wakes it, no polling)",
+            self.relay_asleep.clone(),
+        );
+        r.register("relay_wakeups", "Times a writer woke this replica's sleeping relay", self.relay_wakeups.clone());
         r.register(
             "notify_lock_waiters",
             "Sessions waiting on PostgreSQL's NOTIFY commit lock (sampled every second)",

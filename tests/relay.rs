@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::gateway::{metric, notifications_db, Gateway, GatewayProcess};
 use common::relay::*;
-use common::sql::{exec_err, unique_role, url_as, Tracker};
+use common::sql::{exec_err, unique_role, url_as, Listener, Tracker};
 use common::{connect, exec, free_port, insert, insert_rows, log_id, title};
 use tokio_postgres::error::SqlState;
 
@@ -259,6 +259,77 @@ async fn the_surviving_replica_takes_over_the_relay_after_a_sigkill() {
     let committed = finish(&db, since, "relay failover", &users, &stop, writers, follows).await;
     assert!(committed > 50, "too little load to mean anything: {committed}");
 }
+
+/// An idle relay sleeps instead of polling (so an idle system costs PostgreSQL next to nothing),
+/// and the first writer after a quiet spell wakes it with an empty NOTIFY on the secret wake
+/// channel. Writers send nothing while it is awake, nor once a relay that died asleep has lost
+/// its lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_relay_sleeps_and_the_first_writer_wakes_it() {
+    let db = notifications_db().await;
+    set_mode(&db, "relay").await;
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let gw = GatewayProcess::spawn(&db, &["--metrics-listen", &metrics]).await;
+    assert!(common::gateway::wait_ready(&gw.addr, Duration::from_secs(30)).await, "gateway never ready");
+    let mut wake = Listener::on(&db, format!("{}_wake", common::gateway::channel(&db).await)).await;
+    let mut s = open(&gw.addr, "alice").await;
+    let asleep = || async { metric(&metrics, "pgsse_relay_asleep").await == 1 };
+
+    assert!(common::wait_until(Duration::from_secs(10), asleep).await, "the idle relay never fell asleep");
+    wake.drain().await;
+    let probes = metric(&metrics, "pgsse_relay_probes_total").await;
+    let rounds = metric(&metrics, "pgsse_relay_rounds_total").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(metric(&metrics, "pgsse_relay_probes_total").await, probes, "a sleeping relay does not probe");
+    let renewals = metric(&metrics, "pgsse_relay_rounds_total").await - rounds;
+    assert!((2..=6).contains(&renewals), "a sleeping relay only renews its lease: {renewals} rounds in 1.5 s");
+
+    // The first row after the quiet spell wakes it, and is relayed.
+    let woken = Instant::now();
+    insert(&db, "alice", "wakes the relay").await;
+    let ev = s.next_named("notification", Duration::from_secs(5)).await.expect("the first row after the quiet spell");
+    assert_eq!(title(&ev), "wakes the relay");
+    eprintln!("relayed {:.1} ms after the INSERT began", woken.elapsed().as_secs_f64() * 1000.0);
+    assert_eq!(wake.drain().await.len(), 1, "the first writer's wake-up");
+    assert_eq!(metric(&metrics, "pgsse_relay_wakeups_total").await, 1);
+    assert_eq!(metric(&metrics, "pgsse_relay_asleep").await, 0);
+
+    // Awake: writers send no wake-up (they do not take NOTIFY's commit lock).
+    let mut position = None;
+    for i in 0..5 {
+        insert(&db, "alice", &format!("awake {i}")).await;
+        let ev = s.next_named("notification", Duration::from_secs(5)).await.expect("a row while awake");
+        assert_eq!(title(&ev), format!("awake {i}"));
+        position = ev.id;
+    }
+    assert!(wake.drain().await.is_empty(), "no wake-up while the relay is awake");
+
+    // A relay that dies asleep: once its lease has run out, writers stop sending wake-ups.
+    assert!(common::wait_until(Duration::from_secs(10), asleep).await, "the relay never fell asleep again");
+    wake.drain().await;
+    gw.kill().await;
+    tokio::time::sleep(DEAD_LEASE).await;
+    insert(&db, "alice", "nobody relays").await;
+    assert!(wake.drain().await.is_empty(), "a wake-up for a relay whose lease ran out");
+
+    // The next gateway relays it (rows wait in the log) and sleeps again.
+    let gw = GatewayProcess::spawn(&db, &["--metrics-listen", &metrics]).await;
+    assert!(common::gateway::wait_ready(&gw.addr, Duration::from_secs(30)).await, "gateway never ready");
+    let position = position.expect("an event id");
+    let mut s = common::gateway::try_stream(&gw.addr, "alice", Some(&position)).await.expect("resume");
+    // (A resume may replay rows before the position; their log ids say they are duplicates.)
+    loop {
+        let ev = s.next_named("notification", Duration::from_secs(10)).await.expect("the row that waited");
+        if title(&ev) == "nobody relays" {
+            break;
+        }
+        assert!(title(&ev).starts_with("awake"), "{ev:?}");
+    }
+    gw.kill().await;
+}
+
+/// Longer than the relay's lease (one second).
+const DEAD_LEASE: Duration = Duration::from_millis(1500);
 
 #[tokio::test]
 async fn set_notify_mode_refuses_anything_but_commit_and_relay() {

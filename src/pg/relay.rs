@@ -7,13 +7,21 @@
 //! in one transaction. So a replica that dies mid-round sends nothing and moves nothing, and
 //! another continues exactly where the last committed round stopped. Every replica then
 //! dispatches the payloads from its LISTEN connection as in commit mode.
+//!
+//! An idle relay sleeps rather than polls: after a quiet second its round records
+//! `pgsse.meta.relay_wake`, and until it wakes, writers in relay mode send an empty NOTIFY on the
+//! secret wake channel this connection LISTENs on (only those few transactions take NOTIFY's
+//! commit lock). A sleeping relay still runs a round with every lease renewal, so a missed
+//! wake-up delays events by at most `RENEW_EVERY`; it never loses one.
 
 use std::time::{Duration, Instant};
 
 use tokio_postgres::error::SqlState;
 use tokio_util::sync::CancellationToken;
 
-use super::source::conn::{self, Backoff};
+use tokio::sync::mpsc;
+
+use super::source::conn::{self, Backoff, Msg};
 use super::{with_install_hint, within, PgError};
 use crate::defaults::{DEFAULT_RELAY_LEASE, DEFAULT_RELAY_MAX_ROWS};
 use crate::metrics::Metrics;
@@ -57,12 +65,10 @@ fn news(position: &Snapshot, newest: Option<u64>, now: &Snapshot) -> bool {
 /// (writing once a quarter of it has passed, so well before it expires) and moves the horizon on.
 const RENEW_EVERY: Duration = Duration::from_millis(400);
 
-/// After this long without anything to announce, the relaying replica probes every
-/// `QUIET_INTERVAL` instead of every `--relay-interval`: waking a backend costs about as much as
-/// the probe itself (~0.17 ms of CPU here), so 100 wake-ups a second would cost PostgreSQL ~2% of
-/// a core on an idle system. The first event after a quiet second waits up to this much longer.
+/// After this long without anything to announce, the relaying replica goes to sleep until a
+/// writer wakes it: waking a backend costs about as much as a probe (~0.17 ms of CPU here), so
+/// probing every 10 ms would cost PostgreSQL ~2% of a core on an idle system.
 const QUIET_AFTER: Duration = Duration::from_secs(1);
-const QUIET_INTERVAL: Duration = Duration::from_millis(50);
 
 /// What one round did (`state` of `pgsse.relay()`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,13 +138,19 @@ impl Relay {
     async fn session(&self, shutdown: &CancellationToken) -> Result<(), PgError> {
         let Some(opened) = conn::open(&self.db, self.timeout, "relay", shutdown).await else { return Ok(()) };
         let (client, connection) = opened?;
-        let driver = tokio::spawn(connection);
-        let result = self.rounds(&client, shutdown).await;
+        let (driver, mut wakeups) = conn::drive(connection);
+        let result = self.rounds(&client, &mut wakeups, shutdown).await;
         driver.abort();
+        self.metrics.relay_asleep.set(0);
         result
     }
 
-    async fn rounds(&self, client: &tokio_postgres::Client, shutdown: &CancellationToken) -> Result<(), PgError> {
+    async fn rounds(
+        &self,
+        client: &tokio_postgres::Client,
+        wakeups: &mut mpsc::UnboundedReceiver<Msg>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), PgError> {
         let t = self.timeout;
         // Each round reads what committed during it, so it needs READ COMMITTED whatever the
         // database's default. Its commit need not wait for the WAL flush: nothing is acted on as a
@@ -150,26 +162,64 @@ impl Relay {
         let round = within(
             "relay",
             t,
-            client.prepare("SELECT state, txs, events, pos FROM pgsse.relay($1::text, $2::text::interval, $3::int4)"),
+            client.prepare(
+                "SELECT state, txs, events, pos FROM pgsse.relay($1::text, $2::text::interval, $3::int4, $4::bool)",
+            ),
         )
         .await
         .map_err(with_install_hint)?;
         let probe = within("relay", t, client.prepare(PROBE)).await?;
+        // Before any round that could fall asleep: a writer's wake-up is never sent unheard.
+        let channel: String =
+            within("relay", t, client.query_one("SELECT channel FROM pgsse.secret", &[])).await?.try_get(0)?;
+        if !channel.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(PgError::Protocol(format!("pgsse.secret holds an unusable channel name {channel:?}")));
+        }
+        within("relay", t, client.batch_execute(&format!("LISTEN \"{channel}_wake\""))).await?;
         let lease = format!("{} milliseconds", DEFAULT_RELAY_LEASE.as_millis());
         let mut leader = false;
         // The relay's position after this replica's last round, and when that round ran.
         let mut last: Option<(Snapshot, Instant)> = None;
         let mut busy = Instant::now();
+        // Whether the last round went to sleep (`pgsse.meta.relay_wake` set by it).
+        let mut asleep = false;
+        // Whether the last round announced anything: then the next one runs without a probe.
+        let mut relayed = false;
         loop {
-            let interval = if busy.elapsed() > QUIET_AFTER { self.interval.max(QUIET_INTERVAL) } else { self.interval };
             // Rounds start every interval (not an interval after the last one ended), so an event
             // waits at most one interval plus one round.
-            let began = Instant::now();
+            let mut began = Instant::now();
+            // Asleep: nothing runs until a writer's wake-up or the lease's renewal.
+            let mut woken = false;
+            if asleep {
+                let renew = last.as_ref().map_or(Duration::ZERO, |(_, at)| RENEW_EVERY.saturating_sub(at.elapsed()));
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    msg = wakeups.recv() => match msg {
+                        Some(Msg::Notify(_)) => {
+                            woken = true;
+                            self.metrics.relay_wakeups.inc();
+                        }
+                        Some(Msg::Closed(Some(e))) => return Err(e.into()),
+                        Some(Msg::Closed(None)) | None => {
+                            return Err(PgError::Protocol("relay connection closed by the server".into()))
+                        }
+                    },
+                    _ = tokio::time::sleep(renew) => {}
+                }
+                began = Instant::now();
+            }
             // While this replica relays, most intervals have nothing new: a probe with a kept plan
-            // says so for a fraction of a round's cost. A round still runs every RENEW_EVERY, to
-            // keep the lease and the horizon fresh (and to notice a mode switch or a drained relay).
+            // says so for a fraction of a round's cost (skipped while events flow, as the next
+            // round will likely have some). A round still runs every RENEW_EVERY, to keep the
+            // lease and the horizon fresh (and to notice a mode switch or a drained relay).
+            let quiet = busy.elapsed() > QUIET_AFTER;
             let due = match (&last, leader) {
+                _ if asleep || relayed => true,
+                // Quiet: the next round goes to sleep (its write is the lease renewal's).
+                (Some(_), true) if quiet => true,
                 (Some((pos, at)), true) if at.elapsed() < RENEW_EVERY => {
+                    self.metrics.relay_probes.inc();
                     let row = within("relay", t, client.query_one(&probe, &[])).await?;
                     let newest: Option<String> = row.try_get(0)?;
                     let newest = newest.as_deref().map(super::parse_xid).transpose()?;
@@ -183,16 +233,29 @@ impl Relay {
             if !due {
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(interval.saturating_sub(began.elapsed())) => {}
+                    _ = tokio::time::sleep(self.interval.saturating_sub(began.elapsed())) => {}
                 }
                 continue;
             }
-            let r =
-                within("relay", t, client.query_one(&round, &[&self.instance, &lease, &DEFAULT_RELAY_MAX_ROWS])).await;
+            if woken {
+                busy = Instant::now();
+            }
+            let sleep = leader && busy.elapsed() > QUIET_AFTER;
+            if sleep && !asleep {
+                // Wake-ups sent before this round are stale: it reads what they announced.
+                while wakeups.try_recv().is_ok() {}
+            }
+            let r = within(
+                "relay",
+                t,
+                client.query_one(&round, &[&self.instance, &lease, &DEFAULT_RELAY_MAX_ROWS, &sleep]),
+            )
+            .await;
             let next = match r {
                 Ok(row) => {
                     let (next, pos) = self.on_round(&row, &mut leader)?;
-                    if row.try_get::<_, i32>(1)? > 0 {
+                    relayed = row.try_get::<_, i32>(1)? > 0;
+                    if relayed {
                         busy = Instant::now();
                     }
                     last = pos.as_deref().and_then(Snapshot::parse).map(|p| (p, Instant::now()));
@@ -203,13 +266,18 @@ impl Relay {
                 Err(PgError::Db(e)) if e.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE) => {
                     tracing::debug!("relay round raced another; retrying");
                     last = None;
+                    relayed = false;
                     Round::Standby
                 }
                 Err(e) => return Err(with_install_hint(e)),
             };
+            // Asleep only after a round that recorded it (as the lease holder, with nothing new).
+            asleep = sleep && matches!(next, Round::Leader { full: false }) && !relayed;
+            self.metrics.relay_asleep.set(i64::from(asleep));
             let pause = match next {
+                _ if asleep => Duration::ZERO,
                 Round::Leader { full: true } => Duration::ZERO,
-                Round::Leader { full: false } => interval.saturating_sub(began.elapsed()),
+                Round::Leader { full: false } => self.interval.saturating_sub(began.elapsed()),
                 Round::Off | Round::Standby => self.idle_interval,
             };
             tokio::select! {

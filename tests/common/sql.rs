@@ -62,6 +62,12 @@ pub struct Listener {
 
 impl Listener {
     pub async fn new(url: &str) -> Listener {
+        let channel = gateway::channel(url).await;
+        Self::on(url, channel).await
+    }
+
+    /// A listener on another channel than pgsse's payloads (e.g. the relay's wake channel).
+    pub async fn on(url: &str, channel: String) -> Listener {
         let (client, mut connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
@@ -76,7 +82,6 @@ impl Listener {
                 }
             }
         });
-        let channel = gateway::channel(url).await;
         client.batch_execute(&format!("LISTEN \"{channel}\"; LISTEN {FENCE}")).await.unwrap();
         Listener { url: url.to_string(), channel, rx, fences: 0, _client: client }
     }
@@ -101,7 +106,7 @@ impl Listener {
                 }
                 continue;
             }
-            assert_eq!(channel, self.channel, "payloads go to the secret channel only");
+            assert_eq!(channel, self.channel, "payloads go to the listened channel only");
             assert!(payload.len() < 8000, "NOTIFY payload is {} bytes (must be < 8000)", payload.len());
             payloads.push(payload);
         }

@@ -12,7 +12,7 @@ use super::{End, Source};
 use crate::defaults::{DEFAULT_BACKOFF_MAX, DEFAULT_BACKOFF_MIN};
 use crate::pg::{within, PgError};
 
-pub(super) enum Msg {
+pub(in crate::pg) enum Msg {
     Notify(Notification),
     Closed(Option<tokio_postgres::Error>),
 }
@@ -50,7 +50,7 @@ pub(in crate::pg) async fn open(
 
 /// Spawns the LISTEN connection's driver, which forwards notifications; unbounded because it must
 /// never stop polling the socket while the source awaits a query on the same connection.
-pub(super) fn drive(mut conn: Connection) -> (JoinHandle<()>, mpsc::UnboundedReceiver<Msg>) {
+pub(in crate::pg) fn drive(mut conn: Connection) -> (JoinHandle<()>, mpsc::UnboundedReceiver<Msg>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
         loop {

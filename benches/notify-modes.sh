@@ -195,15 +195,36 @@ pg_ticks() {
     echo $total
 }
 gw_ticks() { awk '{ print $14 + $15 }' /proc/$GW_PID/stat; }
+# The gateway's backends (application_name pgsse), named by what they last ran, with their CPU time
+# in ns so far (/proc/<pid>/schedstat, first field): "<pid> <role> <ns>" per line.
+backends() {
+    q "SELECT pid, CASE WHEN query LIKE '%pgsse.relay(%' OR query LIKE '%max(e.tx)%' THEN 'relay'
+                        WHEN query LIKE '%pgsse.mark(%' THEN 'marker'
+                        WHEN query LIKE '%pg_locks%' OR query LIKE '%pg_notification_queue_usage%' THEN 'health'
+                        WHEN state = 'idle' AND backend_type = 'client backend' AND wait_event = 'ClientRead'
+                             AND query LIKE '%LISTEN%' THEN 'listen'
+                        ELSE 'other' END
+         FROM pg_stat_activity WHERE application_name = 'pgsse'" | while IFS='|' read -r pid role; do
+        [ -r "/proc/$pid/schedstat" ] && echo "$pid $role $(cut -d' ' -f1 "/proc/$pid/schedstat")"
+    done
+}
 HZ=$(getconf CLK_TCK)
 echo
 for v in log relay commit; do
     variant "$v"
     sleep 2
     p0=$(pg_ticks); g0=0; [ -n "$GW_PID" ] && g0=$(gw_ticks)
+    b0=$(backends)
     sleep "$IDLE_SECS"
     p1=$(pg_ticks); g1=0; [ -n "$GW_PID" ] && g1=$(gw_ticks)
+    b1=$(backends)
     what="$v mode, a gateway with $STREAMS streams"; [ "$v" = log ] && what="no gateway"
     awk -v m="$what" -v p=$((p1 - p0)) -v g=$((g1 - g0)) -v hz="$HZ" -v s="$IDLE_SECS" 'BEGIN {
         printf "idle %d s, no writes, %s: PostgreSQL %.2f%% of a core, gateway %.2f%%\n", s, m, 100 * p / hz / s, 100 * g / hz / s }'
+    # Per backend of the gateway (a backend present at both ends).
+    [ -n "$GW_PID" ] && printf '%s\n--\n%s\n' "$b0" "$b1" | awk -v s="$IDLE_SECS" '
+        $0 == "--" { after = 1; next }
+        !after { t0[$1] = $3; next }
+        ($1 in t0) { cpu[$2] += $3 - t0[$1] }
+        END { line = "  per backend:"; for (r in cpu) line = line sprintf(" %s %.2f%%", r, 100 * cpu[r] / 1e9 / s); print line }'
 done

@@ -194,9 +194,10 @@
 --
 -- Commit mode: exactly one NOTIFY per statement (or per publish() call) that
 -- logged at least one row; it is delivered when the writing transaction
--- commits and is discarded if it rolls back. Relay mode: one NOTIFY per
--- transaction, in the same format, sent by the relay after it committed
--- (references then span every row of the transaction). tx is pg_current_xact_id() of the writing
+-- commits and is discarded if it rolls back. Relay mode: the relay sends each
+-- transaction's payload in the same format after it committed (references
+-- then span every row of the transaction), several transactions' payloads
+-- batched into one NOTIFY while they fit (see "batch" below). tx is pg_current_xact_id() of the writing
 -- transaction as a decimal string (the same value as pgsse.events.tx).
 --
 -- Every payload is <signature><json>: 64 lowercase hex characters of
@@ -211,6 +212,8 @@
 --     and the gateway reads the rows with
 --       SELECT id, user_id, event, data FROM pgsse.events
 --        WHERE tx = <tx> AND id BETWEEN <min id> AND <max id> ORDER BY id;
+--   a batch (relay mode only), in the order the gateway must handle them:
+--     {"b":[<inline or reference payload JSON>, ...]}
 --   session changes (see pgsse.watch_sessions):
 --     {"t":"<tx>","s":[["<sha256 hex of token>", <expiry unix ms | null>], ...]}
 --   the gateway's horizon marker (see pgsse.mark):
@@ -1142,6 +1145,10 @@ DECLARE
     done  boolean;
     r     record;
     entries text;
+    one   text;
+    -- The payloads not sent yet (comma-separated), and how many.
+    batch text;
+    nb    integer := 0;
 BEGIN
     txs := 0;
     events := 0;
@@ -1220,10 +1227,24 @@ BEGIN
                                                        ORDER BY e.id)::text
                               FROM pgsse.events AS e WHERE e.tx OPERATOR(pg_catalog.=) r.tx);
             END IF;
-            PERFORM pgsse._send(pgsse._payload(r.tx, r.n, r.lo, r.last, entries));
+            one := pgsse._payload(r.tx, r.n, r.lo, r.last, entries);
+            -- Several transactions per NOTIFY while the batch fits (every NOTIFY costs each
+            -- listening replica a delivery and a signature check): 8 bytes of {"b":[...]} and
+            -- the commas, within _payload's bound.
+            IF nb OPERATOR(pg_catalog.>) 0 AND pg_catalog.octet_length(batch) + pg_catalog.octet_length(one) + nb + 8
+                   OPERATOR(pg_catalog.>) 7900 - 64 THEN
+                PERFORM pgsse._send(CASE WHEN nb = 1 THEN batch ELSE '{"b":[' OPERATOR(pg_catalog.||) batch OPERATOR(pg_catalog.||) ']}' END);
+                batch := NULL;
+                nb := 0;
+            END IF;
+            batch := CASE WHEN nb = 0 THEN one ELSE batch OPERATOR(pg_catalog.||) ',' OPERATOR(pg_catalog.||) one END;
+            nb := nb + 1;
             txs := txs + 1;
             events := events + r.n;
         END LOOP;
+        IF nb OPERATOR(pg_catalog.>) 0 THEN
+            PERFORM pgsse._send(CASE WHEN nb = 1 THEN batch ELSE '{"b":[' OPERATOR(pg_catalog.||) batch OPERATOR(pg_catalog.||) ']}' END);
+        END IF;
     END IF;
     done := cut IS NULL AND m.notify_mode OPERATOR(pg_catalog.=) 'commit' AND drain OPERATOR(pg_catalog.=) '{}';
     -- Nothing to record: write only to keep the lease (and the horizon) fresh, or to move the

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::gateway::{metric, notifications_db, Gateway, GatewayProcess};
 use common::relay::*;
-use common::sql::{exec_err, unique_role, url_as, Listener, Tracker};
+use common::sql::{events_after, exec_err, unique_role, url_as, Listener, Tracker};
 use common::{connect, exec, free_port, insert, insert_rows, log_id, title};
 use tokio_postgres::error::SqlState;
 
@@ -109,6 +109,46 @@ async fn relay_mode_writes_no_notify_and_the_first_gateway_relays_what_waited() 
     }
     got.retain(|&id| Some(id) != before_id);
     assert_eq!(got[..got.len().saturating_sub(1)], waiting[..], "the rows that waited, once, in order, then `live`");
+    gw.stop().await;
+}
+
+/// A relay round that finds many transactions sends them in few NOTIFYs (each costs every
+/// listening replica a delivery and a signature check), each under PostgreSQL's 8000-byte limit,
+/// in commit order; and a stream gets each row once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_batches_many_transactions_into_few_notifies() {
+    let db = notifications_db().await;
+    set_mode(&db, "relay").await;
+    // Rounds 300 ms apart, so each finds many transactions.
+    let gw = Gateway::start(&db, &["--relay-interval", "300ms"]).await;
+    let mut s = open(&gw.addr, "alice").await;
+    let mut tracker = Tracker::new(&db).await;
+    let c = connect(&db).await;
+    let titles: Vec<String> =
+        (0..120).map(|i| if i == 60 { "x".repeat(9000) } else { format!("batched {i}") }).collect();
+    for t in &titles {
+        c.execute("INSERT INTO notifications (user_id, title) VALUES ('alice', $1)", &[t]).await.expect("insert");
+    }
+    let want: Vec<i64> = events_after(&c, 0).await.iter().map(|e| e.id).collect();
+    assert_eq!(want.len(), 120);
+
+    let (mut heard, mut notifies, mut batches) = (Vec::new(), 0, 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while heard.len() < want.len() && Instant::now() < deadline {
+        let (_, payloads) = tracker.collect().await;
+        heard.extend(payloads.iter().flat_map(payload_ids));
+        notifies += payloads.len();
+        batches += tracker.raw.iter().filter(|p| p.contains(r#""b":["#)).count();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("120 transactions in {notifies} NOTIFYs, {batches} of them batches");
+    assert_eq!(heard, want, "every transaction once, in commit order");
+    assert!(notifies < 20 && batches > 0, "120 transactions in {notifies} NOTIFYs, {batches} of them batches");
+    for t in &titles {
+        let ev = s.next_named("notification", Duration::from_secs(10)).await.expect("every row on the stream");
+        assert_eq!(&title(&ev), t);
+    }
+    assert!(s.next_named("notification", Duration::from_millis(500)).await.is_none(), "a row twice");
     gw.stop().await;
 }
 

@@ -22,6 +22,9 @@ pub enum Message<'a> {
     Reference { tx: u64, lo: i64, hi: i64 },
     /// Session changes: `(sha256 of the token as hex, new expiry in unix ms or None if gone)`.
     Sessions { tx: u64, changes: Vec<(String, Option<i64>)> },
+    /// Several transactions' `Events` or `Reference`s in one NOTIFY (the relay's), in the order to
+    /// handle them.
+    Batch(Vec<Message<'a>>),
 }
 
 /// Why a payload was refused.
@@ -39,6 +42,8 @@ pub enum PayloadError {
     NoTx,
     #[error("neither events (\"e\"), a reference (\"r\") nor session changes (\"s\")")]
     Empty,
+    #[error("a batch (\"b\") must hold one or more events or references, and nothing else")]
+    BadBatch,
 }
 
 #[derive(Deserialize)]
@@ -52,6 +57,8 @@ struct Raw<'a> {
     e: Option<Vec<InlineEvent<'a>>>,
     r: Option<(i64, i64)>,
     s: Option<Vec<(String, Option<i64>)>>,
+    #[serde(borrow)]
+    b: Option<Vec<Raw<'a>>>,
 }
 
 /// Checks signatures with the key from `pgsse.secret`.
@@ -73,6 +80,21 @@ impl Verifier {
             let history = p.h.as_deref().and_then(parse_history).ok_or(PayloadError::NoHistory)?;
             return Ok(Message::Marker { horizon, history, gateway: p.g, seq: p.n });
         }
+        if let Some(items) = p.b {
+            let items = items
+                .into_iter()
+                .map(|i| match i.m.is_some() || i.b.is_some() || i.s.is_some() {
+                    true => Err(PayloadError::BadBatch),
+                    false => Self::of_tx(i),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            return if items.is_empty() { Err(PayloadError::BadBatch) } else { Ok(Message::Batch(items)) };
+        }
+        Self::of_tx(p)
+    }
+
+    /// A transaction's events, reference or session changes.
+    fn of_tx(p: Raw) -> Result<Message, PayloadError> {
         let tx = p.t.as_deref().and_then(|t| t.parse::<u64>().ok()).ok_or(PayloadError::NoTx)?;
         match (p.e, p.r, p.s) {
             (Some(events), _, _) => Ok(Message::Events { tx, events }),
@@ -144,6 +166,16 @@ mod tests {
         assert!(matches!(v.decode(&sign(r#"{"t":"9","r":[3,5]}"#)), Ok(Message::Reference { tx: 9, lo: 3, hi: 5 })));
         let s = sign(r#"{"t":"10","s":[["ab",null],["cd",5]]}"#);
         assert!(matches!(v.decode(&s), Ok(Message::Sessions { tx: 10, changes }) if changes.len() == 2));
+        let b = sign(r#"{"b":[{"t":"11","e":[[4,"bob","notification",{}]]},{"t":"12","r":[5,90]}]}"#);
+        match v.decode(&b) {
+            Ok(Message::Batch(items)) => {
+                assert!(matches!(
+                    &items[..],
+                    [Message::Events { tx: 11, .. }, Message::Reference { tx: 12, lo: 5, hi: 90 }]
+                ))
+            }
+            _ => panic!("not a batch"),
+        }
     }
 
     #[test]
@@ -164,6 +196,18 @@ mod tests {
         assert!(matches!(v.decode(&sign(r#"{"e":[]}"#)), Err(PayloadError::NoTx)));
         assert!(matches!(v.decode(&sign(r#"{"t":"-1","e":[]}"#)), Err(PayloadError::NoTx)));
         assert!(matches!(v.decode(&sign(r#"{"t":"1"}"#)), Err(PayloadError::Empty)));
+        for batch in [
+            r#"{"b":[]}"#,
+            r#"{"b":[{"m":"5","h":"0a1b2c3d"}]}"#,
+            r#"{"b":[{"t":"1","s":[["ab",null]]}]}"#,
+            r#"{"b":[{"b":[{"t":"1","r":[1,2]}]}]}"#,
+        ] {
+            assert!(matches!(v.decode(&sign(batch)), Err(PayloadError::BadBatch)), "{batch}");
+        }
+        assert!(matches!(
+            v.decode(&sign(r#"{"b":[{"t":"1","r":[1,2]},{"t":"x","r":[1,2]}]}"#)),
+            Err(PayloadError::NoTx)
+        ));
     }
 
     #[test]

@@ -325,6 +325,26 @@ impl Source {
                 return Ok(());
             }
         };
+        match msg {
+            Message::Batch(items) => {
+                for item in items {
+                    self.on_message(client, fetch, item, payload, pending).await?;
+                }
+                Ok(())
+            }
+            msg => self.on_message(client, fetch, msg, payload, pending).await,
+        }
+    }
+
+    /// One message of a verified payload (`payload`, whole, for deduplicating session changes).
+    async fn on_message(
+        &mut self,
+        client: &tokio_postgres::Client,
+        fetch: &tokio_postgres::Statement,
+        msg: Message<'_>,
+        payload: &str,
+        pending: &mut Option<(u64, Instant)>,
+    ) -> Result<(), PgError> {
         let tx = match &msg {
             Message::Marker { horizon, history, gateway, seq } => {
                 if self.state.history() != Some(*history) {
@@ -342,6 +362,8 @@ impl Source {
                 return Ok(());
             }
             Message::Events { tx, .. } | Message::Reference { tx, .. } | Message::Sessions { tx, .. } => *tx,
+            // Decoding never nests batches.
+            Message::Batch(_) => return Ok(()),
         };
         // Every payload of a transaction below the horizon arrived before the marker that set it:
         // one arriving now was re-sent.
@@ -380,7 +402,7 @@ impl Source {
                 }
                 self.on_sessions(changes);
             }
-            Message::Marker { .. } => {}
+            Message::Marker { .. } | Message::Batch(_) => {}
         }
         Ok(())
     }

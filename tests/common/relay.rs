@@ -235,6 +235,9 @@ pub async fn leader_of(metrics: &[String], timeout: Duration) -> Option<usize> {
 
 /// Log ids a signed payload carries (inline entries or a reference range); none for markers.
 pub fn payload_ids(p: &Value) -> Vec<i64> {
+    if let Some(b) = p["b"].as_array() {
+        return b.iter().flat_map(payload_ids).collect();
+    }
     if let Some(e) = p["e"].as_array() {
         return e.iter().filter_map(|x| x[0].as_i64()).collect();
     }

@@ -3,7 +3,9 @@
 # Installs what it needs (Debian packages, npm ci), builds release, and runs `pgsse-bench all`,
 # which starts a throwaway PostgreSQL, runs every workload against every system, and writes the
 # results into BENCHMARKS.md (between the results markers). Takes about 9 minutes on 2 cores.
-# Extra arguments go to `pgsse-bench all` (e.g. --systems pgsse --skip-big).
+# Extra arguments go to `pgsse-bench all` (e.g. --systems pgsse --skip-big). The run is in commit
+# mode unless they say otherwise (--notify-mode relay): the Node server only LISTENs, so it needs
+# the app's transactions to NOTIFY, and both gateways then get the very same payloads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,5 +33,7 @@ fi
 cargo build --release -p pgsse -p pgsse-bench --bins
 
 # One process may hold at most 20,000 open files here; the tool raises its soft limit to the hard one.
+mode=(--notify-mode commit)
+for a in "$@"; do case "$a" in --notify-mode|--notify-mode=*) mode=() ;; esac; done
 exec ./target/release/pgsse-bench all --report BENCHMARKS.md --json target/bench-results.json \
-  --command "benches/run.sh${*:+ $*}" "$@"
+  --command "benches/run.sh${*:+ $*}" "${mode[@]}" "$@"

@@ -241,8 +241,9 @@ impl Relay {
                 busy = Instant::now();
             }
             let sleep = leader && busy.elapsed() > QUIET_AFTER;
-            if sleep && !asleep {
-                // Wake-ups sent before this round are stale: it reads what they announced.
+            if !asleep {
+                // Awake, wake-ups are stale (this round reads what they announced); a replica that
+                // does not relay never sleeps, and must not keep them either.
                 while wakeups.try_recv().is_ok() {}
             }
             let r = within(

@@ -58,6 +58,9 @@ struct AllArgs {
     /// `2000x500`.
     #[arg(long, value_parser = parse_latency_only, conflicts_with = "quick")]
     latency_only: Option<(u64, u64)>,
+    /// Only the idle-memory workload, at the full run's sizes (2k, 5k, 10k, 18k streams).
+    #[arg(long, conflicts_with_all = ["quick", "latency_only"])]
+    memory_only: bool,
     /// `pgsse.set_notify_mode()` before the run: `commit` or `relay` (default: what the install
     /// script leaves).
     #[arg(long)]
@@ -170,6 +173,7 @@ async fn all(args: AllArgs) -> anyhow::Result<()> {
     let plan = match (args.quick, args.latency_only) {
         (Some(n), _) => workloads::Plan::quick(n),
         (None, Some((conns, rate))) => workloads::Plan::latency_only(conns, rate),
+        (None, None) if args.memory_only => workloads::Plan::memory_only(),
         (None, None) => workloads::Plan::full(),
     };
     let fleet = fleet::Fleet::spawn(args.workers, load_cpus.as_deref()).await?;

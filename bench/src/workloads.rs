@@ -57,6 +57,12 @@ impl Plan {
         Plan { mem_steps: vec![conns], bcast_sizes: vec![], latency, latency_secs: 30.0, ..Plan::quick(conns) }
     }
 
+    /// Only the idle-memory steps of a full run.
+    pub fn memory_only() -> Plan {
+        let full = Plan::full();
+        Plan { mem_steps: full.mem_steps, bcast_sizes: vec![], latency: vec![], ..Plan::quick(full.big) }
+    }
+
     pub fn quick(conns: u64) -> Plan {
         Plan {
             mem_steps: vec![conns / 4, conns],

@@ -65,14 +65,8 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
         let Some(slot) = cap.admit(&socket) else { continue };
         let _ = socket.set_nodelay(true);
         let span = tracing::info_span!("conn", %peer, client = Empty, user = Empty, stream = Empty);
-        let conn = front::serve(socket, peer, shared.clone(), hyper_conn.clone(), graceful.watcher());
-        tokio::spawn(
-            async move {
-                conn.await;
-                drop(slot);
-            }
-            .instrument(span),
-        );
+        let conn = front::serve(socket, peer, shared.clone(), hyper_conn.clone(), graceful.watcher(), slot);
+        tokio::spawn(conn.instrument(span));
     }
     let spent = started_drain.get().map_or(Duration::ZERO, Instant::elapsed);
     let left = shared.config.shutdown_timeout.saturating_sub(spent);

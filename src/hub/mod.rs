@@ -8,10 +8,9 @@
 //! `Limits::stall` without the writer taking any. Locks are held only for these appends, never
 //! across a socket write or a query.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -139,51 +138,6 @@ pub struct Limits {
     pub heartbeat_slices: usize,
 }
 
-#[derive(Default)]
-struct Queue {
-    items: VecDeque<Item>,
-    bytes: usize,
-    waker: Option<Waker>,
-    closed: Option<CloseReason>,
-    /// Since when something has been waiting for the writer (queued bytes, or the log while
-    /// behind) without it taking anything; `None` while it is up to date.
-    waiting_since: Option<Instant>,
-    /// Over its bound: live events are not queued; the writer reads them from the log.
-    behind: bool,
-    /// Every log event with `tx` below this was handed to the writer (the horizon its last take
-    /// was told): where a catch-up starts.
-    taken_below: u64,
-    /// Log events handed to the writer at or above `taken_below`: (tx, highest log id), so a
-    /// catch-up does not send them twice (a transaction's events arrive in log id order).
-    taken_above: Vec<(u64, i64)>,
-    /// Live copies to drop because a replay already sent them: below this tx, or these log ids.
-    below: u64,
-    replayed: HashSet<i64>,
-}
-
-impl Queue {
-    /// Whether the writer already has this log event (so it is neither queued nor counted).
-    fn delivered(&mut self, item: &Item) -> bool {
-        if item.log_id == Item::RESYNC {
-            // A new history: what this stream resumed from says nothing about its events.
-            (self.below, self.replayed) = (0, HashSet::new());
-            return false;
-        }
-        item.log_id != 0 && (item.tx < self.below || (!self.replayed.is_empty() && self.replayed.remove(&item.log_id)))
-    }
-
-    fn clear(&mut self) {
-        self.items = VecDeque::new();
-        self.bytes = 0;
-    }
-
-    fn wake(&mut self) {
-        if let Some(w) = self.waker.take() {
-            w.wake();
-        }
-    }
-}
-
 /// The hub's side of one stream.
 pub struct Conn {
     id: u64,
@@ -235,7 +189,7 @@ impl Conn {
             q.behind = true;
         } else {
             q.bytes += item.bytes.len();
-            q.items.push_back(item.clone());
+            q.items.push(item.clone());
         }
         q.waiting_since.get_or_insert(now);
         q.wake();
@@ -249,7 +203,7 @@ impl Conn {
             let mut q = self.lock();
             if q.closed.is_none() && !q.behind {
                 q.bytes += last.bytes.len();
-                q.items.push_back(last.clone());
+                q.items.push(last.clone());
             }
         }
         self.close(reason);
@@ -494,7 +448,9 @@ impl Hub {
     }
 }
 
+mod queue;
 mod subscription;
+use queue::Queue;
 pub use subscription::{Next, Subscription};
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! A stream's side of the hub: what its writer takes, how it falls behind and rejoins, cuts.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -47,19 +47,19 @@ impl Subscription {
     pub fn start(&self, preamble: Vec<Item>, taken_below: u64, below: u64, replayed: HashSet<i64>) {
         let mut q = self.conn.lock();
         q.taken_below = taken_below;
-        (q.below, q.replayed) = (below, replayed);
+        q.set_sent(below, replayed);
         let live = std::mem::take(&mut q.items);
         q.bytes = 0;
         let behind = q.behind;
         // Behind already: the catch-up reads the replay's events again, from `taken_below`.
         for item in preamble.into_iter().filter(|i| !behind || i.log_id == 0) {
             q.bytes += item.bytes.len();
-            q.items.push_back(item);
+            q.items.push(item);
         }
         for item in live {
             if !q.delivered(&item) {
                 q.bytes += item.bytes.len();
-                q.items.push_back(item);
+                q.items.push(item);
             }
         }
         q.waiting_since.get_or_insert_with(Instant::now);
@@ -118,7 +118,7 @@ impl Subscription {
     pub fn rejoin(&self, from: u64) {
         let mut q = self.conn.lock();
         q.behind = false;
-        (q.below, q.replayed) = (from, HashSet::new());
+        q.set_sent(from, HashSet::new());
     }
 
     /// Stops queueing live events (the catch-up reads them from the log).
@@ -135,13 +135,14 @@ impl Subscription {
         if q.behind {
             return false;
         }
-        q.replayed = sent.iter().map(|(_, id)| *id).collect();
+        let below = q.sent.as_ref().map_or(0, |s| s.below);
+        q.set_sent(below, sent.iter().map(|(_, id)| *id).collect());
         let live = std::mem::take(&mut q.items);
         q.bytes = 0;
         for item in live {
             if !q.delivered(&item) {
                 q.bytes += item.bytes.len();
-                q.items.push_back(item);
+                q.items.push(item);
             }
         }
         q.taken_below = from;
@@ -181,9 +182,9 @@ impl Subscription {
 }
 
 /// One write's bytes: the items' bytes, copied into one buffer only when there are several.
-fn coalesce(mut items: VecDeque<Item>) -> Bytes {
+fn coalesce(mut items: Vec<Item>) -> Bytes {
     if items.len() == 1 {
-        return items.pop_front().map(|i| i.bytes).unwrap_or_default();
+        return items.pop().map(|i| i.bytes).unwrap_or_default();
     }
     let mut all = BytesMut::with_capacity(items.iter().map(|i| i.bytes.len()).sum());
     items.iter().for_each(|i| all.extend_from_slice(&i.bytes));

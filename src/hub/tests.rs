@@ -267,3 +267,12 @@ fn a_shutdown_is_not_a_cut() {
     assert_eq!(closed, Poll::Ready(CloseReason::Shutdown));
     assert!(!CloseReason::Shutdown.is_cut(), "pending writes get a grace to finish");
 }
+
+#[test]
+#[cfg(target_pointer_width = "64")]
+fn an_open_stream_hub_side_costs_little() {
+    // One `Conn` per open stream for its whole life. What only resumed or caught-up streams
+    // need (`Queue::sent`) is boxed, so an idle stream carries one pointer for it.
+    let size = std::mem::size_of::<Conn>();
+    assert!(size <= 152, "the hub's side of a stream grew to {size} bytes");
+}

@@ -608,37 +608,23 @@ REVOKE ALL ON FUNCTION pgsse._relaying() FROM PUBLIC;
 -- costs latency (the sleeping relay still runs a round with every lease
 -- renewal), never an event.
 
-CREATE OR REPLACE FUNCTION pgsse._wake() RETURNS void
+-- until: pgsse.meta.relay_wake as the caller read it (nothing is sent once
+-- it has passed: a relay that died asleep).
+CREATE OR REPLACE FUNCTION pgsse._wake(until timestamptz) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 BEGIN
-    PERFORM pg_catalog.pg_notify(s.channel OPERATOR(pg_catalog.||) '_wake', '') FROM pgsse.secret AS s;
-END
-$fn$;
-
-COMMENT ON FUNCTION pgsse._wake() IS
-    'pgsse internal: wakes a sleeping relay (an empty NOTIFY on the secret wake channel)';
-
-REVOKE ALL ON FUNCTION pgsse._wake() FROM PUBLIC;
-
--- For pgsse.publish and pgsse.capture(); the generated trigger functions read
--- relay_wake with the mode instead.
-CREATE OR REPLACE FUNCTION pgsse._wake_if_asleep() RETURNS void
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $fn$
-BEGIN
-    IF (SELECT m.relay_wake FROM pgsse.meta AS m) OPERATOR(pg_catalog.>) pg_catalog.now() THEN
-        PERFORM pgsse._wake();
+    IF _wake.until OPERATOR(pg_catalog.>) pg_catalog.now() THEN
+        PERFORM pg_catalog.pg_notify(s.channel OPERATOR(pg_catalog.||) '_wake', '') FROM pgsse.secret AS s;
     END IF;
 END
 $fn$;
 
-COMMENT ON FUNCTION pgsse._wake_if_asleep() IS
-    'pgsse internal: wakes the relay if it sleeps (see pgsse._wake)';
+COMMENT ON FUNCTION pgsse._wake(timestamptz) IS
+    'pgsse internal: wakes a sleeping relay (an empty NOTIFY on the secret wake channel) while relay_wake is ahead';
 
-REVOKE ALL ON FUNCTION pgsse._wake_if_asleep() FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgsse._wake(timestamptz) FROM PUBLIC;
 
 -- -----------------------------------------------------------------------------
 -- pgsse._announce: send the one NOTIFY for a batch of freshly logged rows
@@ -788,7 +774,7 @@ BEGIN
     IF pgsse._relaying() THEN
         EXECUTE pgsse._capture_sql(TG_OP, TG_ARGV[0], TG_ARGV[1], COALESCE(TG_ARGV[2], ''),
                                    COALESCE(TG_ARGV[3], '{}')::text[], '', false);
-        PERFORM pgsse._wake_if_asleep();
+        PERFORM pgsse._wake((SELECT m.relay_wake FROM pgsse.meta AS m));
         RETURN NULL;
     END IF;
     EXECUTE pgsse._capture_sql(TG_OP, TG_ARGV[0], TG_ARGV[1], COALESCE(TG_ARGV[2], ''),
@@ -878,8 +864,9 @@ BEGIN
         ELSIF TG_OP = 'DELETE' THEN
             %6$s;
         END IF;
+        -- Checked here too: most statements need no call at all.
         IF pgsse_wake OPERATOR(pg_catalog.>) pg_catalog.now() THEN
-            PERFORM pgsse._wake();
+            PERFORM pgsse._wake(pgsse_wake);
         END IF;
         RETURN NULL;
     END IF;
@@ -1002,7 +989,7 @@ BEGIN
         INSERT INTO pgsse.events AS e (user_id, event, data)
         VALUES (publish.user_id, publish.event, publish.data)
         RETURNING e.id INTO new_id;
-        PERFORM pgsse._wake_if_asleep();
+        PERFORM pgsse._wake((SELECT m.relay_wake FROM pgsse.meta AS m));
         RETURN new_id;
     END IF;
     INSERT INTO pgsse.events AS e (user_id, event, data)

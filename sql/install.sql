@@ -553,26 +553,23 @@ COMMENT ON FUNCTION pgsse.mark(text, bigint) IS
 -- Inline when it fits, else a reference the gateway reads back (NOTIFY
 -- payloads must stay under 8000 bytes; the signature takes 64).
 
+-- LANGUAGE sql without a SET clause, so it is inlined into the query that
+-- calls it (the relay builds one per transaction); every caller pins
+-- search_path. The inline form is {"t":"<tx>","e":<entries>}: 13 bytes
+-- around the two values.
 CREATE OR REPLACE FUNCTION pgsse._payload(
     tx xid8, n bigint, min_id bigint, max_id bigint, entries text
 ) RETURNS text
-LANGUAGE plpgsql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
+LANGUAGE sql IMMUTABLE
 AS $fn$
-DECLARE
-    payload text;
-BEGIN
-    IF n IS NULL OR n = 0 THEN
-        RETURN NULL;
-    END IF;
-    IF entries IS NOT NULL THEN
-        payload := pg_catalog.format('{"t":"%s","e":%s}', tx, entries);
-    END IF;
-    IF payload IS NULL OR pg_catalog.octet_length(payload) > 7900 - 64 THEN
-        payload := pg_catalog.format('{"t":"%s","r":[%s,%s]}', tx, min_id, max_id);
-    END IF;
-    RETURN payload;
-END
+    SELECT CASE
+        WHEN n IS NULL OR n OPERATOR(pg_catalog.=) 0 THEN NULL
+        WHEN entries IS NOT NULL
+             AND pg_catalog.octet_length(entries) OPERATOR(pg_catalog.+) pg_catalog.octet_length(tx::text)
+                 OPERATOR(pg_catalog.+) 13 OPERATOR(pg_catalog.<=) 7900 - 64
+            THEN pg_catalog.format('{"t":"%s","e":%s}', tx, entries)
+        ELSE pg_catalog.format('{"t":"%s","r":[%s,%s]}', tx, min_id, max_id)
+    END
 $fn$;
 
 COMMENT ON FUNCTION pgsse._payload(xid8, bigint, bigint, bigint, text) IS
@@ -1131,7 +1128,6 @@ DECLARE
     drain text[];
     done  boolean;
     r     record;
-    entries text;
     one   text;
     -- The payloads not sent yet (comma-separated), and how many.
     batch text;
@@ -1195,26 +1191,25 @@ BEGIN
         -- The transactions to announce: p's finished in-progress ones, and those from its xmax
         -- up that are visible in s (below the cut); each with its row count and id range.
         FOR r IN
-            SELECT t.tx, pg_catalog.count(*) AS n, pg_catalog.min(e.id) AS lo, pg_catalog.max(e.id) AS last
-              FROM (SELECT f.x AS tx FROM pg_catalog.unnest(fresh) AS f(x)
-                    UNION
-                    SELECT DISTINCT e.tx FROM pgsse.events AS e
-                     WHERE e.tx OPERATOR(pg_catalog.>=) top
-                       AND e.tx OPERATOR(pg_catalog.<) COALESCE(cut, '18446744073709551615'::xid8)
-                       AND pg_catalog.pg_visible_in_snapshot(e.tx, s)) AS t
-              JOIN pgsse.events AS e ON e.tx OPERATOR(pg_catalog.=) t.tx
-             GROUP BY t.tx
+            -- Each transaction's payload is built in this one query (inline up to 64 rows).
+            SELECT g.n, pgsse._payload(g.tx, g.n, g.lo, g.last, CASE WHEN g.n OPERATOR(pg_catalog.<=) 64 THEN
+                       (SELECT pg_catalog.json_agg(pg_catalog.json_build_array(e.id, e.user_id, e.event, e.data)
+                                                   ORDER BY e.id)::text
+                          FROM pgsse.events AS e WHERE e.tx OPERATOR(pg_catalog.=) g.tx) END) AS one
+              FROM (SELECT t.tx, pg_catalog.count(*) AS n, pg_catalog.min(e.id) AS lo, pg_catalog.max(e.id) AS last
+                      FROM (SELECT f.x AS tx FROM pg_catalog.unnest(fresh) AS f(x)
+                            UNION
+                            SELECT DISTINCT e.tx FROM pgsse.events AS e
+                             WHERE e.tx OPERATOR(pg_catalog.>=) top
+                               AND e.tx OPERATOR(pg_catalog.<) COALESCE(cut, '18446744073709551615'::xid8)
+                               AND pg_catalog.pg_visible_in_snapshot(e.tx, s)) AS t
+                      JOIN pgsse.events AS e ON e.tx OPERATOR(pg_catalog.=) t.tx
+                     GROUP BY t.tx) AS g
              -- In the order their last rows were written: a transaction that acted on
              -- another's committed rows wrote after them.
-             ORDER BY last
+             ORDER BY g.last
         LOOP
-            entries := NULL;
-            IF r.n OPERATOR(pg_catalog.<=) 64 THEN
-                entries := (SELECT pg_catalog.json_agg(pg_catalog.json_build_array(e.id, e.user_id, e.event, e.data)
-                                                       ORDER BY e.id)::text
-                              FROM pgsse.events AS e WHERE e.tx OPERATOR(pg_catalog.=) r.tx);
-            END IF;
-            one := pgsse._payload(r.tx, r.n, r.lo, r.last, entries);
+            one := r.one;
             -- Several transactions per NOTIFY while the batch fits (every NOTIFY costs each
             -- listening replica a delivery and a signature check): 8 bytes of {"b":[...]} and
             -- the commas, within _payload's bound.

@@ -8,7 +8,7 @@ use super::{CloseReason, Item};
 
 #[derive(Default)]
 pub(super) struct Queue {
-    /// Only ever appended to and taken whole, so a `Vec` (smaller than a `VecDeque`).
+    /// Only ever appended to and emptied whole, so a `Vec` (smaller than a `VecDeque`).
     pub(super) items: Vec<Item>,
     pub(super) bytes: usize,
     pub(super) waker: Option<Waker>,

@@ -74,23 +74,23 @@ impl Subscription {
             return Poll::Ready(Next::Closed(reason));
         }
         if !q.items.is_empty() {
-            let items = std::mem::take(&mut q.items);
+            let q = &mut *q;
             q.bytes = 0;
             q.waiting_since = None;
             if q.behind {
                 // Only notices are queued while behind; events below `horizon` were dropped.
-                return Poll::Ready(Next::Data(coalesce(items)));
+                return Poll::Ready(Next::Data(coalesce(&mut q.items)));
             }
             q.taken_below = q.taken_below.max(horizon);
             let below = q.taken_below;
             q.taken_above.retain(|(tx, _)| *tx >= below);
-            for item in items.iter().filter(|i| i.log_id > 0 && i.tx >= below) {
+            for item in q.items.iter().filter(|i| i.log_id > 0 && i.tx >= below) {
                 match q.taken_above.iter_mut().find(|(tx, _)| *tx == item.tx) {
                     Some(t) => t.1 = t.1.max(item.log_id),
                     None => q.taken_above.push((item.tx, item.log_id)),
                 }
             }
-            return Poll::Ready(Next::Data(coalesce(items)));
+            return Poll::Ready(Next::Data(coalesce(&mut q.items)));
         }
         if let Some(reason) = q.closed {
             return Poll::Ready(Next::Closed(reason));
@@ -182,12 +182,14 @@ impl Subscription {
 }
 
 /// One write's bytes: the items' bytes, copied into one buffer only when there are several.
-fn coalesce(mut items: Vec<Item>) -> Bytes {
+/// Empties the queue into one buffer. The queue keeps its allocation: taking the `Vec` whole
+/// would make the next event's push allocate, and its writer free, once per event and stream.
+fn coalesce(items: &mut Vec<Item>) -> Bytes {
     if items.len() == 1 {
         return items.pop().map(|i| i.bytes).unwrap_or_default();
     }
     let mut all = BytesMut::with_capacity(items.iter().map(|i| i.bytes.len()).sum());
-    items.iter().for_each(|i| all.extend_from_slice(&i.bytes));
+    items.drain(..).for_each(|i| all.extend_from_slice(&i.bytes));
     all.freeze()
 }
 

@@ -876,7 +876,10 @@ BEGIN
     ELSE
         RAISE EXCEPTION 'pgsse: cannot capture %%', TG_OP;
     END IF;
-    PERFORM pgsse._announce(pg_catalog.pg_current_xact_id(), n, min_id, max_id, entries);
+    -- Commit mode (read above): pgsse._send itself, not pgsse._announce, which reads the mode again.
+    IF n OPERATOR(pg_catalog.>) 0 THEN
+        PERFORM pgsse._send(pgsse._payload(pg_catalog.pg_current_xact_id(), n, min_id, max_id, entries));
+    END IF;
     RETURN NULL;
 END
 $body$,

@@ -553,14 +553,15 @@ COMMENT ON FUNCTION pgsse.mark(text, bigint) IS
 -- Inline when it fits, else a reference the gateway reads back (NOTIFY
 -- payloads must stay under 8000 bytes; the signature takes 64).
 
--- LANGUAGE sql without a SET clause, so it is inlined into the query that
--- calls it (the relay builds one per transaction); every caller pins
--- search_path. The inline form is {"t":"<tx>","e":<entries>}: 13 bytes
--- around the two values.
+-- LANGUAGE sql without a SET clause, and STABLE like format(), so that it
+-- is inlined into the query or expression that calls it (declared IMMUTABLE
+-- it would not be, and a SQL function that is not inlined is planned again
+-- on every call); every caller pins search_path. The inline form is
+-- {"t":"<tx>","e":<entries>}: 13 bytes around the two values.
 CREATE OR REPLACE FUNCTION pgsse._payload(
     tx xid8, n bigint, min_id bigint, max_id bigint, entries text
 ) RETURNS text
-LANGUAGE sql IMMUTABLE
+LANGUAGE sql STABLE
 AS $fn$
     SELECT CASE
         WHEN n IS NULL OR n OPERATOR(pg_catalog.=) 0 THEN NULL

@@ -1132,7 +1132,6 @@ DECLARE
     drain text[];
     done  boolean;
     r     record;
-    one   text;
     -- The payloads not sent yet (comma-separated), and how many.
     batch text;
     nb    integer := 0;
@@ -1213,17 +1212,16 @@ BEGIN
              -- another's committed rows wrote after them.
              ORDER BY g.last
         LOOP
-            one := r.one;
             -- Several transactions per NOTIFY while the batch fits (every NOTIFY costs each
             -- listening replica a delivery and a signature check): 8 bytes of {"b":[...]} and
             -- the commas, within _payload's bound.
-            IF nb OPERATOR(pg_catalog.>) 0 AND pg_catalog.octet_length(batch) + pg_catalog.octet_length(one) + nb + 8
+            IF nb OPERATOR(pg_catalog.>) 0 AND pg_catalog.octet_length(batch) + pg_catalog.octet_length(r.one) + nb + 8
                    OPERATOR(pg_catalog.>) 7900 - 64 THEN
                 PERFORM pgsse._send(CASE WHEN nb = 1 THEN batch ELSE '{"b":[' OPERATOR(pg_catalog.||) batch OPERATOR(pg_catalog.||) ']}' END);
                 batch := NULL;
                 nb := 0;
             END IF;
-            batch := CASE WHEN nb = 0 THEN one ELSE batch OPERATOR(pg_catalog.||) ',' OPERATOR(pg_catalog.||) one END;
+            batch := CASE WHEN nb = 0 THEN r.one ELSE batch OPERATOR(pg_catalog.||) ',' OPERATOR(pg_catalog.||) r.one END;
             nb := nb + 1;
             txs := txs + 1;
             events := events + r.n;

@@ -189,15 +189,15 @@ impl Relay {
             // Rounds start every interval (not an interval after the last one ended), so an event
             // waits at most one interval plus one round.
             let mut began = Instant::now();
-            // Asleep: nothing runs until a writer's wake-up or the lease's renewal.
-            let mut woken = false;
+            // Asleep: nothing runs until a writer's wake-up (which makes it busy) or the lease's
+            // renewal.
             if asleep {
                 let renew = last.as_ref().map_or(Duration::ZERO, |(_, at)| RENEW_EVERY.saturating_sub(at.elapsed()));
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
                     msg = wakeups.recv() => match msg {
                         Some(Msg::Notify(_)) => {
-                            woken = true;
+                            busy = Instant::now();
                             self.metrics.relay_wakeups.inc();
                         }
                         Some(Msg::Closed(Some(e))) => return Err(e.into()),
@@ -237,10 +237,7 @@ impl Relay {
                 }
                 continue;
             }
-            if woken {
-                busy = Instant::now();
-            }
-            let sleep = leader && busy.elapsed() > QUIET_AFTER;
+            let sleep = leader && quiet;
             if !asleep {
                 // Awake, wake-ups are stale (this round reads what they announced); a replica that
                 // does not relay never sleeps, and must not keep them either.

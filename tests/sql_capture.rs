@@ -91,14 +91,14 @@ async fn row_changes_map_to_events() {
     let read = |id: i64| json!({"type": "read", "notificationId": id});
     let deleted = |id: i64| json!({"type": "deleted", "notificationId": id});
 
-    // INSERT: one created per row with a user (ordered by id; NULL user skipped,
+    // INSERT: one created per row with a user (in the order inserted; NULL user skipped,
     // excluded column left out).
     t.expect(
         "INSERT INTO notifications (id, user_id, title, secret) VALUES
              (2, 20, 'b', 's'), (1, 10, 'a', 's'), (3, NULL, 'c', 's'), (4, 10, 'd', 's')",
         vec![
-            (Some("10"), created(row(1, Some(10), "a", Some(false), None))),
             (Some("20"), created(row(2, Some(20), "b", Some(false), None))),
+            (Some("10"), created(row(1, Some(10), "a", Some(false), None))),
             (Some("10"), created(row(4, Some(10), "d", Some(false), None))),
         ],
     )
@@ -390,4 +390,60 @@ async fn publish_logs_and_announces() {
     exec(&url, "BEGIN; SELECT pgsse.publish('u1', '{}'); ROLLBACK;").await;
     let (events, payloads) = t.collect().await;
     assert!(events.is_empty() && payloads.is_empty());
+}
+
+/// Commit mode with the row-level INSERT trigger: pgsse_announce sends one NOTIFY per statement
+/// with exactly the rows no earlier statement of the transaction announced: across UPDATEs,
+/// other tables (the generic function), publish(), a savepoint rolled back, an INSERT of no rows,
+/// and whatever the session had set pgsse.announced to.
+#[tokio::test]
+async fn commit_mode_announces_every_row_once_per_statement() {
+    let url = fresh_database();
+    install_commit_mode(&url).await;
+    exec(
+        &url,
+        &format!(
+            "CREATE TABLE notifications (id serial PRIMARY KEY, user_id text, title text, read boolean DEFAULT false);
+             SELECT pgsse.watch('notifications', 'user_id');
+             CREATE TABLE legacy (id int PRIMARY KEY, owner text, read boolean);
+             {}",
+            old_style_watch("legacy", "owner", "id", "read", "{}")
+        ),
+    )
+    .await;
+    let mut t = Tracker::new(&url).await;
+    let (events, payloads) = t
+        .run(
+            "SET pgsse.announced = 'garbage';
+             BEGIN;
+             INSERT INTO notifications (user_id, title) VALUES ('a', '1'), ('b', '2');
+             UPDATE notifications SET read = true WHERE user_id = 'a';
+             INSERT INTO legacy VALUES (1, 'c', false);
+             SELECT pgsse.publish('d', '{}');
+             SAVEPOINT s;
+             INSERT INTO notifications (user_id, title) VALUES ('e', 'rolled back');
+             ROLLBACK TO SAVEPOINT s;
+             INSERT INTO notifications (user_id, title) SELECT 'f', 'none' WHERE false;
+             INSERT INTO notifications (user_id, title) VALUES ('g', '3'), (NULL, 'nobody');
+             COMMIT;",
+        )
+        .await;
+    let summary: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e.user_id.as_deref().unwrap_or_default(), e.data["type"].as_str().unwrap_or("publish")))
+        .collect();
+    assert_eq!(
+        summary,
+        [("a", "created"), ("b", "created"), ("a", "read"), ("c", "created"), ("d", "publish"), ("g", "created")]
+    );
+    assert_eq!(payloads.len(), 5, "{payloads:?}");
+    for (p, range) in payloads.iter().zip([0..2, 2..3, 3..4, 4..5, 5..6]) {
+        assert_inline(p, &events[range]);
+    }
+    // A later transaction of the same session starts from nothing announced.
+    let (events, payloads) =
+        t.run("SET pgsse.announced = '1/999999999'; INSERT INTO notifications (user_id) VALUES ('h')").await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(payloads.len(), 1);
+    assert_inline(&payloads[0], &events);
 }

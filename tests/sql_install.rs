@@ -55,9 +55,9 @@ async fn install_is_idempotent_and_keeps_events() {
     );
     assert_eq!(
         count("SELECT count(*) FROM pg_proc WHERE pronamespace = 'pgsse'::regnamespace").await,
-        25,
+        27,
         "plus _send, history, new_history, mark, capture_sessions, watch_sessions, unwatch_sessions, _capture_sql, \
-         _generate_capture, _drop_unused_captures, _payload, _relaying, _wake, set_notify_mode, \
+         _generate_capture, _drop_unused_captures, _payload, _relaying, _wake, _announced, _set_announced, set_notify_mode, \
          notify_mode, relay, _snapshot_cut and the generated capture_<oid> of notifications"
     );
     assert_eq!(count("SELECT count(*) FROM pgsse.meta").await, 1);
@@ -69,7 +69,8 @@ async fn install_is_idempotent_and_keeps_events() {
              AND tgname LIKE 'pgsse%'"
         )
         .await,
-        3
+        4,
+        "pgsse_insert (for each row), pgsse_announce, pgsse_update, pgsse_delete"
     );
 
     // pruned_tx survives too, and the meta row can't be duplicated.
@@ -88,7 +89,8 @@ async fn install_is_idempotent_and_keeps_events() {
              AND tgname LIKE 'pgsse%'"
         )
         .await,
-        3
+        4,
+        "pgsse_insert (for each row), pgsse_announce, pgsse_update, pgsse_delete"
     );
     assert_eq!(count(GENERATED_CAPTURES).await, 1, "watching again replaces the generated function");
     exec(&url, "INSERT INTO notifications (id, user_id, title) VALUES (2, 7, 'b')").await;

@@ -247,11 +247,11 @@ async fn the_gateway_checks_the_schema_version_at_start_and_on_reconnect() {
 
     let url = fresh_database();
     gateway::install(&url).await;
-    exec(&url, "UPDATE pgsse.meta SET version = 3, gateway_min_version = 3").await;
+    exec(&url, "UPDATE pgsse.meta SET version = 4, gateway_min_version = 4").await;
     let err = start(url.clone()).await.expect("refused").expect_err("too new");
-    assert!(err.contains("version 3") && err.contains("newer pgsse binary"), "{err}");
+    assert!(err.contains("version 4") && err.contains("newer pgsse binary"), "{err}");
     // A newer SQL that declares this gateway able to serve it.
-    exec(&url, "UPDATE pgsse.meta SET version = 3, gateway_min_version = 2").await;
+    exec(&url, "UPDATE pgsse.meta SET version = 4, gateway_min_version = 2").await;
     let gw = Gateway::start(&url, &[]).await;
     // The install script never downgrades.
     let c = connect(&url).await;
@@ -259,7 +259,7 @@ async fn the_gateway_checks_the_schema_version_at_start_and_on_reconnect() {
     assert!(describe_pg_error(&e).contains("newer than this script"), "{}", describe_pg_error(&e));
 
     // On reconnect: an unservable schema keeps the gateway unready; fixed, it serves again.
-    exec(&url, "UPDATE pgsse.meta SET version = 3, gateway_min_version = 3").await;
+    exec(&url, "UPDATE pgsse.meta SET version = 4, gateway_min_version = 4").await;
     exec(&url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pgsse'").await;
     assert!(
         wait_until(T, || async { !matches!(gateway::readyz(&gw.addr).await, Some((200, _))) }).await,
@@ -267,7 +267,125 @@ async fn the_gateway_checks_the_schema_version_at_start_and_on_reconnect() {
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!matches!(gateway::readyz(&gw.addr).await, Some((200, _))), "ready again on a schema it cannot serve");
-    exec(&url, "UPDATE pgsse.meta SET version = 2, gateway_min_version = 2").await;
+    exec(&url, "UPDATE pgsse.meta SET version = 3, gateway_min_version = 2").await;
     assert!(gw.wait_ready(T).await, "the gateway never recovered once the schema was right");
     gw.stop().await;
+}
+
+/// `sql/install.sql` of version 2 (commit b34ef87): INSERTs captured by a statement-level trigger.
+const VERSION_2: &str = include_str!("fixtures/install-v2.sql");
+
+/// The `pgsse_insert` trigger of `tbl`: whether it is FOR EACH ROW, and how many pgsse triggers
+/// the table has.
+async fn insert_shape(url: &str, tbl: &str) -> (bool, i64) {
+    let c = connect(url).await;
+    let row = c
+        .query_one(
+            "SELECT bool_or(tgname = 'pgsse_insert' AND (tgtype::int & 1) = 1), count(*) FROM pg_trigger \
+             WHERE tgrelid = $1::text::regclass AND tgname LIKE 'pgsse%'",
+            &[&tbl],
+        )
+        .await
+        .expect("trigger shape");
+    (row.get(0), row.get(1))
+}
+
+/// Version 3 captures INSERTs row by row (a third cheaper per INSERT). Upgrading a version-2
+/// install moves every table the installing role owns to the new triggers; a table another role
+/// owns keeps its statement-level INSERT trigger, which the regenerated function still serves
+/// in both modes, and `pgsse sql status` says so until its owner runs watch() again. Every row
+/// is announced once per statement in commit mode, and the version-2 script refuses to run over
+/// version 3 (it would leave INSERTs failing).
+#[tokio::test]
+async fn upgrade_from_version_2_moves_inserts_to_a_row_trigger() {
+    use common::sql::{assert_inline, unique_role, url_as, Tracker};
+    let db = fresh_database();
+    // A DBA role that is no superuser, as in production: it cannot re-create triggers on a table
+    // it does not own.
+    let (dba, owner) = (unique_role("v2_dba"), unique_role("v2_owner"));
+    common::shared_cluster().create_role(&dba, false);
+    common::shared_cluster().create_role(&owner, false);
+    exec(
+        &db,
+        &format!(
+            "GRANT CREATE ON DATABASE \"{}\" TO {dba}; GRANT CREATE ON SCHEMA public TO {dba}, {owner};",
+            common::sql::db_name(&db)
+        ),
+    )
+    .await;
+    let url = url_as(&db, &dba);
+    exec(&url, VERSION_2).await;
+    exec(&url, "SELECT pgsse.set_notify_mode('commit')").await;
+    exec(&url, pgsse::pg::demo::CREATE_TABLE_SQL).await;
+    exec(&url, "SELECT pgsse.watch('notifications', 'user_id')").await;
+    exec(
+        &url,
+        &format!(
+            "GRANT USAGE ON SCHEMA pgsse TO {owner};
+             GRANT EXECUTE ON FUNCTION pgsse._generate_capture(regclass, name, name, name, text[]),
+                                       pgsse._drop_unused_captures() TO {owner};"
+        ),
+    )
+    .await;
+    let owner_url = url_as(&url, &owner);
+    exec(
+        &owner_url,
+        &format!(
+            "CREATE TABLE theirs (id serial PRIMARY KEY, owner_id text, body text);
+             GRANT INSERT ON theirs TO {dba}; GRANT USAGE ON SEQUENCE theirs_id_seq TO {dba};
+             SELECT pgsse.watch('theirs', 'owner_id', read_column => NULL);"
+        ),
+    )
+    .await;
+    assert_eq!(insert_shape(&url, "notifications").await, (false, 3), "version 2: statement level");
+    assert_eq!(insert_shape(&url, "theirs").await, (false, 3));
+
+    let (ok, out, err) = pgsse(&["sql", "install", "--apply", "--database-url", &url]).await;
+    assert!(ok, "{out}{err}");
+    assert!(
+        err.contains("table public.theirs keeps the statement-level INSERT trigger of an earlier version"),
+        "the upgrade names the table it could not move: {err}"
+    );
+    assert_eq!(insert_shape(&url, "notifications").await, (true, 4), "moved: row level, and pgsse_announce");
+    assert_eq!(insert_shape(&url, "theirs").await, (false, 3), "not its owner: left as it was");
+    let (ok, status, _) = pgsse(&["sql", "status", "--database-url", &url]).await;
+    assert!(ok && status.contains("! a statement-level INSERT trigger of an earlier version"), "{status}");
+
+    // Commit mode, both shapes in one transaction: one NOTIFY per statement, each row in exactly one.
+    let mut t = Tracker::new(&url).await;
+    let (events, payloads) = t
+        .run(
+            "INSERT INTO notifications (user_id, title) VALUES ('a', '1'), ('b', '2');
+             INSERT INTO theirs (owner_id, body) VALUES ('c', '3'), ('d', '4');
+             INSERT INTO notifications (user_id, title) VALUES ('e', '5');",
+        )
+        .await;
+    assert_eq!(events.len(), 5);
+    assert_eq!(payloads.len(), 3, "{payloads:?}");
+    assert_inline(&payloads[0], &events[..2]);
+    assert_inline(&payloads[1], &events[2..4]);
+    assert_inline(&payloads[2], &events[4..]);
+    // Relay mode: both log, nothing is NOTIFYed in the writer's transaction.
+    exec(&url, "SELECT pgsse.set_notify_mode('relay')").await;
+    let (events, payloads) = t
+        .run(
+            "INSERT INTO notifications (user_id, title) VALUES ('f', '6');
+             INSERT INTO theirs (owner_id, body) VALUES ('g', '7');",
+        )
+        .await;
+    let users: Vec<_> = events.iter().map(|e| e.user_id.as_deref().unwrap_or_default()).collect();
+    assert_eq!(users, ["f", "g"]);
+    assert!(payloads.is_empty(), "{payloads:?}");
+
+    // Its owner moves it.
+    exec(&owner_url, "SELECT pgsse.watch('theirs', 'owner_id', read_column => NULL)").await;
+    assert_eq!(insert_shape(&url, "theirs").await, (true, 4));
+    let (_, status, _) = pgsse(&["sql", "status", "--database-url", &url]).await;
+    assert!(!status.contains("statement-level"), "{status}");
+
+    // The version-2 script refuses to run over version 3, and changes nothing.
+    let c = connect(&url).await;
+    let e = c.batch_execute(VERSION_2).await.expect_err("a downgrade");
+    assert!(describe_pg_error(&e).contains("newer than this script (version 2)"), "{}", describe_pg_error(&e));
+    assert_eq!(insert_shape(&url, "notifications").await, (true, 4));
 }

@@ -153,11 +153,16 @@ async fn watched(client: &tokio_postgres::Client, report: &mut Report) -> Result
                 format!("cannot tell which columns it was watched with ({})", w.function),
                 Some(format!("as its owner: {}", w.watch_call())),
             );
-        } else if w.triggers < 3 || w.disabled > 0 {
+        } else if w.triggers < w.expected_triggers() || w.disabled > 0 {
             report.add(
                 check,
                 Level::Error,
-                format!("{} of pgsse's 3 triggers present, {} disabled: changes are missed", w.triggers, w.disabled),
+                format!(
+                    "{} of pgsse's {} triggers present, {} disabled: changes are missed",
+                    w.triggers,
+                    w.expected_triggers(),
+                    w.disabled
+                ),
                 Some(format!("as its owner: {}", w.watch_call())),
             );
         } else if w.capture == Capture::Generic {
@@ -165,6 +170,13 @@ async fn watched(client: &tokio_postgres::Client, report: &mut Report) -> Result
                 check,
                 Level::Warning,
                 "uses the generic pgsse.capture() of an earlier version (more database CPU per statement)",
+                Some(format!("as its owner ({}): {}", w.owner, w.watch_call())),
+            );
+        } else if w.statement_insert() {
+            report.add(
+                check,
+                Level::Warning,
+                "keeps the statement-level INSERT trigger of an earlier version (more database CPU per INSERT)",
                 Some(format!("as its owner ({}): {}", w.owner, w.watch_call())),
             );
         } else {

@@ -3,7 +3,7 @@
 use super::{within, PgError};
 
 /// The version of `sql/install.sql` embedded in this binary (`pgsse.meta.version` once installed).
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 /// The oldest installed SQL this gateway serves. Versions before 2 recorded none.
 pub const OLDEST_SERVED: i32 = 2;
 
@@ -129,14 +129,33 @@ pub struct Watched {
     pub options: Option<Options>,
     /// Whether the options come from `pgsse.watched` (version 2 on) rather than the old places.
     pub recorded: bool,
-    /// Of the three triggers `pgsse_insert/update/delete`: how many exist, how many are disabled.
+    /// Of pgsse's triggers (`pgsse_insert`, `pgsse_announce`, `pgsse_update`, `pgsse_delete`):
+    /// how many exist, how many are disabled.
     pub triggers: i64,
     pub disabled: i64,
+    /// Whether `pgsse_insert` is `FOR EACH ROW` (version 3 on), rather than the statement-level
+    /// trigger with a transition table of earlier versions and of the generic function.
+    pub row_insert: bool,
     /// The table's columns now.
     pub columns: Vec<String>,
 }
 
 impl Watched {
+    /// How many triggers this table's shape has: four with a row-level `pgsse_insert` (which
+    /// needs `pgsse_announce` after each statement), three otherwise.
+    pub fn expected_triggers(&self) -> i64 {
+        if self.row_insert {
+            4
+        } else {
+            3
+        }
+    }
+
+    /// A generated function still behind an earlier version's statement-level INSERT trigger.
+    pub fn statement_insert(&self) -> bool {
+        self.capture == Capture::Generated && !self.row_insert
+    }
+
     /// The named columns that no longer exist, as (argument, column).
     pub fn missing_columns(&self) -> Vec<(&'static str, String)> {
         let Some(o) = &self.options else { return Vec::new() };
@@ -185,12 +204,13 @@ pub async fn watched(client: &tokio_postgres::Client) -> Result<Vec<Watched>, Pg
                         (array_agg(t.tgargs))[1], min(obj_description(t.tgfoid, 'pg_proc')), \
                         count(*), count(*) FILTER (WHERE t.tgenabled = 'D'), {from_table}, \
                         ARRAY(SELECT a.attname::text FROM pg_attribute AS a \
-                               WHERE a.attrelid = t.tgrelid AND a.attnum > 0 AND NOT a.attisdropped) \
+                               WHERE a.attrelid = t.tgrelid AND a.attnum > 0 AND NOT a.attisdropped), \
+                        coalesce(bool_or(t.tgname = 'pgsse_insert' AND (t.tgtype::int & 1) = 1), false) \
                    FROM pg_trigger AS t \
                    JOIN pg_proc AS p ON p.oid = t.tgfoid \
                    JOIN pg_class AS c ON c.oid = t.tgrelid \
                   WHERE p.pronamespace = to_regnamespace('pgsse') AND t.tgparentid = 0 \
-                    AND t.tgname IN ('pgsse_insert', 'pgsse_update', 'pgsse_delete') \
+                    AND t.tgname IN ('pgsse_insert', 'pgsse_announce', 'pgsse_update', 'pgsse_delete') \
                     AND (p.proname = 'capture' OR p.proname ~ '^capture_[0-9]+(_[0-9]+)?$') \
                   GROUP BY t.tgrelid, c.relowner ORDER BY 1"
             ),
@@ -220,6 +240,7 @@ pub async fn watched(client: &tokio_postgres::Client) -> Result<Vec<Watched>, Pg
             triggers: row.try_get(6)?,
             disabled: row.try_get(7)?,
             columns: row.try_get(9)?,
+            row_insert: row.try_get(10)?,
         });
     }
     Ok(out)

@@ -81,6 +81,13 @@ impl Status {
                 None => format!("fail: cannot tell which columns {} was watched with", w.table),
             });
         }
+        for w in self.watched.iter().filter(|w| w.options.is_some() && w.statement_insert()) {
+            plan.push(format!(
+                "re-create the triggers of {} with a row-level INSERT trigger (cheaper INSERTs) if the installing \
+                 role owns it; else its owner ({}) runs watch() again afterwards",
+                w.table, w.owner
+            ));
+        }
         for w in self.watched.iter().filter(|w| w.options.is_none() && w.capture == Capture::Generated) {
             plan.push(format!(
                 "fail: cannot tell which columns {} was watched with (the comment on {} was changed): run SELECT \
@@ -131,8 +138,17 @@ impl Status {
             for (what, col) in w.missing_columns() {
                 let _ = writeln!(out, "    ! column {col:?} ({what}) no longer exists: writes to {} fail", w.table);
             }
-            if w.triggers < 3 || w.disabled > 0 {
-                let _ = writeln!(out, "    ! {} of 3 triggers present, {} disabled", w.triggers, w.disabled);
+            if w.triggers < w.expected_triggers() || w.disabled > 0 {
+                let _ = writeln!(
+                    out,
+                    "    ! {} of {} triggers present, {} disabled",
+                    w.triggers,
+                    w.expected_triggers(),
+                    w.disabled
+                );
+            }
+            if w.statement_insert() {
+                let _ = writeln!(out, "    ! a statement-level INSERT trigger of an earlier version");
             }
         }
         self.render_plan(out)

@@ -641,19 +641,19 @@ REVOKE ALL ON FUNCTION pgsse._wake(timestamptz) FROM PUBLIC;
 -- along). A row announced twice (e.g. logged in relay mode, announced after a
 -- switch to commit) is dropped by the gateway, which deduplicates by log id.
 
+-- Both LANGUAGE sql without a SET clause, so that they are inlined into their
+-- callers' queries (every caller pins search_path), like pgsse._payload.
 CREATE OR REPLACE FUNCTION pgsse._announced(tx xid8) RETURNS bigint
-LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp
+LANGUAGE sql STABLE
 AS $fn$
-DECLARE
-    seen text := pg_catalog.current_setting('pgsse.announced', true);
-BEGIN
     -- Set by another transaction of this session (a plain SET), or garbage: nothing announced.
-    IF pg_catalog.split_part(seen, '/', 1) = tx::text AND pg_catalog.split_part(seen, '/', 2) ~ '^[0-9]{1,18}$' THEN
-        RETURN pg_catalog.split_part(seen, '/', 2)::bigint;
-    END IF;
-    RETURN 0;
-END
+    -- (No FROM clause, or it would not be inlined.)
+    SELECT CASE WHEN pg_catalog.split_part(pg_catalog.current_setting('pgsse.announced', true), '/', 1)
+                         OPERATOR(pg_catalog.=) tx::pg_catalog.text
+                     AND pg_catalog.split_part(pg_catalog.current_setting('pgsse.announced', true), '/', 2)
+                         OPERATOR(pg_catalog.~) '^[0-9]{1,18}$'
+                THEN pg_catalog.split_part(pg_catalog.current_setting('pgsse.announced', true), '/', 2)::pg_catalog.int8
+                ELSE 0 END
 $fn$;
 
 COMMENT ON FUNCTION pgsse._announced(xid8) IS
@@ -661,14 +661,13 @@ COMMENT ON FUNCTION pgsse._announced(xid8) IS
 
 REVOKE ALL ON FUNCTION pgsse._announced(xid8) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION pgsse._set_announced(tx xid8, upto bigint) RETURNS void
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
+-- is_local: it ends with the transaction (and a rolled-back savepoint undoes it).
+CREATE OR REPLACE FUNCTION pgsse._set_announced(tx xid8, upto bigint) RETURNS text
+LANGUAGE sql
 AS $fn$
-BEGIN
-    -- is_local: it ends with the transaction (and a rolled-back savepoint undoes it).
-    PERFORM pg_catalog.set_config('pgsse.announced', tx::text || '/' || upto::text, true);
-END
+    SELECT pg_catalog.set_config('pgsse.announced',
+                                 tx::pg_catalog.text OPERATOR(pg_catalog.||) '/' OPERATOR(pg_catalog.||) upto::pg_catalog.text,
+                                 true)
 $fn$;
 
 COMMENT ON FUNCTION pgsse._set_announced(xid8, bigint) IS
@@ -926,43 +925,17 @@ BEGIN
         END IF;
         RETURN NULL;
     END IF;
+    -- Statement level: pgsse_announce (AFTER INSERT, after the statement's pgsse_insert rows),
+    -- UPDATE and DELETE, and INSERT on a table whose owner has not run watch() again since an
+    -- earlier version (its pgsse_insert is still FOR EACH STATEMENT, with a transition table).
     -- Relay mode: only the log rows, nothing built for a NOTIFY (see pgsse.set_notify_mode),
     -- and a wake-up for a sleeping relay (see pgsse._wake).
     -- The query itself rather than pgsse._relaying(): a call with a SET clause costs more.
     SELECT m.notify_mode, m.relay_wake INTO pgsse_mode, pgsse_wake FROM pgsse.meta AS m;
-    IF TG_NAME = 'pgsse_announce' THEN
-        -- AFTER INSERT FOR EACH STATEMENT, after the statement's pgsse_insert rows.
-        IF pgsse_mode OPERATOR(pg_catalog.=) 'relay' THEN
-            IF pgsse_wake OPERATOR(pg_catalog.>) pg_catalog.now() THEN
-                PERFORM pgsse._wake(pgsse_wake);
-            END IF;
-            RETURN NULL;
-        END IF;
-        -- Commit mode: one NOTIFY for this transaction's rows not announced yet (see pgsse._announced).
-        pgsse_tx := pg_catalog.pg_current_xact_id_if_assigned();
-        IF pgsse_tx IS NULL THEN
-            RETURN NULL;
-        END IF;
-        pgsse_after := pgsse._announced(pgsse_tx);
-        SELECT pg_catalog.count(*), pg_catalog.min(e.id), pg_catalog.max(e.id) INTO n, min_id, max_id
-          FROM pgsse.events AS e WHERE e.tx OPERATOR(pg_catalog.=) pgsse_tx AND e.id OPERATOR(pg_catalog.>) pgsse_after;
-        IF n OPERATOR(pg_catalog.=) 0 THEN
-            RETURN NULL;
-        END IF;
-        -- More rows than that never fit in one NOTIFY: they go by reference.
-        IF n OPERATOR(pg_catalog.<=) 128 THEN
-            SELECT pg_catalog.json_agg(pg_catalog.json_build_array(e.id, e.user_id, e.event, e.data) ORDER BY e.id)::text
-              INTO entries
-              FROM pgsse.events AS e WHERE e.tx OPERATOR(pg_catalog.=) pgsse_tx AND e.id OPERATOR(pg_catalog.>) pgsse_after;
-        END IF;
-        PERFORM pgsse._send(pgsse._payload(pgsse_tx, n, min_id, max_id, entries));
-        PERFORM pgsse._set_announced(pgsse_tx, max_id);
-        RETURN NULL;
-    END IF;
-    -- UPDATE and DELETE, and INSERT on a table whose owner has not run watch() again since
-    -- an earlier version (its pgsse_insert is still FOR EACH STATEMENT, with a transition table).
     IF pgsse_mode OPERATOR(pg_catalog.=) 'relay' THEN
-        IF TG_OP = 'INSERT' THEN
+        IF TG_NAME = 'pgsse_announce' THEN
+            NULL; -- pgsse_insert logged the rows
+        ELSIF TG_OP = 'INSERT' THEN
             %4$s;
         ELSIF TG_OP = 'UPDATE' THEN
             %5$s;
@@ -973,6 +946,28 @@ BEGIN
         IF pgsse_wake OPERATOR(pg_catalog.>) pg_catalog.now() THEN
             PERFORM pgsse._wake(pgsse_wake);
         END IF;
+        RETURN NULL;
+    END IF;
+    IF TG_NAME = 'pgsse_announce' THEN
+        -- Commit mode: one NOTIFY for this transaction's rows not announced yet (see pgsse._announced).
+        pgsse_tx := pg_catalog.pg_current_xact_id_if_assigned();
+        IF pgsse_tx IS NULL THEN
+            RETURN NULL;
+        END IF;
+        pgsse_after := pgsse._announced(pgsse_tx);
+        -- One query on the tx index (ORDER BY id ... LIMIT would lure a generic plan onto the
+        -- primary key, a walk of the whole log). JSON only for what can fit in one NOTIFY.
+        SELECT pg_catalog.count(*), pg_catalog.min(e.id), pg_catalog.max(e.id),
+               CASE WHEN pg_catalog.count(*) OPERATOR(pg_catalog.<=) 128 THEN
+                   pg_catalog.json_agg(pg_catalog.json_build_array(e.id, e.user_id, e.event, e.data) ORDER BY e.id)::text
+               END
+          INTO n, min_id, max_id, entries
+          FROM pgsse.events AS e WHERE e.tx OPERATOR(pg_catalog.=) pgsse_tx AND e.id OPERATOR(pg_catalog.>) pgsse_after;
+        IF n OPERATOR(pg_catalog.=) 0 THEN
+            RETURN NULL;
+        END IF;
+        PERFORM pgsse._send(pgsse._payload(pgsse_tx, n, min_id, max_id, entries));
+        PERFORM pgsse._set_announced(pgsse_tx, max_id);
         RETURN NULL;
     END IF;
     IF TG_OP = 'INSERT' THEN
@@ -1431,7 +1426,7 @@ END
 $fn$;
 
 COMMENT ON FUNCTION pgsse._attach(regclass, text) IS
-    'pgsse internal: (re)creates the pgsse_insert/update/delete triggers of a table (with the caller''s rights)';
+    'pgsse internal: (re)creates the pgsse_insert/announce/update/delete triggers of a table (with the caller''s rights)';
 
 -- Runs with the caller's rights: it can do nothing its caller could not.
 GRANT EXECUTE ON FUNCTION pgsse._attach(regclass, text) TO PUBLIC;
@@ -1551,7 +1546,7 @@ END
 $fn$;
 
 COMMENT ON FUNCTION pgsse.watch(regclass, name, name, name, text[]) IS
-    'pgsse: validate the column names, (re)generate the table''s trigger function pgsse.capture_<table oid>() and (re)create the pgsse_insert/update/delete triggers';
+    'pgsse: validate the column names, (re)generate the table''s trigger function pgsse.capture_<table oid>() and (re)create the pgsse_insert/announce/update/delete triggers';
 
 CREATE OR REPLACE FUNCTION pgsse.unwatch(tbl regclass) RETURNS void
 LANGUAGE plpgsql
@@ -1570,7 +1565,7 @@ END
 $fn$;
 
 COMMENT ON FUNCTION pgsse.unwatch(regclass) IS
-    'pgsse: drop the pgsse_insert/update/delete triggers from a table, and its generated trigger function';
+    'pgsse: drop the pgsse_insert/announce/update/delete triggers from a table, and its generated trigger function';
 
 -- -----------------------------------------------------------------------------
 -- Sessions: close a signed-out user's streams at once (optional)

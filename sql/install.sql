@@ -143,8 +143,13 @@
 -- * The application's role needs NOTHING extra: it keeps writing its own
 --   table; the capture functions are SECURITY DEFINER (they run as the role
 --   that ran this script, which owns pgsse.events, and which also owns the
---   generated ones) with a pinned search_path (pg_catalog, pg_temp) and
---   schema-qualified references. Triggers need no EXECUTE grant to fire.
+--   generated ones) with schema-qualified references and a pinned
+--   search_path (pg_catalog, pg_temp): the generic one by its SET clause,
+--   the generated ones, which run on every INSERT, by naming the schema of
+--   every table, function, operator and type on their INSERT paths, and by
+--   pinning it themselves for UPDATE and DELETE (a SET clause costs
+--   PostgreSQL 15 as much as writing the log row). Triggers need no EXECUTE
+--   grant to fire.
 -- * EXECUTE on every capture function, on pgsse.publish() and on the
 --   internal functions is revoked from PUBLIC: whoever may attach a capture
 --   function to a table of their own or call publish() can send events to
@@ -562,7 +567,8 @@ COMMENT ON FUNCTION pgsse.mark(text, bigint) IS
 -- LANGUAGE sql without a SET clause, and STABLE like format(), so that it
 -- is inlined into the query or expression that calls it (declared IMMUTABLE
 -- it would not be, and a SQL function that is not inlined is planned again
--- on every call); every caller pins search_path. The inline form is
+-- on every call); every name in it is schema-qualified, because the generated
+-- trigger functions call it without pinning search_path. The inline form is
 -- {"t":"<tx>","e":<entries>}: 13 bytes around the two values.
 CREATE OR REPLACE FUNCTION pgsse._payload(
     tx xid8, n bigint, min_id bigint, max_id bigint, entries text
@@ -572,8 +578,8 @@ AS $fn$
     SELECT CASE
         WHEN n IS NULL OR n OPERATOR(pg_catalog.=) 0 THEN NULL
         WHEN entries IS NOT NULL
-             AND pg_catalog.octet_length(entries) OPERATOR(pg_catalog.+) pg_catalog.octet_length(tx::text)
-                 OPERATOR(pg_catalog.+) 13 OPERATOR(pg_catalog.<=) 7900 - 64
+             AND pg_catalog.octet_length(entries) OPERATOR(pg_catalog.+) pg_catalog.octet_length(tx::pg_catalog.text)
+                 OPERATOR(pg_catalog.+) 13 OPERATOR(pg_catalog.<=) 7836 -- 7900 - 64
             THEN pg_catalog.format('{"t":"%s","e":%s}', tx, entries)
         ELSE pg_catalog.format('{"t":"%s","r":[%s,%s]}', tx, min_id, max_id)
     END
@@ -893,62 +899,58 @@ BEGIN
     -- NEW's row without the excluded columns, as JSON.
     row_json := 'pg_catalog.to_jsonb(NEW)';
     IF pg_catalog.cardinality(excluded) > 0 THEN
-        row_json := row_json || pg_catalog.format(' OPERATOR(pg_catalog.-) %L::text[]', excluded);
+        row_json := row_json || pg_catalog.format(' OPERATOR(pg_catalog.-) %L::pg_catalog.text[]', excluded);
     END IF;
 
+    -- The function has no SET search_path clause: on PostgreSQL 15 entering and leaving one costs
+    -- about as much as writing the log row, and it runs on every INSERT (twice: the row, then
+    -- pgsse_announce). It runs with its owner's rights under the WRITER's search_path, so
+    -- everything on the row and pgsse_announce paths names its schema: tables, functions,
+    -- operators (OPERATOR(pg_catalog.=)) and types (pg_catalog.text), even in declarations.
+    -- The statement-level paths (UPDATE, DELETE, an earlier version's INSERT) run pgsse._capture_sql's
+    -- SQL, which does not, so they pin search_path themselves for their duration.
     body := pg_catalog.format($body$
 #variable_conflict use_column
 DECLARE
-    n          bigint;
-    min_id     bigint;
-    max_id     bigint;
-    entries    text;
-    pgsse_mode text;
-    pgsse_wake timestamptz;
-    pgsse_tx   xid8;
-    pgsse_after bigint;
+    n           pg_catalog.int8;
+    min_id      pg_catalog.int8;
+    max_id      pg_catalog.int8;
+    entries     pg_catalog.text;
+    pgsse_mode  pg_catalog.text;
+    pgsse_wake  pg_catalog.timestamptz;
+    pgsse_tx    pg_catalog.xid8;
+    pgsse_after pg_catalog.int8;
+    pgsse_path  pg_catalog.text;
 BEGIN
-    IF TG_WHEN <> 'AFTER' THEN
+    IF TG_WHEN OPERATOR(pg_catalog.<>) 'AFTER' THEN
         RAISE EXCEPTION 'pgsse: %% must be an AFTER trigger (use pgsse.watch())', TG_NAME;
     END IF;
-    IF TG_LEVEL = 'ROW' THEN
+    IF TG_LEVEL OPERATOR(pg_catalog.=) 'ROW' THEN
         -- pgsse_insert, FOR EACH ROW: the log row, written from NEW, in either mode. Cheaper
         -- than a statement trigger's transition table and INSERT ... SELECT, and most writes
         -- insert one row. pgsse_announce announces the statement's rows.
-        IF TG_OP <> 'INSERT' THEN
+        IF TG_OP OPERATOR(pg_catalog.<>) 'INSERT' THEN
             RAISE EXCEPTION 'pgsse: %% must be FOR EACH STATEMENT (use pgsse.watch())', TG_NAME;
         END IF;
         IF NEW.%7$I IS NOT NULL THEN
             INSERT INTO pgsse.events (user_id, event, data)
-            VALUES (NEW.%7$I::text, 'notification',
+            VALUES (NEW.%7$I::pg_catalog.text, 'notification',
                     pg_catalog.jsonb_build_object('type', 'created', 'notification', %8$s));
         END IF;
         RETURN NULL;
     END IF;
-    -- Statement level: pgsse_announce (AFTER INSERT, after the statement's pgsse_insert rows),
-    -- UPDATE and DELETE, and INSERT on a table whose owner has not run watch() again since an
-    -- earlier version (its pgsse_insert is still FOR EACH STATEMENT, with a transition table).
     -- Relay mode: only the log rows, nothing built for a NOTIFY (see pgsse.set_notify_mode),
     -- and a wake-up for a sleeping relay (see pgsse._wake).
     -- The query itself rather than pgsse._relaying(): a call with a SET clause costs more.
     SELECT m.notify_mode, m.relay_wake INTO pgsse_mode, pgsse_wake FROM pgsse.meta AS m;
-    IF pgsse_mode OPERATOR(pg_catalog.=) 'relay' THEN
-        IF TG_NAME = 'pgsse_announce' THEN
-            NULL; -- pgsse_insert logged the rows
-        ELSIF TG_OP = 'INSERT' THEN
-            %4$s;
-        ELSIF TG_OP = 'UPDATE' THEN
-            %5$s;
-        ELSIF TG_OP = 'DELETE' THEN
-            %6$s;
+    IF TG_NAME OPERATOR(pg_catalog.=) 'pgsse_announce' THEN
+        -- AFTER INSERT FOR EACH STATEMENT, after the statement's pgsse_insert rows.
+        IF pgsse_mode OPERATOR(pg_catalog.=) 'relay' THEN
+            IF pgsse_wake OPERATOR(pg_catalog.>) pg_catalog.now() THEN
+                PERFORM pgsse._wake(pgsse_wake);
+            END IF;
+            RETURN NULL;
         END IF;
-        -- Checked here too: most statements need no call at all.
-        IF pgsse_wake OPERATOR(pg_catalog.>) pg_catalog.now() THEN
-            PERFORM pgsse._wake(pgsse_wake);
-        END IF;
-        RETURN NULL;
-    END IF;
-    IF TG_NAME = 'pgsse_announce' THEN
         -- Commit mode: one NOTIFY for this transaction's rows not announced yet (see pgsse._announced).
         pgsse_tx := pg_catalog.pg_current_xact_id_if_assigned();
         IF pgsse_tx IS NULL THEN
@@ -959,7 +961,7 @@ BEGIN
         -- primary key, a walk of the whole log). JSON only for what can fit in one NOTIFY.
         SELECT pg_catalog.count(*), pg_catalog.min(e.id), pg_catalog.max(e.id),
                CASE WHEN pg_catalog.count(*) OPERATOR(pg_catalog.<=) 128 THEN
-                   pg_catalog.json_agg(pg_catalog.json_build_array(e.id, e.user_id, e.event, e.data) ORDER BY e.id)::text
+                   pg_catalog.json_agg(pg_catalog.json_build_array(e.id, e.user_id, e.event, e.data) ORDER BY e.id)::pg_catalog.text
                END
           INTO n, min_id, max_id, entries
           FROM pgsse.events AS e WHERE e.tx OPERATOR(pg_catalog.=) pgsse_tx AND e.id OPERATOR(pg_catalog.>) pgsse_after;
@@ -970,21 +972,41 @@ BEGIN
         PERFORM pgsse._set_announced(pgsse_tx, max_id);
         RETURN NULL;
     END IF;
-    IF TG_OP = 'INSERT' THEN
-        %1$s;
-    ELSIF TG_OP = 'UPDATE' THEN
-        %2$s;
-    ELSIF TG_OP = 'DELETE' THEN
-        %3$s;
+    -- UPDATE and DELETE, and INSERT on a table whose owner has not run watch() again since an
+    -- earlier version (its pgsse_insert is still FOR EACH STATEMENT, with a transition table):
+    -- under a pinned search_path, restored after (an error rolls it back with the statement).
+    pgsse_path := pg_catalog.current_setting('search_path');
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    IF pgsse_mode = 'relay' THEN
+        IF TG_OP = 'INSERT' THEN
+            %4$s;
+        ELSIF TG_OP = 'UPDATE' THEN
+            %5$s;
+        ELSIF TG_OP = 'DELETE' THEN
+            %6$s;
+        END IF;
+        -- Checked here too: most statements need no call at all.
+        IF pgsse_wake > pg_catalog.now() THEN
+            PERFORM pgsse._wake(pgsse_wake);
+        END IF;
     ELSE
-        RAISE EXCEPTION 'pgsse: cannot capture %%', TG_OP;
+        IF TG_OP = 'INSERT' THEN
+            %1$s;
+        ELSIF TG_OP = 'UPDATE' THEN
+            %2$s;
+        ELSIF TG_OP = 'DELETE' THEN
+            %3$s;
+        ELSE
+            RAISE EXCEPTION 'pgsse: cannot capture %%', TG_OP;
+        END IF;
+        -- Commit mode (read above): pgsse._send itself, not pgsse._announce, which reads the mode again.
+        IF n > 0 THEN
+            pgsse_tx := pg_catalog.pg_current_xact_id();
+            PERFORM pgsse._send(pgsse._payload(pgsse_tx, n, min_id, max_id, entries));
+            PERFORM pgsse._set_announced(pgsse_tx, max_id);
+        END IF;
     END IF;
-    -- Commit mode (read above): pgsse._send itself, not pgsse._announce, which reads the mode again.
-    IF n OPERATOR(pg_catalog.>) 0 THEN
-        pgsse_tx := pg_catalog.pg_current_xact_id();
-        PERFORM pgsse._send(pgsse._payload(pgsse_tx, n, min_id, max_id, entries));
-        PERFORM pgsse._set_announced(pgsse_tx, max_id);
-    END IF;
+    PERFORM pg_catalog.set_config('search_path', pgsse_path, true);
     RETURN NULL;
 END
 $body$,
@@ -997,8 +1019,8 @@ $body$,
         user_column, row_json);
 
     EXECUTE pg_catalog.format(
-        'CREATE OR REPLACE FUNCTION pgsse.%I() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER'
-        ' SET search_path = pg_catalog, pg_temp AS %L', fname, body);
+        'CREATE OR REPLACE FUNCTION pgsse.%I() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS %L',
+        fname, body);
     EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION pgsse.%I() FROM PUBLIC', fname);
     IF owner <> (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
         EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION pgsse.%I() TO %I', fname,

@@ -101,7 +101,10 @@ async fn watch_generates_a_static_trigger_function() {
         .await
         .unwrap();
     assert!(row.get::<_, bool>(0), "SECURITY DEFINER");
-    assert_eq!(row.get::<_, &str>(1), "{\"search_path=pg_catalog, pg_temp\"}");
+    // No SET clause (it costs as much as the log row on every INSERT): every name on the paths
+    // that run under the writer's search_path is schema-qualified, see
+    // a_writers_search_path_runs_nothing_with_the_owners_rights.
+    assert_eq!(row.get::<_, Option<&str>>(1), None);
     let src: &str = row.get(2);
     // Static SQL with the column names written in: PL/pgSQL caches its plans.
     assert!(!src.contains("EXECUTE"), "{src}");
@@ -326,4 +329,94 @@ async fn generated_function_names_survive_new_oids() {
     assert_eq!(trigger_function(&client, "a").await, format!("pgsse.capture_{a_oid}()"));
     assert_eq!(scalar_i64(&client, GENERATED_CAPTURES).await, 2);
     t.expect("DELETE FROM a", vec![(Some("x"), json!({"type": "deleted", "notificationId": 1}))]).await;
+}
+
+/// The generated trigger function runs with its owner's rights but, for speed, without a pinned
+/// search_path (see `pgsse._generate_capture`). A writer that puts a schema of its own first, with
+/// an operator for every type the function compares, a `now()` and a temporary type named
+/// `text`, gets none of them called with the owner's rights: not by INSERT (row and announce, in
+/// both modes, with a relay to wake), nor by UPDATE or DELETE (which pin the path themselves).
+#[tokio::test]
+async fn a_writers_search_path_runs_nothing_with_the_owners_rights() {
+    let url = fresh_database();
+    install_commit_mode(&url).await;
+    exec(&url, NOTIFICATIONS).await;
+    let hostile = unique_role("hostile_writer");
+    shared_cluster().create_role(&hostile, false);
+    exec(
+        &url,
+        &format!(
+            "GRANT CREATE ON DATABASE \"{}\" TO {hostile};
+             GRANT SELECT, INSERT, UPDATE, DELETE ON notifications TO {hostile};",
+            db_name(&url)
+        ),
+    )
+    .await;
+    // Every call of an operator or function of schema evil is recorded with the role it ran as.
+    let ops = [
+        ("=", "text", "text", "boolean"),
+        ("<>", "text", "text", "boolean"),
+        ("~", "text", "text", "boolean"),
+        ("||", "text", "text", "text"),
+        (">", "timestamptz", "timestamptz", "boolean"),
+        ("=", "bigint", "bigint", "boolean"),
+        ("<=", "bigint", "bigint", "boolean"),
+        (">", "bigint", "bigint", "boolean"),
+        ("=", "integer", "integer", "boolean"),
+        ("+", "integer", "integer", "integer"),
+        ("-", "integer", "integer", "integer"),
+        ("<=", "integer", "integer", "boolean"),
+        ("=", "xid8", "xid8", "boolean"),
+        ("-", "jsonb", "text[]", "jsonb"),
+    ];
+    let mut sql = String::from(
+        "CREATE SCHEMA evil;
+         CREATE TABLE evil.hits (who text, what text);
+         GRANT USAGE ON SCHEMA evil TO PUBLIC;
+         GRANT INSERT ON evil.hits TO PUBLIC;
+         CREATE FUNCTION evil.now() RETURNS timestamptz LANGUAGE sql
+             AS $$ INSERT INTO evil.hits VALUES (current_user, 'now()'); SELECT pg_catalog.now() $$;",
+    );
+    for (i, (op, l, r, ret)) in ops.iter().enumerate() {
+        sql.push_str(&format!(
+            "CREATE FUNCTION evil.f{i}(a {l}, b {r}) RETURNS {ret} LANGUAGE sql
+                 AS $$ INSERT INTO evil.hits VALUES (current_user, '{l} {op} {r}');
+                       SELECT a OPERATOR(pg_catalog.{op}) b $$;
+             CREATE OPERATOR evil.{op} (LEFTARG = {l}, RIGHTARG = {r}, FUNCTION = evil.f{i});"
+        ));
+    }
+    // Last: from here on an unqualified `text` in this session is the temporary type.
+    sql.push_str("CREATE TYPE pg_temp.text AS (x int);");
+    // One session, as the hostile writer would hold it (the temporary type lives in it).
+    let client = connect(&url_as(&url, &hostile)).await;
+    client.batch_execute(&sql).await.expect("the hostile schema");
+    client.batch_execute("SET search_path = evil, pg_catalog, public").await.unwrap();
+    let writes = "INSERT INTO notifications (id, user_id, title) VALUES (1, 10, 'a'), (2, 20, 'b');
+                  UPDATE notifications SET read = true WHERE id = 1;
+                  UPDATE notifications SET title = 'bb' WHERE id = 2;
+                  DELETE FROM notifications WHERE id = 2;
+                  INSERT INTO notifications (id, user_id, title) VALUES (3, 30, 'c');";
+    client.batch_execute(writes).await.expect("commit mode");
+    // Relay mode, with a relay asleep to wake.
+    exec(&url, "SELECT pgsse.set_notify_mode('relay'); UPDATE pgsse.meta SET relay_wake = now() + interval '1 hour'")
+        .await;
+    client.batch_execute("DELETE FROM notifications").await.unwrap();
+    client.batch_execute(writes).await.expect("relay mode");
+    // UPDATE and DELETE pinned the path for their own duration only.
+    let path: String = client.query_one("SHOW search_path", &[]).await.unwrap().get(0);
+    assert_eq!(path, "evil, pg_catalog, public");
+
+    let owner = connect(&url).await;
+    let hits: Vec<(String, String)> = owner
+        .query("SELECT who, what FROM evil.hits WHERE who <> $1 ORDER BY 1, 2", &[&hostile])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(hits.is_empty(), "ran with the trigger owner's rights: {hits:?}");
+    // The writer's own statements did use its operators: the trap was live.
+    assert!(scalar_i64(&owner, "SELECT count(*) FROM evil.hits").await > 0, "the hostile operators never ran at all");
+    // And everything was captured: 2 x (2 created, read, updated, deleted, created) + 2 deleted.
+    assert_eq!(scalar_i64(&owner, "SELECT count(*) FROM pgsse.events").await, 14);
 }

@@ -157,33 +157,6 @@ variant() {
     fi
 }
 
-VARIANTS="none log relay commit"
-declare -A TPS
-echo "PostgreSQL $(q 'SHOW server_version'), fsync $(q 'SHOW fsync'), synchronous_commit $(q 'SHOW synchronous_commit'); $(nproc) cores; ${SECS}s per run, $ROUNDS rounds, $STREAMS streams on the gateway"
-for r in $(seq "$ROUNDS"); do
-    for v in $VARIANTS; do
-        variant "$v"
-        for c in $WRITERS; do
-            t=$(run "$c")
-            TPS[$v,$c]="${TPS[$v,$c]:-} $t"
-            echo "round $r  $v  $c writers: $t tps"
-        done
-    done
-done
-stop_gateway
-
-median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
-echo
-echo "| writers | no trigger | log only (relay, no gateway) | relay (gateway relaying) | commit | relay / log only | relay / commit | log only / no trigger |"
-echo "|---|---|---|---|---|---|---|---|"
-for c in $WRITERS; do
-    declare -A M
-    for v in $VARIANTS; do M[$v]=$(echo "${TPS[$v,$c]}" | median); done
-    awk -v c="$c" -v n="${M[none]}" -v l="${M[log]}" -v r="${M[relay]}" -v m="${M[commit]}" 'BEGIN {
-        printf "| %s | %d | %d | %d | %d | %.2f | %.2fx | %.2f |\n", c, n, l, r, m, r / l, r / m, l / n }'
-done
-
-# ---- Idle: what PostgreSQL spends with a gateway and no writes ------------------------------
 pg_ticks() {
     local pm; pm=$(head -1 "$D/data/postmaster.pid")
     local total=0
@@ -209,6 +182,48 @@ backends() {
     done
 }
 HZ=$(getconf CLK_TCK)
+# "<role> <% of a core>" of each of the gateway's backends between two `backends` listings ($1, $2)
+# over $3 seconds (a backend present at both ends).
+backend_cpu() {
+    printf '%s\n--\n%s\n' "$1" "$2" | awk -v s="$3" '
+        $0 == "--" { after = 1; next }
+        !after { t0[$1] = $3; next }
+        ($1 in t0) { cpu[$2] += $3 - t0[$1] }
+        END { line = ""; for (r in cpu) line = line sprintf(" %s %.2f%%", r, 100 * cpu[r] / 1e9 / s); print line }'
+}
+
+VARIANTS="none log relay commit"
+declare -A TPS
+echo "PostgreSQL $(q 'SHOW server_version'), fsync $(q 'SHOW fsync'), synchronous_commit $(q 'SHOW synchronous_commit'); $(nproc) cores; ${SECS}s per run, $ROUNDS rounds, $STREAMS streams on the gateway"
+for r in $(seq "$ROUNDS"); do
+    for v in $VARIANTS; do
+        variant "$v"
+        for c in $WRITERS; do
+            g0=$(gw_ticks 2>/dev/null || echo 0); b0=$(backends)
+            t=$(run "$c")
+            g1=$(gw_ticks 2>/dev/null || echo 0); b1=$(backends)
+            TPS[$v,$c]="${TPS[$v,$c]:-} $t"
+            # What relaying costs while the writers run: the gateway and its backends.
+            cost=""
+            [ "$v" = relay ] && cost=$(awk -v g=$((g1 - g0)) -v hz="$HZ" -v s="$SECS" 'BEGIN { printf "  (gateway %.1f%% of a core;", 100 * g / hz / s }')$(backend_cpu "$b0" "$b1" "$SECS")")"
+            echo "round $r  $v  $c writers: $t tps$cost"
+        done
+    done
+done
+stop_gateway
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+echo
+echo "| writers | no trigger | log only (relay, no gateway) | relay (gateway relaying) | commit | relay / log only | relay / commit | log only / no trigger |"
+echo "|---|---|---|---|---|---|---|---|"
+for c in $WRITERS; do
+    declare -A M
+    for v in $VARIANTS; do M[$v]=$(echo "${TPS[$v,$c]}" | median); done
+    awk -v c="$c" -v n="${M[none]}" -v l="${M[log]}" -v r="${M[relay]}" -v m="${M[commit]}" 'BEGIN {
+        printf "| %s | %d | %d | %d | %d | %.2f | %.2fx | %.2f |\n", c, n, l, r, m, r / l, r / m, l / n }'
+done
+
+# ---- Idle: what PostgreSQL spends with a gateway and no writes ------------------------------
 echo
 for v in log relay commit; do
     variant "$v"
@@ -222,9 +237,5 @@ for v in log relay commit; do
     awk -v m="$what" -v p=$((p1 - p0)) -v g=$((g1 - g0)) -v hz="$HZ" -v s="$IDLE_SECS" 'BEGIN {
         printf "idle %d s, no writes, %s: PostgreSQL %.2f%% of a core, gateway %.2f%%\n", s, m, 100 * p / hz / s, 100 * g / hz / s }'
     # Per backend of the gateway (a backend present at both ends).
-    [ -n "$GW_PID" ] && printf '%s\n--\n%s\n' "$b0" "$b1" | awk -v s="$IDLE_SECS" '
-        $0 == "--" { after = 1; next }
-        !after { t0[$1] = $3; next }
-        ($1 in t0) { cpu[$2] += $3 - t0[$1] }
-        END { line = "  per backend:"; for (r in cpu) line = line sprintf(" %s %.2f%%", r, 100 * cpu[r] / 1e9 / s); print line }'
+    [ -n "$GW_PID" ] && echo "  per backend:$(backend_cpu "$b0" "$b1" "$IDLE_SECS")"
 done

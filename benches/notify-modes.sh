@@ -22,7 +22,8 @@
 # `cargo build --release`; needs pgbench, psql and python3. Environment: SECS (per pgbench run,
 # default 10), ROUNDS (default 3), WRITERS (default "1 16 64"), STREAMS (default 2000),
 # IDLE_SECS (default 60), PORT (default 55433), PGSSE_BIN (default target/release/pgsse),
-# DATA_DIR (default a fresh directory under /var/tmp).
+# DATA_DIR (default a fresh directory under /var/tmp), GATEWAY_ARGS (more `pgsse serve` flags, e.g.
+# "--relay-interval 25ms"), VARIANTS (default "none log relay commit"; the ratios need all four).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PGSSE_BIN="${PGSSE_BIN:-$ROOT/target/release/pgsse}"
@@ -85,8 +86,9 @@ listener_off() {
 }
 
 start_gateway() {
+    # shellcheck disable=SC2086 # GATEWAY_ARGS: extra words for `pgsse serve`
     RUST_LOG=warn "$PGSSE_BIN" serve --database-url "$U" --listen 127.0.0.1:$GW_PORT --jwt-secret "$SECRET" \
-        --max-connections-per-user 0 --metrics-listen off >"$D/gateway.log" 2>&1 &
+        --max-connections-per-user 0 --metrics-listen off ${GATEWAY_ARGS:-} >"$D/gateway.log" 2>&1 &
     GW_PID=$!
     for _ in $(seq 100); do
         curl -sf "http://127.0.0.1:$GW_PORT/readyz" >/dev/null 2>&1 && break
@@ -192,7 +194,7 @@ backend_cpu() {
         END { line = ""; for (r in cpu) line = line sprintf(" %s %.2f%%", r, 100 * cpu[r] / 1e9 / s); print line }'
 }
 
-VARIANTS="none log relay commit"
+VARIANTS="${VARIANTS:-none log relay commit}"
 declare -A TPS
 echo "PostgreSQL $(q 'SHOW server_version'), fsync $(q 'SHOW fsync'), synchronous_commit $(q 'SHOW synchronous_commit'); $(nproc) cores; ${SECS}s per run, $ROUNDS rounds, $STREAMS streams on the gateway"
 for r in $(seq "$ROUNDS"); do

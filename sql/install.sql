@@ -443,17 +443,19 @@ DROP FUNCTION IF EXISTS pgsse._sign(text);
 -- pgsse._send: sign a payload and NOTIFY it on the secret channel
 -- -----------------------------------------------------------------------------
 -- <hex HMAC-SHA256 of body><body>; ipad/opad make it two sha256() calls.
--- PL/pgSQL rather than LANGUAGE sql: a non-inlinable SQL function (SET
--- search_path prevents inlining) is planned again on every call, while
--- PL/pgSQL keeps the plan of its query for the session.
+-- PL/pgSQL rather than LANGUAGE sql: a SQL function that is not inlined is
+-- planned again on every call, while PL/pgSQL keeps the plan of its query for
+-- the session. No SET clause (PostgreSQL 15 pays for one on every call, and
+-- commit mode calls this on every statement): every name in it is
+-- schema-qualified, because it runs under its caller's search_path, and its
+-- callers include pgsse's SECURITY DEFINER functions.
 
 CREATE OR REPLACE FUNCTION pgsse._send(body text) RETURNS void
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
-    chan   text;
-    signed text;
+    chan   pg_catalog.text;
+    signed pg_catalog.text;
 BEGIN
     SELECT s.channel,
            pg_catalog.encode(pg_catalog.sha256(s.opad OPERATOR(pg_catalog.||)

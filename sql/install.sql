@@ -1323,20 +1323,24 @@ BEGIN
         -- The transactions to announce: p's finished in-progress ones, and those from its xmax
         -- up that are visible in s (below the cut); each with its row count and id range.
         FOR r IN
-            -- Each transaction's payload is built in this one query (inline up to 64 rows).
-            SELECT g.n, pgsse._payload(g.tx, g.n, g.lo, g.last, CASE WHEN g.n OPERATOR(pg_catalog.<=) 64 THEN
+            -- Each transaction's payload is built in this one query (inline up to 64 rows). Its
+            -- rows are read per transaction (LATERAL, on the tx index): as a join, a plan cached
+            -- while the log was small hashed a scan of the whole log, every round.
+            SELECT g.n, pgsse._payload(t.tx, g.n, g.lo, g.last, CASE WHEN g.n OPERATOR(pg_catalog.<=) 64 THEN
                        (SELECT pg_catalog.json_agg(pg_catalog.json_build_array(e.id, e.user_id, e.event, e.data)
                                                    ORDER BY e.id)::text
-                          FROM pgsse.events AS e WHERE e.tx OPERATOR(pg_catalog.=) g.tx) END) AS one
-              FROM (SELECT t.tx, pg_catalog.count(*) AS n, pg_catalog.min(e.id) AS lo, pg_catalog.max(e.id) AS last
-                      FROM (SELECT f.x AS tx FROM pg_catalog.unnest(fresh) AS f(x)
-                            UNION
-                            SELECT DISTINCT e.tx FROM pgsse.events AS e
-                             WHERE e.tx OPERATOR(pg_catalog.>=) top
-                               AND e.tx OPERATOR(pg_catalog.<) COALESCE(cut, '18446744073709551615'::xid8)
-                               AND pg_catalog.pg_visible_in_snapshot(e.tx, s)) AS t
-                      JOIN pgsse.events AS e ON e.tx OPERATOR(pg_catalog.=) t.tx
-                     GROUP BY t.tx) AS g
+                          FROM pgsse.events AS e WHERE e.tx OPERATOR(pg_catalog.=) t.tx) END) AS one
+              FROM (SELECT f.x AS tx FROM pg_catalog.unnest(fresh) AS f(x)
+                    UNION
+                    SELECT DISTINCT e.tx FROM pgsse.events AS e
+                     WHERE e.tx OPERATOR(pg_catalog.>=) top
+                       AND e.tx OPERATOR(pg_catalog.<) COALESCE(cut, '18446744073709551615'::xid8)
+                       AND pg_catalog.pg_visible_in_snapshot(e.tx, s)) AS t
+             CROSS JOIN LATERAL
+                   (SELECT pg_catalog.count(*) AS n, pg_catalog.min(e.id) AS lo, pg_catalog.max(e.id) AS last
+                      FROM pgsse.events AS e WHERE e.tx OPERATOR(pg_catalog.=) t.tx) AS g
+             -- A finished transaction of p's list that logged nothing.
+             WHERE g.n OPERATOR(pg_catalog.>) 0
              -- In the order their last rows were written: a transaction that acted on
              -- another's committed rows wrote after them.
              ORDER BY g.last

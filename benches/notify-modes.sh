@@ -124,7 +124,8 @@ async def main():
 asyncio.run(main())
 PY
     HOLD_PID=$!
-    for _ in $(seq 300); do grep -q "^open" "$D/streams.log" 2>/dev/null && break; sleep 0.1; done
+    # Up to 60 s: on a loaded machine 2000 streams have taken more than 30.
+    for _ in $(seq 600); do grep -q "^open" "$D/streams.log" 2>/dev/null && break; sleep 0.1; done
     grep -q "^open $STREAMS" "$D/streams.log" || { echo "streams did not open: $(cat "$D/streams.log")"; exit 1; }
 }
 

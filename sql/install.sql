@@ -650,7 +650,8 @@ REVOKE ALL ON FUNCTION pgsse._wake(timestamptz) FROM PUBLIC;
 -- switch to commit) is dropped by the gateway, which deduplicates by log id.
 
 -- Both LANGUAGE sql without a SET clause, so that they are inlined into their
--- callers' queries (every caller pins search_path), like pgsse._payload.
+-- callers' queries, like pgsse._payload; every name in them is schema-qualified,
+-- because the generated trigger functions call them without pinning search_path.
 CREATE OR REPLACE FUNCTION pgsse._announced(tx xid8) RETURNS bigint
 LANGUAGE sql STABLE
 AS $fn$

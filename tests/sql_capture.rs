@@ -447,3 +447,39 @@ async fn commit_mode_announces_every_row_once_per_statement() {
     assert_eq!(payloads.len(), 1);
     assert_inline(&payloads[0], &events);
 }
+
+/// Commit mode's announcement reads the statement's rows back on the `tx` index, whatever the size
+/// of the log, or its statistics, when the writer's session cached its plan: a plan that reads the
+/// whole log would do so on every INSERT.
+#[tokio::test]
+async fn a_commit_mode_insert_never_scans_the_whole_log() {
+    let url = fresh_database();
+    install_commit_mode(&url).await;
+    exec(
+        &url,
+        "CREATE TABLE notifications (id serial PRIMARY KEY, user_id text, title text); \
+                SELECT pgsse.watch('notifications', 'user_id', read_column => NULL)",
+    )
+    .await;
+    let writer = connect(&url).await;
+    let insert = "INSERT INTO notifications (user_id, title) VALUES ('u1', 'x')";
+    let bulk = "INSERT INTO notifications (user_id, title) SELECT 'u2', 'bulk' FROM generate_series(1, 5000)";
+    // Plans cached while the log is small, and while its statistics say it is one large transaction.
+    for analyzed in [false, true] {
+        if analyzed {
+            exec(&url, &format!("{bulk}; ANALYZE pgsse.events")).await;
+        }
+        // More than five statements: PL/pgSQL settles on a generic plan.
+        for _ in 0..8 {
+            writer.batch_execute(insert).await.unwrap();
+        }
+    }
+    exec(&url, bulk).await;
+    let before = log_rows_read(&writer).await;
+    for _ in 0..6 {
+        writer.batch_execute(insert).await.unwrap();
+    }
+    // Six INSERTs into a log of 5,000+ rows, each announcing its one row.
+    let read = log_rows_read(&writer).await - before;
+    assert!(read < 500, "commit-mode INSERTs read {read} rows of pgsse.events: a plan walks the whole log");
+}

@@ -155,6 +155,21 @@ pub async fn events_after(client: &Client, after: i64) -> Vec<Event> {
         .collect()
 }
 
+/// Rows of `pgsse.events` read so far, by sequential and index scans, including this session's
+/// latest statements: a query whose cached plan walks the whole log shows here.
+pub async fn log_rows_read(c: &Client) -> i64 {
+    c.batch_execute("SELECT pg_stat_force_next_flush()").await.expect("flush");
+    let row = c
+        .query_one(
+            "SELECT pg_stat_clear_snapshot(), seq_tup_read + coalesce(idx_tup_fetch, 0) \
+               FROM pg_stat_user_tables WHERE relid = 'pgsse.events'::regclass",
+            &[],
+        )
+        .await
+        .expect("pg_stat_user_tables");
+    row.get::<_, i64>(1)
+}
+
 pub async fn scalar_i64(client: &Client, sql: &str) -> i64 {
     client.query_one(sql, &[]).await.unwrap().get(0)
 }

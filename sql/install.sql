@@ -21,8 +21,9 @@
 -- Versions and upgrades
 -- -----------------------------------------------------------------------------
 --
--- This is version 3 of pgsse's SQL (version 3: INSERTs are captured by a
--- row-level trigger); pgsse.meta.version records the version
+-- This is version 4 of pgsse's SQL (version 3: INSERTs are captured by a
+-- row-level trigger; version 4: pgsse_announce runs only when it has work,
+-- see pgsse.announcing); pgsse.meta.version records the version
 -- installed (NULL before version 2, which counts as version 1), and
 -- pgsse.meta.gateway_min_version the oldest gateway able to serve it. Running
 -- this script on an earlier install upgrades it in place, in one transaction:
@@ -67,7 +68,8 @@
 --                   pgsse.capture_<oid>() and (re)creates the four triggers
 --                   on tbl using it: pgsse_insert (FOR EACH ROW),
 --                   pgsse_announce (after each INSERT statement: the NOTIFY
---                   in commit mode, a relay's wake-up in relay mode),
+--                   in commit mode, a sleeping relay's wake-up in relay
+--                   mode; skipped while pgsse.announcing is 0),
 --                   pgsse_update, pgsse_delete.
 --                   Call it as the table's owner, e.g.:
 --                     SELECT pgsse.watch('notifications', 'user_id');
@@ -254,8 +256,8 @@ BEGIN
     IF pg_catalog.to_regclass('pgsse.meta') IS NOT NULL THEN
         EXECUTE 'SELECT (pg_catalog.to_jsonb(m) OPERATOR(pg_catalog.->>) ''version'')::integer FROM pgsse.meta AS m'
             INTO installed;
-        IF installed OPERATOR(pg_catalog.>) 3 THEN
-            RAISE EXCEPTION 'pgsse: this database has pgsse SQL version % installed, newer than this script (version 3)', installed
+        IF installed OPERATOR(pg_catalog.>) 4 THEN
+            RAISE EXCEPTION 'pgsse: this database has pgsse SQL version % installed, newer than this script (version 4)', installed
                 USING ERRCODE = 'object_not_in_prerequisite_state',
                       HINT = 'Install with the pgsse binary of that version or later; nothing was changed.';
         END IF;
@@ -357,6 +359,63 @@ COMMENT ON TABLE pgsse.meta IS
 INSERT INTO pgsse.meta (notify_mode, relay_snapshot)
 VALUES ('relay', pg_catalog.pg_current_snapshot())
 ON CONFLICT DO NOTHING;
+
+-- -----------------------------------------------------------------------------
+-- pgsse.announcing: whether writers' INSERT statements need pgsse_announce
+-- -----------------------------------------------------------------------------
+-- 1 in commit mode (the statement's NOTIFY) and while the relay sleeps (its
+-- wake-up); 0 in relay mode while the relay is awake, when pgsse_announce
+-- would do nothing. pgsse_announce's WHEN clause reads it with
+-- pg_sequence_last_value(), so that a skipped statement pays for no trigger
+-- call and no read of pgsse.meta: in relay mode the row-level log row is all
+-- a writer pays. Anything but 0 (NULL included) runs the trigger.
+--
+-- A sequence, because its value is read without a snapshot and without a
+-- table scan; only pgsse.meta's trigger below writes it (it is not
+-- transactional: setval() stays when its transaction rolls back). So the
+-- rule errs towards 1: it goes to 0 only on an UPDATE of pgsse.meta that
+-- stays in relay mode (a relay round or lease renewal, an awake relay), never
+-- on the switch itself. A switch to relay that rolls back therefore leaves
+-- writers announcing; a rolled-back relay round leaves the mode as it found
+-- it (it held the row); a switch to commit sets 1 before it commits, and the
+-- relay keeps relaying the transactions that skipped pgsse_announce before
+-- that (see pgsse.relay's drain). A value left wrong in commit mode (a dump
+-- that read the sequence after the row) is put right by the first relay call
+-- of any gateway (pgsse.relay, state 'off').
+-- Readable by everyone (a writer's WHEN clause reads it as the writer); not
+-- writable by anyone but this script's role.
+CREATE SEQUENCE IF NOT EXISTS pgsse.announcing AS integer MINVALUE 0 MAXVALUE 1 START 1 NO CYCLE;
+REVOKE ALL ON SEQUENCE pgsse.announcing FROM PUBLIC;
+GRANT SELECT ON SEQUENCE pgsse.announcing TO PUBLIC;
+-- Announcing until this script's last statement (the UPDATE of the version) derives it from
+-- pgsse.meta: 0 if the install was already in relay mode with no sleeping relay.
+DO $announcing$ BEGIN PERFORM pg_catalog.setval('pgsse.announcing', 1, true); END $announcing$;
+
+CREATE OR REPLACE FUNCTION pgsse._announcing() RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v integer := CASE WHEN NEW.notify_mode = 'relay' AND OLD.notify_mode = 'relay' AND NEW.relay_wake IS NULL
+                      THEN 0 ELSE 1 END;
+BEGIN
+    -- setval() logs to WAL: only when the value changes.
+    IF pg_catalog.pg_sequence_last_value('pgsse.announcing') IS DISTINCT FROM v THEN
+        PERFORM pg_catalog.setval('pgsse.announcing', v, true);
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+
+COMMENT ON FUNCTION pgsse._announcing() IS
+    'pgsse internal: keeps pgsse.announcing in step with pgsse.meta (0 only while an awake relay relays)';
+
+REVOKE ALL ON FUNCTION pgsse._announcing() FROM PUBLIC;
+
+DROP TRIGGER IF EXISTS sets_announcing ON pgsse.meta;
+CREATE TRIGGER sets_announcing AFTER UPDATE ON pgsse.meta
+    FOR EACH ROW EXECUTE FUNCTION pgsse._announcing();
 
 -- The version of this SQL (see "Versions and upgrades" above), and the oldest
 -- gateway version able to serve it. NULL until this script sets them at its
@@ -1275,6 +1334,11 @@ BEGIN
     SELECT mm.notify_mode, mm.relay_snapshot, mm.relay_drain, mm.relay_owner, mm.relay_until, mm.relay_wake
       INTO m FROM pgsse.meta AS mm;
     IF m.relay_snapshot IS NULL THEN
+        -- Commit mode, drained: writers must announce. The UPDATE's trigger sets
+        -- pgsse.announcing back to 1 if something left it at 0 (see there).
+        IF pg_catalog.pg_sequence_last_value('pgsse.announcing') IS NOT DISTINCT FROM 0 THEN
+            UPDATE pgsse.meta SET notify_mode = notify_mode;
+        END IF;
         state := 'off';
         RETURN;
     END IF;
@@ -1438,8 +1502,11 @@ BEGIN
     ELSE
         EXECUTE pg_catalog.format(
             'CREATE TRIGGER pgsse_insert AFTER INSERT ON %s FOR EACH ROW EXECUTE FUNCTION %s', tbl, fn);
+        -- Skipped, call and all, while pgsse.announcing says there is nothing to announce.
         EXECUTE pg_catalog.format(
-            'CREATE TRIGGER pgsse_announce AFTER INSERT ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s', tbl, fn);
+            'CREATE TRIGGER pgsse_announce AFTER INSERT ON %s FOR EACH STATEMENT'
+            ' WHEN (pg_catalog.pg_sequence_last_value(''pgsse.announcing''::pg_catalog.regclass) IS DISTINCT FROM 0)'
+            ' EXECUTE FUNCTION %s', tbl, fn);
     END IF;
     EXECUTE pg_catalog.format(
         'CREATE TRIGGER pgsse_update AFTER UPDATE ON %s'
@@ -1795,10 +1862,12 @@ BEGIN
             args := args[2:5];
         END IF;
         fn := pgsse._generate_capture(r.tbl, args[1], args[2], args[3], COALESCE(args[4], '{}')::text[]);
-        -- Already in this version's shape: the four triggers call fn, pgsse_insert FOR EACH ROW.
+        -- Already in this version's shape: the four triggers call fn, pgsse_insert FOR EACH ROW,
+        -- pgsse_announce with its WHEN clause.
         IF (SELECT pg_catalog.count(*) FROM pg_catalog.pg_trigger AS t
              WHERE t.tgrelid = r.tbl AND t.tgfoid = fn
-               AND (t.tgname IN ('pgsse_announce', 'pgsse_update', 'pgsse_delete')
+               AND (t.tgname IN ('pgsse_update', 'pgsse_delete')
+                    OR (t.tgname = 'pgsse_announce' AND t.tgqual IS NOT NULL)
                     OR (t.tgname = 'pgsse_insert' AND (t.tgtype::integer & 1) = 1))) = 4 THEN
             CONTINUE;
         END IF;
@@ -1809,8 +1878,8 @@ BEGIN
                 USING HINT = pg_catalog.format('Its owner (%s) should run SELECT pgsse.watch(...) on it again.',
                                                pg_catalog.pg_get_userbyid(r.relowner));
         ELSE
-            -- Its regenerated function still serves the statement-level pgsse_insert.
-            RAISE WARNING 'pgsse: table % keeps the statement-level INSERT trigger of an earlier version (each INSERT costs more database CPU)', r.tbl
+            -- Its regenerated function still serves the earlier version's triggers.
+            RAISE WARNING 'pgsse: table % keeps the INSERT triggers of an earlier version (each INSERT costs more database CPU)', r.tbl
                 USING HINT = pg_catalog.format('Its owner (%s) should run SELECT pgsse.watch(...) on it again.',
                                                pg_catalog.pg_get_userbyid(r.relowner));
         END IF;
@@ -1827,6 +1896,6 @@ REVOKE ALL ON FUNCTION pgsse._rewatch() FROM PUBLIC;
 DO $upgrade$ BEGIN PERFORM pgsse._rewatch(); END $upgrade$;
 
 -- The version of this SQL, and the oldest gateway that can serve it.
-UPDATE pgsse.meta SET version = 3, gateway_min_version = 2;
+UPDATE pgsse.meta SET version = 4, gateway_min_version = 2;
 
 COMMIT;

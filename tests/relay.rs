@@ -481,3 +481,115 @@ async fn a_relay_round_never_scans_the_whole_log() {
     let read = log_rows_read(&relay).await - before;
     assert!(read < 500, "relay rounds read {read} rows of pgsse.events: a plan walks the whole log");
 }
+
+/// While an awake relay relays, an INSERT runs pgsse's row trigger and nothing else:
+/// `pgsse_announce`, which would do nothing, is skipped by its WHEN clause (no trigger call, no
+/// read of `pgsse.meta`). It runs whenever it has work: in commit mode, while the relay sleeps
+/// (a wake-up), after a switch to relay that rolled back, and after anything left
+/// `pgsse.announcing` at 0 in commit mode (the next relay call of any gateway puts it right).
+#[tokio::test]
+async fn an_awake_relay_spares_writers_the_statement_trigger() {
+    let db = notifications_db().await;
+    let c = connect(&db).await;
+    let function: u32 = c
+        .query_one(
+            "SELECT tgfoid FROM pg_trigger WHERE tgrelid = 'notifications'::regclass AND tgname = 'pgsse_insert'",
+            &[],
+        )
+        .await
+        .expect("the trigger function")
+        .get(0);
+    // Calls of the table's trigger function by `sql`, in one transaction.
+    let calls = |sql: &'static str| {
+        let db = db.clone();
+        async move {
+            let c = connect(&db).await;
+            c.batch_execute(&format!("BEGIN; SET LOCAL track_functions = 'pl'; {sql}")).await.expect("writes");
+            let n: i64 = c
+                .query_one("SELECT pg_stat_get_xact_function_calls($1::oid)", &[&function])
+                .await
+                .expect("function calls")
+                .get(0);
+            c.batch_execute("COMMIT").await.expect("commit");
+            n
+        }
+    };
+    let announcing = || async {
+        let v: i64 = connect(&db)
+            .await
+            .query_one("SELECT pg_sequence_last_value('pgsse.announcing')", &[])
+            .await
+            .expect("pgsse.announcing")
+            .get(0);
+        v
+    };
+    const THREE_INSERTS: &str = "INSERT INTO notifications (user_id, title) VALUES ('u', '1');
+         INSERT INTO notifications (user_id, title) VALUES ('u', '2');
+         INSERT INTO notifications (user_id, title) VALUES ('u', '3');";
+    let round = |asleep: bool| {
+        let db = db.clone();
+        async move {
+            let state: String = connect(&db)
+                .await
+                .query_one("SELECT state FROM pgsse.relay('spare-test', '1 minute', 10000, $1)", &[&asleep])
+                .await
+                .expect("relay round")
+                .get(0);
+            state
+        }
+    };
+
+    // Commit mode: each statement announces. The switch to relay itself changes nothing (it may
+    // roll back); writers still run pgsse_announce until a relay round has run in relay mode.
+    set_mode(&db, "commit").await;
+    assert_eq!(announcing().await, 1);
+    assert_eq!(calls(THREE_INSERTS).await, 6, "three rows, three statements");
+    set_mode(&db, "relay").await;
+    assert_eq!(announcing().await, 1);
+    assert_eq!(calls(THREE_INSERTS).await, 6);
+    // An awake relay's round: the row trigger only.
+    round(false).await;
+    assert_eq!(announcing().await, 0);
+    assert_eq!(calls(THREE_INSERTS).await, 3, "three rows, no statement trigger");
+    assert_eq!(
+        calls("INSERT INTO notifications (user_id, title) SELECT 'u', 'bulk' FROM generate_series(1, 5)").await,
+        5
+    );
+    // Asleep: the first writer wakes it.
+    let mut wake = Listener::on(&db, format!("{}_wake", common::gateway::channel(&db).await)).await;
+    round(true).await;
+    assert_eq!(announcing().await, 1);
+    assert_eq!(calls("INSERT INTO notifications (user_id, title) VALUES ('u', 'wakes')").await, 2);
+    assert_eq!(wake.drain().await.len(), 1, "the writer's wake-up");
+    round(false).await;
+    assert_eq!(announcing().await, 0);
+    assert_eq!(calls("INSERT INTO notifications (user_id, title) VALUES ('u', 'awake')").await, 1);
+    assert!(wake.drain().await.is_empty());
+
+    // Back to commit: every statement announces (the relay drains, then stops).
+    set_mode(&db, "commit").await;
+    assert_eq!(announcing().await, 1, "set by the switch itself");
+    while round(false).await != "done" {}
+    let mut t = Tracker::new(&db).await;
+    let (events, payloads) = t.run(THREE_INSERTS).await;
+    assert_eq!((events.len(), payloads.len()), (3, 3));
+
+    // A switch to relay that rolls back: writers never stopped announcing, during it or after.
+    let dba = connect(&db).await;
+    dba.batch_execute("BEGIN; SELECT pgsse.set_notify_mode('relay')").await.expect("switch");
+    let (events, payloads) = t.run("INSERT INTO notifications (user_id, title) VALUES ('u', 'during')").await;
+    assert_eq!((events.len(), payloads.len()), (1, 1), "announced while the switch was open");
+    dba.batch_execute("ROLLBACK").await.expect("rollback");
+    assert_eq!(round(false).await, "off");
+    assert_eq!(announcing().await, 1);
+    let (events, payloads) = t.run("INSERT INTO notifications (user_id, title) VALUES ('u', 'after')").await;
+    assert_eq!((events.len(), payloads.len()), (1, 1), "announced after the switch rolled back");
+
+    // Left at 0 in commit mode (e.g. a dump that read the sequence after the row): the next relay
+    // call of any gateway sets it right.
+    exec(&db, "SELECT setval('pgsse.announcing', 0)").await;
+    assert_eq!(round(false).await, "off");
+    assert_eq!(announcing().await, 1);
+    let (events, payloads) = t.run("INSERT INTO notifications (user_id, title) VALUES ('u', 'healed')").await;
+    assert_eq!((events.len(), payloads.len()), (1, 1));
+}

@@ -247,11 +247,11 @@ async fn the_gateway_checks_the_schema_version_at_start_and_on_reconnect() {
 
     let url = fresh_database();
     gateway::install(&url).await;
-    exec(&url, "UPDATE pgsse.meta SET version = 4, gateway_min_version = 4").await;
+    exec(&url, "UPDATE pgsse.meta SET version = 5, gateway_min_version = 5").await;
     let err = start(url.clone()).await.expect("refused").expect_err("too new");
-    assert!(err.contains("version 4") && err.contains("newer pgsse binary"), "{err}");
+    assert!(err.contains("version 5") && err.contains("newer pgsse binary"), "{err}");
     // A newer SQL that declares this gateway able to serve it.
-    exec(&url, "UPDATE pgsse.meta SET version = 4, gateway_min_version = 2").await;
+    exec(&url, "UPDATE pgsse.meta SET version = 5, gateway_min_version = 2").await;
     let gw = Gateway::start(&url, &[]).await;
     // The install script never downgrades.
     let c = connect(&url).await;
@@ -259,7 +259,7 @@ async fn the_gateway_checks_the_schema_version_at_start_and_on_reconnect() {
     assert!(describe_pg_error(&e).contains("newer than this script"), "{}", describe_pg_error(&e));
 
     // On reconnect: an unservable schema keeps the gateway unready; fixed, it serves again.
-    exec(&url, "UPDATE pgsse.meta SET version = 4, gateway_min_version = 4").await;
+    exec(&url, "UPDATE pgsse.meta SET version = 5, gateway_min_version = 5").await;
     exec(&url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pgsse'").await;
     assert!(
         wait_until(T, || async { !matches!(gateway::readyz(&gw.addr).await, Some((200, _))) }).await,
@@ -267,42 +267,64 @@ async fn the_gateway_checks_the_schema_version_at_start_and_on_reconnect() {
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!matches!(gateway::readyz(&gw.addr).await, Some((200, _))), "ready again on a schema it cannot serve");
-    exec(&url, "UPDATE pgsse.meta SET version = 3, gateway_min_version = 2").await;
+    exec(&url, "UPDATE pgsse.meta SET version = 4, gateway_min_version = 2").await;
     assert!(gw.wait_ready(T).await, "the gateway never recovered once the schema was right");
     gw.stop().await;
 }
 
 /// `sql/install.sql` of version 2 (commit b34ef87): INSERTs captured by a statement-level trigger.
 const VERSION_2: &str = include_str!("fixtures/install-v2.sql");
+/// `sql/install.sql` of version 3 (commit 3bd51b8): a row-level INSERT trigger, and a
+/// `pgsse_announce` that runs after every INSERT statement.
+const VERSION_3: &str = include_str!("fixtures/install-v3.sql");
 
-/// The `pgsse_insert` trigger of `tbl`: whether it is FOR EACH ROW, and how many pgsse triggers
-/// the table has.
-async fn insert_shape(url: &str, tbl: &str) -> (bool, i64) {
+/// The INSERT triggers of `tbl`: whether `pgsse_insert` is FOR EACH ROW, whether
+/// `pgsse_announce` has a WHEN clause, and how many pgsse triggers the table has.
+async fn insert_shape(url: &str, tbl: &str) -> (bool, bool, i64) {
     let c = connect(url).await;
     let row = c
         .query_one(
-            "SELECT bool_or(tgname = 'pgsse_insert' AND (tgtype::int & 1) = 1), count(*) FROM pg_trigger \
-             WHERE tgrelid = $1::text::regclass AND tgname LIKE 'pgsse%'",
+            "SELECT bool_or(tgname = 'pgsse_insert' AND (tgtype::int & 1) = 1), \
+                    coalesce(bool_or(tgname = 'pgsse_announce' AND tgqual IS NOT NULL), false), count(*) \
+               FROM pg_trigger WHERE tgrelid = $1::text::regclass AND tgname LIKE 'pgsse%'",
             &[&tbl],
         )
         .await
         .expect("trigger shape");
-    (row.get(0), row.get(1))
+    (row.get(0), row.get(1), row.get(2))
 }
+
+/// This version's INSERT triggers: a row-level `pgsse_insert`, a `pgsse_announce` skipped while
+/// there is nothing to announce, `pgsse_update`, `pgsse_delete`.
+const CURRENT: (bool, bool, i64) = (true, true, 4);
 
 /// Version 3 captures INSERTs row by row (a third cheaper per INSERT). Upgrading a version-2
 /// install moves every table the installing role owns to the new triggers; a table another role
 /// owns keeps its statement-level INSERT trigger, which the regenerated function still serves
 /// in both modes, and `pgsse sql status` says so until its owner runs watch() again. Every row
 /// is announced once per statement in commit mode, and the version-2 script refuses to run over
-/// version 3 (it would leave INSERTs failing).
+/// this version (it would leave INSERTs failing).
 #[tokio::test]
 async fn upgrade_from_version_2_moves_inserts_to_a_row_trigger() {
+    upgrade_moves_the_insert_triggers(VERSION_2, 2, (false, false, 3)).await;
+}
+
+/// Version 4 skips `pgsse_announce` while an awake relay relays. Upgrading a version-3 install
+/// moves the tables the installing role owns to it; another role's table keeps its
+/// `pgsse_announce` of every statement (still correct, costlier) until its owner runs watch().
+#[tokio::test]
+async fn upgrade_from_version_3_skips_the_announce_trigger_while_relaying() {
+    upgrade_moves_the_insert_triggers(VERSION_3, 3, (true, false, 4)).await;
+}
+
+/// Installs the script of `version` as a DBA that is no superuser, watches a table it owns and
+/// one another role owns (both of `shape`), upgrades, and checks both in both modes.
+async fn upgrade_moves_the_insert_triggers(old: &str, version: i32, shape: (bool, bool, i64)) {
     use common::sql::{assert_inline, unique_role, url_as, Tracker};
     let db = fresh_database();
     // A DBA role that is no superuser, as in production: it cannot re-create triggers on a table
     // it does not own.
-    let (dba, owner) = (unique_role("v2_dba"), unique_role("v2_owner"));
+    let (dba, owner) = (unique_role("old_dba"), unique_role("old_owner"));
     common::shared_cluster().create_role(&dba, false);
     common::shared_cluster().create_role(&owner, false);
     exec(
@@ -314,7 +336,7 @@ async fn upgrade_from_version_2_moves_inserts_to_a_row_trigger() {
     )
     .await;
     let url = url_as(&db, &dba);
-    exec(&url, VERSION_2).await;
+    exec(&url, old).await;
     exec(&url, "SELECT pgsse.set_notify_mode('commit')").await;
     exec(&url, pgsse::pg::demo::CREATE_TABLE_SQL).await;
     exec(&url, "SELECT pgsse.watch('notifications', 'user_id')").await;
@@ -337,19 +359,19 @@ async fn upgrade_from_version_2_moves_inserts_to_a_row_trigger() {
         ),
     )
     .await;
-    assert_eq!(insert_shape(&url, "notifications").await, (false, 3), "version 2: statement level");
-    assert_eq!(insert_shape(&url, "theirs").await, (false, 3));
+    assert_eq!(insert_shape(&url, "notifications").await, shape, "version {version}'s triggers");
+    assert_eq!(insert_shape(&url, "theirs").await, shape);
 
     let (ok, out, err) = pgsse(&["sql", "install", "--apply", "--database-url", &url]).await;
     assert!(ok, "{out}{err}");
     assert!(
-        err.contains("table public.theirs keeps the statement-level INSERT trigger of an earlier version"),
+        err.contains("table public.theirs keeps the INSERT triggers of an earlier version"),
         "the upgrade names the table it could not move: {err}"
     );
-    assert_eq!(insert_shape(&url, "notifications").await, (true, 4), "moved: row level, and pgsse_announce");
-    assert_eq!(insert_shape(&url, "theirs").await, (false, 3), "not its owner: left as it was");
+    assert_eq!(insert_shape(&url, "notifications").await, CURRENT, "moved");
+    assert_eq!(insert_shape(&url, "theirs").await, shape, "not its owner: left as it was");
     let (ok, status, _) = pgsse(&["sql", "status", "--database-url", &url]).await;
-    assert!(ok && status.contains("! a statement-level INSERT trigger of an earlier version"), "{status}");
+    assert!(ok && status.contains("! the INSERT triggers of an earlier version"), "{status}");
 
     // Commit mode, both shapes in one transaction: one NOTIFY per statement, each row in exactly one.
     let mut t = Tracker::new(&url).await;
@@ -379,13 +401,14 @@ async fn upgrade_from_version_2_moves_inserts_to_a_row_trigger() {
 
     // Its owner moves it.
     exec(&owner_url, "SELECT pgsse.watch('theirs', 'owner_id', read_column => NULL)").await;
-    assert_eq!(insert_shape(&url, "theirs").await, (true, 4));
+    assert_eq!(insert_shape(&url, "theirs").await, CURRENT);
     let (_, status, _) = pgsse(&["sql", "status", "--database-url", &url]).await;
-    assert!(!status.contains("statement-level"), "{status}");
+    assert!(!status.contains("earlier version"), "{status}");
 
-    // The version-2 script refuses to run over version 3, and changes nothing.
+    // The old script refuses to run over this version, and changes nothing.
     let c = connect(&url).await;
-    let e = c.batch_execute(VERSION_2).await.expect_err("a downgrade");
-    assert!(describe_pg_error(&e).contains("newer than this script (version 2)"), "{}", describe_pg_error(&e));
-    assert_eq!(insert_shape(&url, "notifications").await, (true, 4));
+    let e = c.batch_execute(old).await.expect_err("a downgrade");
+    let expected = format!("newer than this script (version {version})");
+    assert!(describe_pg_error(&e).contains(&expected), "{}", describe_pg_error(&e));
+    assert_eq!(insert_shape(&url, "notifications").await, CURRENT);
 }

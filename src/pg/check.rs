@@ -172,11 +172,11 @@ async fn watched(client: &tokio_postgres::Client, report: &mut Report) -> Result
                 "uses the generic pgsse.capture() of an earlier version (more database CPU per statement)",
                 Some(format!("as its owner ({}): {}", w.owner, w.watch_call())),
             );
-        } else if w.statement_insert() {
+        } else if w.earlier_insert_triggers() {
             report.add(
                 check,
                 Level::Warning,
-                "keeps the statement-level INSERT trigger of an earlier version (more database CPU per INSERT)",
+                "keeps the INSERT triggers of an earlier version (more database CPU per INSERT)",
                 Some(format!("as its owner ({}): {}", w.owner, w.watch_call())),
             );
         } else {

@@ -3,7 +3,7 @@
 use super::{within, PgError};
 
 /// The version of `sql/install.sql` embedded in this binary (`pgsse.meta.version` once installed).
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 /// The oldest installed SQL this gateway serves. Versions before 2 recorded none.
 pub const OLDEST_SERVED: i32 = 2;
 
@@ -136,6 +136,9 @@ pub struct Watched {
     /// Whether `pgsse_insert` is `FOR EACH ROW` (version 3 on), rather than the statement-level
     /// trigger with a transition table of earlier versions and of the generic function.
     pub row_insert: bool,
+    /// Whether `pgsse_announce` has the WHEN clause that skips it while `pgsse.announcing` is 0
+    /// (version 4 on).
+    pub announce_when: bool,
     /// The table's columns now.
     pub columns: Vec<String>,
 }
@@ -151,9 +154,10 @@ impl Watched {
         }
     }
 
-    /// A generated function still behind an earlier version's statement-level INSERT trigger.
-    pub fn statement_insert(&self) -> bool {
-        self.capture == Capture::Generated && !self.row_insert
+    /// A generated function still behind an earlier version's INSERT triggers (a statement-level
+    /// `pgsse_insert`, or a `pgsse_announce` that runs on every statement).
+    pub fn earlier_insert_triggers(&self) -> bool {
+        self.capture == Capture::Generated && !(self.row_insert && self.announce_when)
     }
 
     /// The named columns that no longer exist, as (argument, column).
@@ -205,7 +209,8 @@ pub async fn watched(client: &tokio_postgres::Client) -> Result<Vec<Watched>, Pg
                         count(*), count(*) FILTER (WHERE t.tgenabled = 'D'), {from_table}, \
                         ARRAY(SELECT a.attname::text FROM pg_attribute AS a \
                                WHERE a.attrelid = t.tgrelid AND a.attnum > 0 AND NOT a.attisdropped), \
-                        coalesce(bool_or(t.tgname = 'pgsse_insert' AND (t.tgtype::int & 1) = 1), false) \
+                        coalesce(bool_or(t.tgname = 'pgsse_insert' AND (t.tgtype::int & 1) = 1), false), \
+                        coalesce(bool_or(t.tgname = 'pgsse_announce' AND t.tgqual IS NOT NULL), false) \
                    FROM pg_trigger AS t \
                    JOIN pg_proc AS p ON p.oid = t.tgfoid \
                    JOIN pg_class AS c ON c.oid = t.tgrelid \
@@ -241,6 +246,7 @@ pub async fn watched(client: &tokio_postgres::Client) -> Result<Vec<Watched>, Pg
             disabled: row.try_get(7)?,
             columns: row.try_get(9)?,
             row_insert: row.try_get(10)?,
+            announce_when: row.try_get(11)?,
         });
     }
     Ok(out)

@@ -81,9 +81,9 @@ impl Status {
                 None => format!("fail: cannot tell which columns {} was watched with", w.table),
             });
         }
-        for w in self.watched.iter().filter(|w| w.options.is_some() && w.statement_insert()) {
+        for w in self.watched.iter().filter(|w| w.options.is_some() && w.earlier_insert_triggers()) {
             plan.push(format!(
-                "re-create the triggers of {} with a row-level INSERT trigger (cheaper INSERTs) if the installing \
+                "re-create the INSERT triggers of {} in this version's shape (cheaper INSERTs) if the installing \
                  role owns it; else its owner ({}) runs watch() again afterwards",
                 w.table, w.owner
             ));
@@ -147,8 +147,8 @@ impl Status {
                     w.disabled
                 );
             }
-            if w.statement_insert() {
-                let _ = writeln!(out, "    ! a statement-level INSERT trigger of an earlier version");
+            if w.earlier_insert_triggers() {
+                let _ = writeln!(out, "    ! the INSERT triggers of an earlier version");
             }
         }
         self.render_plan(out)

@@ -6,8 +6,8 @@
 # `INSERT INTO notifications (user_id, title) VALUES (...)` at 1, 16 and 64 writers, for:
 #   none     no trigger (pgsse installed, the table not watched); a LISTENer attached
 #   log      the capture trigger writing log rows only: relay mode with no gateway running (the
-#            `_announce`-is-a-no-op variant of the issue), pgsse.announcing at 0 as an awake
-#            relay's round leaves it (pgsse_announce skipped); the same LISTENer attached
+#            `_announce`-is-a-no-op variant of the issue): pgsse_announce is skipped, as while a
+#            relay is awake; the same LISTENer attached
 #   relay    relay mode, a gateway running (it relays, and LISTENs) holding STREAMS open streams
 #   commit   commit mode (NOTIFY in the writer's transaction), the same gateway and streams
 # Rounds alternate the variants (none, log, relay, commit, then again) so drift on a busy machine
@@ -147,9 +147,7 @@ variant() {
     case "$1" in
         none) stop_gateway; listener_on; q "SELECT pgsse.unwatch('notifications')" >/dev/null ;;
         log) stop_gateway; listener_on; q "SELECT pgsse.watch('notifications', 'user_id')" >/dev/null
-             q "SELECT pgsse.set_notify_mode('relay')" >/dev/null
-             # What an awake relay's round (an UPDATE of pgsse.meta in relay mode) does to pgsse.announcing.
-             q "UPDATE pgsse.meta SET relay_wake = NULL" >/dev/null ;;
+             q "SELECT pgsse.set_notify_mode('relay')" >/dev/null ;;
         relay) q "SELECT pgsse.watch('notifications', 'user_id')" >/dev/null
                q "SELECT pgsse.set_notify_mode('relay')" >/dev/null ;;
         commit) q "SELECT pgsse.watch('notifications', 'user_id')" >/dev/null

@@ -23,7 +23,7 @@
 --
 -- This is version 4 of pgsse's SQL (version 3: INSERTs are captured by a
 -- row-level trigger; version 4: pgsse_announce runs only when it has work,
--- see pgsse.announcing); pgsse.meta.version records the version
+-- see pgsse._announcing); pgsse.meta.version records the version
 -- installed (NULL before version 2, which counts as version 1), and
 -- pgsse.meta.gateway_min_version the oldest gateway able to serve it. Running
 -- this script on an earlier install upgrades it in place, in one transaction:
@@ -69,7 +69,7 @@
 --                   on tbl using it: pgsse_insert (FOR EACH ROW),
 --                   pgsse_announce (after each INSERT statement: the NOTIFY
 --                   in commit mode, a sleeping relay's wake-up in relay
---                   mode; skipped while pgsse.announcing is 0),
+--                   mode; skipped while pgsse._announcing() is false),
 --                   pgsse_update, pgsse_delete.
 --                   Call it as the table's owner, e.g.:
 --                     SELECT pgsse.watch('notifications', 'user_id');
@@ -368,61 +368,58 @@ VALUES ('relay', pg_catalog.pg_current_snapshot())
 ON CONFLICT DO NOTHING;
 
 -- -----------------------------------------------------------------------------
--- pgsse.announcing: whether writers' INSERT statements need pgsse_announce
+-- pgsse._announcing(): whether writers' INSERT statements need pgsse_announce
 -- -----------------------------------------------------------------------------
--- 1 in commit mode (the statement's NOTIFY) and while the relay sleeps (its
--- wake-up); 0 in relay mode while the relay is awake, when pgsse_announce
--- would do nothing. pgsse_announce's WHEN clause reads it with
--- pg_sequence_last_value(), so that a skipped statement pays for no trigger
--- call and no read of pgsse.meta: in relay mode the row-level log row is all
--- a writer pays. Anything but 0 (NULL included) runs the trigger.
+-- true in commit mode (the statement's NOTIFY) and while the relay sleeps (its
+-- wake-up); false in relay mode while the relay is awake, when pgsse_announce
+-- would do nothing. pgsse_announce's WHEN clause calls it, so that a skipped
+-- statement pays for no trigger call and no read of pgsse.meta: in relay mode
+-- the row-level log row is all a writer pays.
 --
--- A sequence, because its value is read without a snapshot and without a
--- table scan; only pgsse.meta's trigger below writes it (it is not
--- transactional: setval() stays when its transaction rolls back). So the
--- rule errs towards 1: it goes to 0 only on an UPDATE of pgsse.meta that
--- stays in relay mode (a relay round or lease renewal, an awake relay), never
--- on the switch itself. A switch to relay that rolls back therefore leaves
--- writers announcing; a rolled-back relay round leaves the mode as it found
--- it (it held the row); a switch to commit sets 1 before it commits, and the
--- relay keeps relaying the transactions that skipped pgsse_announce before
--- that (see pgsse.relay's drain). A value left wrong in commit mode (a dump
--- that read the sequence after the row) is put right by the first relay call
--- of any gateway (pgsse.relay, state 'off').
--- Readable by everyone (a writer's WHEN clause reads it as the writer); not
--- writable by anyone but this script's role.
-CREATE SEQUENCE IF NOT EXISTS pgsse.announcing AS integer MINVALUE 0 MAXVALUE 1 START 1 NO CYCLE;
-REVOKE ALL ON SEQUENCE pgsse.announcing FROM PUBLIC;
-GRANT SELECT ON SEQUENCE pgsse.announcing TO PUBLIC;
--- Announcing until this script's last statement (the UPDATE of the version) derives it from
--- pgsse.meta: 0 if the install was already in relay mode with no sleeping relay.
-DO $announcing$ BEGIN PERFORM pg_catalog.setval('pgsse.announcing', 1, true); END $announcing$;
+-- The answer is written into the function's body, which pgsse.meta's trigger
+-- below rewrites when it changes (a relay falling asleep or waking, a mode
+-- switch): reading a table, or even a sequence, would cost every statement a
+-- shared buffer lock, where this costs a function call. Being DDL, the
+-- rewrite is transactional: a switch or relay round that rolls back changes
+-- nothing, and a transaction that starts after one commits sees it. (A
+-- transaction already running may keep the old answer until its next lock:
+-- after a switch to commit, the relay keeps relaying the transactions that
+-- were running, see pgsse.relay's drain.)
+-- Executable by everyone: a writer's WHEN clause calls it as the writer.
+-- (The same text as pgsse._announcing_in_step writes.)
+CREATE OR REPLACE FUNCTION pgsse._announcing() RETURNS boolean LANGUAGE plpgsql STABLE AS 'BEGIN RETURN true; END';
 
-CREATE OR REPLACE FUNCTION pgsse._announcing() RETURNS trigger
+COMMENT ON FUNCTION pgsse._announcing() IS
+    'pgsse internal: whether INSERT statements run pgsse_announce (rewritten by pgsse.meta''s trigger: false only while an awake relay relays)';
+
+GRANT EXECUTE ON FUNCTION pgsse._announcing() TO PUBLIC;
+
+CREATE OR REPLACE FUNCTION pgsse._announcing_in_step() RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
-    v integer := CASE WHEN NEW.notify_mode = 'relay' AND OLD.notify_mode = 'relay' AND NEW.relay_wake IS NULL
-                      THEN 0 ELSE 1 END;
+    v boolean := NOT (NEW.notify_mode = 'relay' AND NEW.relay_wake IS NULL);
 BEGIN
-    -- setval() logs to WAL: only when the value changes.
-    IF pg_catalog.pg_sequence_last_value('pgsse.announcing') IS DISTINCT FROM v THEN
-        PERFORM pg_catalog.setval('pgsse.announcing', v, true);
+    -- Only when it changes: a rewrite is a catalog update every session hears of.
+    IF pgsse._announcing() IS DISTINCT FROM v THEN
+        EXECUTE pg_catalog.format(
+            'CREATE OR REPLACE FUNCTION pgsse._announcing() RETURNS boolean LANGUAGE plpgsql STABLE AS %L',
+            pg_catalog.format('BEGIN RETURN %s; END', CASE WHEN v THEN 'true' ELSE 'false' END));
     END IF;
     RETURN NULL;
 END
 $fn$;
 
-COMMENT ON FUNCTION pgsse._announcing() IS
-    'pgsse internal: keeps pgsse.announcing in step with pgsse.meta (0 only while an awake relay relays)';
+COMMENT ON FUNCTION pgsse._announcing_in_step() IS
+    'pgsse internal: keeps pgsse._announcing() in step with pgsse.meta';
 
-REVOKE ALL ON FUNCTION pgsse._announcing() FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgsse._announcing_in_step() FROM PUBLIC;
 
-DROP TRIGGER IF EXISTS sets_announcing ON pgsse.meta;
-CREATE TRIGGER sets_announcing AFTER UPDATE ON pgsse.meta
-    FOR EACH ROW EXECUTE FUNCTION pgsse._announcing();
+DROP TRIGGER IF EXISTS announcing_in_step ON pgsse.meta;
+CREATE TRIGGER announcing_in_step AFTER UPDATE ON pgsse.meta
+    FOR EACH ROW EXECUTE FUNCTION pgsse._announcing_in_step();
 
 -- The version of this SQL (see "Versions and upgrades" above), and the oldest
 -- gateway version able to serve it. NULL until this script sets them at its
@@ -1351,9 +1348,9 @@ BEGIN
     SELECT mm.notify_mode, mm.relay_snapshot, mm.relay_drain, mm.relay_owner, mm.relay_until, mm.relay_wake
       INTO m FROM pgsse.meta AS mm;
     IF m.relay_snapshot IS NULL THEN
-        -- Commit mode, drained: writers must announce. The UPDATE's trigger sets
-        -- pgsse.announcing back to 1 if something left it at 0 (see there).
-        IF pg_catalog.pg_sequence_last_value('pgsse.announcing') IS NOT DISTINCT FROM 0 THEN
+        -- Commit mode, drained: writers must announce. The UPDATE's trigger puts
+        -- pgsse._announcing() right if something left it false (see there).
+        IF NOT pgsse._announcing() THEN
             UPDATE pgsse.meta SET notify_mode = notify_mode;
         END IF;
         state := 'off';
@@ -1523,10 +1520,10 @@ BEGIN
     ELSE
         EXECUTE pg_catalog.format(
             'CREATE TRIGGER pgsse_insert AFTER INSERT ON %s FOR EACH ROW EXECUTE FUNCTION %s', tbl, fn);
-        -- Skipped, call and all, while pgsse.announcing says there is nothing to announce.
+        -- Skipped, call and all, while pgsse._announcing() says there is nothing to announce.
         EXECUTE pg_catalog.format(
             'CREATE TRIGGER pgsse_announce AFTER INSERT ON %s FOR EACH STATEMENT'
-            ' WHEN (pg_catalog.pg_sequence_last_value(''pgsse.announcing''::pg_catalog.regclass) IS DISTINCT FROM 0)'
+            ' WHEN (pgsse._announcing())'
             ' EXECUTE FUNCTION %s', tbl, fn);
     END IF;
     EXECUTE pg_catalog.format(

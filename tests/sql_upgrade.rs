@@ -213,6 +213,8 @@ async fn upgrade_from_the_previous_release_while_writers_run() {
     exec(&fresh, "CREATE TABLE legacy (id int PRIMARY KEY, \"ownerId\" text, body text, seen boolean)").await;
     exec(&fresh, "SELECT pgsse.watch('notifications', 'user_id', exclude_columns => '{metadata}')").await;
     exec(&fresh, "SELECT pgsse.watch('legacy', 'ownerId', read_column => 'seen')").await;
+    // pgsse._announcing()'s body says whether writers announce: compare in the same mode.
+    exec(&fresh, "SELECT pgsse.set_notify_mode('commit')").await;
     assert_eq!(fingerprint(&url).await, fingerprint(&fresh).await);
     // An upgraded install keeps commit mode; a fresh one starts in relay mode.
     let mode: String = c.query_one("SELECT pgsse.notify_mode()", &[]).await.unwrap().get(0);

@@ -93,7 +93,7 @@ for v in $FLOOR; do
         empty) what="an empty PL/pgSQL row trigger" ;;
         log) what="row trigger writing the log row (JSON of the row), no index" ;;
         indexed) what="the same with pgsse.events' three indexes" ;;
-        pgsse) what="pgsse's triggers as installed (row-level INSERT + pgsse_announce), relay mode" ;;
+        pgsse) what="pgsse's triggers as installed, relay mode (the row-level INSERT; pgsse_announce skipped by its WHEN clause)" ;;
     esac
     awk -v w="$what" -v t="$m" -v b="$base" -v c="$CORES" 'BEGIN {
         printf "| %s | %d | %.0f µs | %.2f |\n", w, t, c * 1e6 / t, t / b }'

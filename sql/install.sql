@@ -1417,12 +1417,13 @@ BEGIN
                                        AND e.tx OPERATOR(pg_catalog.<) COALESCE(cut, '18446744073709551615'::xid8)
                                        AND pg_catalog.pg_visible_in_snapshot(e.tx, s)
                                     UNION ALL
-                                    -- LATERAL: a probe per transaction, never a hash of the log.
+                                    -- A probe per transaction, never a hash or merge join over the log
+                                    -- (OFFSET 0 keeps the planner from flattening the LATERAL into one).
                                     SELECT e.id, e.tx, e.user_id, e.event, e.data
                                       FROM pg_catalog.unnest(fresh) AS f(x)
                                      CROSS JOIN LATERAL (SELECT e.id, e.tx, e.user_id, e.event, e.data
                                                            FROM pgsse.events AS e
-                                                          WHERE e.tx OPERATOR(pg_catalog.=) f.x) AS e) AS e) AS e
+                                                          WHERE e.tx OPERATOR(pg_catalog.=) f.x OFFSET 0) AS e) AS e) AS e
                      GROUP BY e.tx) AS g
              -- In the order their last rows were written: a transaction that acted on
              -- another's committed rows wrote after them.

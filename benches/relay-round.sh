@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# What one relay round costs PostgreSQL per event, without contention (issue 14).
+#
+# A throwaway PostgreSQL (fsync off, pg_stat_statements), the `notifications` table watched in
+# relay mode, a log of 20,000 rows written by one transaction (and analyzed right after it when
+# ANALYZE=1: the sample then says a transaction has thousands of rows). Then ROUNDS times: TXS
+# single-row INSERTs, each its own transaction, and one `pgsse.relay()` call announcing them, all
+# from one session. Prints the mean time of a round and per event (pg_stat_statements).
+#
+# Run as root (the server runs as `postgres`) from the repository root after
+# `cargo build --release`; needs psql. Environment: PGSSE_BIN (default target/release/pgsse; a
+# binary of another version installs that version's SQL), TXS (default 100), ROUNDS (default 150),
+# ANALYZE (default empty), PORT (default 55482).
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+PGSSE_BIN="${PGSSE_BIN:-$ROOT/target/release/pgsse}"
+PORT="${PORT:-55482}"
+TXS="${TXS:-100}"
+ROUNDS="${ROUNDS:-150}"
+BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+D=$(mktemp -d /dev/shm/relay-round.XXXXXX); chown postgres "$D"
+su postgres -c "$BIN/initdb -D $D/data -U postgres --auth=trust --no-sync >/dev/null"
+cat >> "$D/data/postgresql.conf" <<C
+fsync = off
+synchronous_commit = off
+shared_buffers = 256MB
+listen_addresses = '127.0.0.1'
+port = $PORT
+unix_socket_directories = '$D'
+shared_preload_libraries = 'pg_stat_statements'
+C
+su postgres -c "$BIN/pg_ctl -D $D/data -l $D/log start -w >/dev/null"
+trap 'su postgres -c "$BIN/pg_ctl -D $D/data stop -m fast >/dev/null"; rm -rf "$D"' EXIT
+U=postgres://postgres@127.0.0.1:$PORT/postgres
+export PGOPTIONS='-c client_min_messages=warning'
+"$PGSSE_BIN" sql install --apply --database-url "$U" >/dev/null 2>&1
+psql -qX "$U" -v ON_ERROR_STOP=1 >/dev/null <<'SQL'
+CREATE EXTENSION pg_stat_statements;
+CREATE TABLE notifications (id serial PRIMARY KEY, user_id text NOT NULL, type text NOT NULL DEFAULT 'info',
+    title text NOT NULL DEFAULT '', message text NOT NULL DEFAULT '', read boolean NOT NULL DEFAULT false,
+    metadata jsonb, created_at timestamptz NOT NULL DEFAULT now());
+SELECT pgsse.watch('notifications', 'user_id');
+SELECT pgsse.set_notify_mode('relay');
+INSERT INTO notifications (user_id, title) SELECT 'u' || g % 1000, 'warm' FROM generate_series(1, 20000) g;
+SELECT * FROM pgsse.relay('bench', '1 hour');
+SQL
+[ -n "${ANALYZE:-}" ] && psql -qX "$U" -c "ANALYZE pgsse.events" >/dev/null
+{
+    echo "SET synchronous_commit = off;"
+    for _ in $(seq "$ROUNDS"); do
+        for _ in $(seq "$TXS"); do
+            echo "INSERT INTO notifications (user_id, title, metadata) VALUES ('u$((RANDOM % 1000))', 'bench', jsonb_build_object('bench', '1.2.3.1700000000000000'));"
+        done
+        echo "SELECT state FROM pgsse.relay('bench', '1 hour');"
+    done
+} > "$D/script.sql"
+psql -qX "$U" -c "SELECT pg_stat_statements_reset()" >/dev/null
+psql -qX "$U" -f "$D/script.sql" >/dev/null
+psql -X "$U" -c "SELECT calls AS rounds, round(mean_exec_time::numeric, 3) AS ms_per_round,
+                        round((mean_exec_time * 1000 / $TXS)::numeric, 2) AS us_per_event
+                   FROM pg_stat_statements WHERE query LIKE '%pgsse.relay(%' AND query NOT LIKE '%pg_stat%'"

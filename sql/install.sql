@@ -386,8 +386,26 @@ ON CONFLICT DO NOTHING;
 -- after a switch to commit, the relay keeps relaying the transactions that
 -- were running, see pgsse.relay's drain.)
 -- Executable by everyone: a writer's WHEN clause calls it as the writer.
--- (The same text as pgsse._announcing_in_step writes.)
-CREATE OR REPLACE FUNCTION pgsse._announcing() RETURNS boolean LANGUAGE plpgsql STABLE AS 'BEGIN RETURN true; END';
+-- Written by pgsse._write_announcing only.
+CREATE OR REPLACE FUNCTION pgsse._write_announcing(v boolean) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    EXECUTE pg_catalog.format(
+        'CREATE OR REPLACE FUNCTION pgsse._announcing() RETURNS boolean LANGUAGE plpgsql STABLE AS %L',
+        pg_catalog.format('BEGIN RETURN %s; END', CASE WHEN v THEN 'true' ELSE 'false' END));
+END
+$fn$;
+
+COMMENT ON FUNCTION pgsse._write_announcing(boolean) IS
+    'pgsse internal: (re)writes pgsse._announcing() to return v';
+
+REVOKE ALL ON FUNCTION pgsse._write_announcing(boolean) FROM PUBLIC;
+
+-- Announcing until this script's last statement (the UPDATE of the version) has
+-- pgsse.meta's trigger derive it from the mode.
+DO $announcing$ BEGIN PERFORM pgsse._write_announcing(true); END $announcing$;
 
 COMMENT ON FUNCTION pgsse._announcing() IS
     'pgsse internal: whether INSERT statements run pgsse_announce (rewritten by pgsse.meta''s trigger: false only while an awake relay relays)';
@@ -404,9 +422,7 @@ DECLARE
 BEGIN
     -- Only when it changes: a rewrite is a catalog update every session hears of.
     IF pgsse._announcing() IS DISTINCT FROM v THEN
-        EXECUTE pg_catalog.format(
-            'CREATE OR REPLACE FUNCTION pgsse._announcing() RETURNS boolean LANGUAGE plpgsql STABLE AS %L',
-            pg_catalog.format('BEGIN RETURN %s; END', CASE WHEN v THEN 'true' ELSE 'false' END));
+        PERFORM pgsse._write_announcing(v);
     END IF;
     RETURN NULL;
 END

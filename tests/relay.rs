@@ -615,11 +615,8 @@ async fn an_awake_relay_spares_writers_the_statement_trigger() {
     assert_eq!((events.len(), payloads.len()), (1, 1), "announced after the switch rolled back");
 
     // Left false in commit mode (by hand, say): the next relay call of any gateway sets it right.
-    exec(
-        &db,
-        "CREATE OR REPLACE FUNCTION pgsse._announcing() RETURNS boolean LANGUAGE plpgsql AS 'BEGIN RETURN false; END'",
-    )
-    .await;
+    exec(&db, "SELECT pgsse._write_announcing(false)").await;
+    assert!(!announcing().await);
     assert_eq!(round(false).await, "off");
     assert!(announcing().await);
     let (events, payloads) = t.run("INSERT INTO notifications (user_id, title) VALUES ('u', 'healed')").await;

@@ -55,10 +55,10 @@ async fn install_is_idempotent_and_keeps_events() {
     );
     assert_eq!(
         count("SELECT count(*) FROM pg_proc WHERE pronamespace = 'pgsse'::regnamespace").await,
-        29,
+        30,
         "plus _send, history, new_history, mark, capture_sessions, watch_sessions, unwatch_sessions, _capture_sql, \
          _generate_capture, _drop_unused_captures, _payload, _relaying, _wake, _announced, _set_announced, _announcing, \
-         _announcing_in_step, set_notify_mode, \
+         _write_announcing, _announcing_in_step, set_notify_mode, \
          notify_mode, relay, _snapshot_cut and the generated capture_<oid> of notifications"
     );
     assert_eq!(count("SELECT count(*) FROM pgsse.meta").await, 1);

@@ -22,7 +22,7 @@
 # Run as root (the server runs as `postgres`) from the repository root after
 # `cargo build --release`; needs pgbench, psql and python3. Environment: SECS (per pgbench run,
 # default 10), ROUNDS (default 3), WRITERS (default "1 16 64"), STREAMS (default 2000),
-# IDLE_SECS (default 60), PORT (default 55433), PGSSE_BIN (default target/release/pgsse),
+# IDLE_SECS (default 60; 0 skips the idle part), PORT (default 55433), PGSSE_BIN (default target/release/pgsse),
 # DATA_DIR (default a fresh directory under /var/tmp), GATEWAY_ARGS (more `pgsse serve` flags, e.g.
 # "--relay-interval 25ms"), VARIANTS (default "none log relay commit"; the ratios need all four).
 set -euo pipefail
@@ -223,12 +223,16 @@ echo "|---|---|---|---|---|---|---|---|"
 for c in $WRITERS; do
     declare -A M
     for v in $VARIANTS; do M[$v]=$(echo "${TPS[$v,$c]}" | median); done
-    awk -v c="$c" -v n="${M[none]}" -v l="${M[log]}" -v r="${M[relay]}" -v m="${M[commit]}" 'BEGIN {
-        printf "| %s | %d | %d | %d | %d | %.2f | %.2fx | %.2f |\n", c, n, l, r, m, r / l, r / m, l / n }'
+    # A variant left out of VARIANTS shows as 0, and the ratios that need it as "-".
+    awk -v c="$c" -v n="${M[none]:-0}" -v l="${M[log]:-0}" -v r="${M[relay]:-0}" -v m="${M[commit]:-0}" '
+        function ratio(a, b, unit) { return (a > 0 && b > 0) ? sprintf("%.2f%s", a / b, unit) : "-" }
+        BEGIN { printf "| %s | %d | %d | %d | %d | %s | %s | %s |\n", c, n, l, r, m,
+                       ratio(r, l, ""), ratio(r, m, "x"), ratio(l, n, "") }'
 done
 
 # ---- Idle: what PostgreSQL spends with a gateway and no writes ------------------------------
 echo
+[ "$IDLE_SECS" -gt 0 ] || exit 0
 for v in log relay commit; do
     variant "$v"
     sleep 2

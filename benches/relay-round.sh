@@ -17,21 +17,10 @@ PGSSE_BIN="${PGSSE_BIN:-$ROOT/target/release/pgsse}"
 PORT="${PORT:-55482}"
 TXS="${TXS:-100}"
 ROUNDS="${ROUNDS:-150}"
-BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-D=$(mktemp -d /dev/shm/relay-round.XXXXXX); chown postgres "$D"
-su postgres -c "$BIN/initdb -D $D/data -U postgres --auth=trust --no-sync >/dev/null"
-cat >> "$D/data/postgresql.conf" <<C
-fsync = off
-synchronous_commit = off
-shared_buffers = 256MB
-listen_addresses = '127.0.0.1'
-port = $PORT
-unix_socket_directories = '$D'
-shared_preload_libraries = 'pg_stat_statements'
-C
-su postgres -c "$BIN/pg_ctl -D $D/data -l $D/log start -w >/dev/null"
-trap 'su postgres -c "$BIN/pg_ctl -D $D/data stop -m fast >/dev/null"; rm -rf "$D"' EXIT
-U=postgres://postgres@127.0.0.1:$PORT/postgres
+D=$(mktemp -d /dev/shm/relay-round.XXXXXX)
+# shellcheck source=benches/cluster.sh
+. "$ROOT/benches/cluster.sh"
+start_cluster "$D" "$PORT" fast "shared_preload_libraries = 'pg_stat_statements'"
 export PGOPTIONS='-c client_min_messages=warning'
 "$PGSSE_BIN" sql install --apply --database-url "$U" >/dev/null 2>&1
 psql -qX "$U" -v ON_ERROR_STOP=1 >/dev/null <<'SQL'

@@ -21,9 +21,10 @@
 -- Versions and upgrades
 -- -----------------------------------------------------------------------------
 --
--- This is version 4 of pgsse's SQL (version 3: INSERTs are captured by a
+-- This is version 5 of pgsse's SQL (version 3: INSERTs are captured by a
 -- row-level trigger; version 4: pgsse_announce runs only when it has work,
--- see pgsse._announcing); pgsse.meta.version records the version
+-- see pgsse._announcing; version 5: pgsse.events is keyed by (tx, id) and
+-- has one index fewer); pgsse.meta.version records the version
 -- installed (NULL before version 2, which counts as version 1), and
 -- pgsse.meta.gateway_min_version the oldest gateway able to serve it. Running
 -- this script on an earlier install upgrades it in place, in one transaction:
@@ -256,8 +257,8 @@ BEGIN
     IF pg_catalog.to_regclass('pgsse.meta') IS NOT NULL THEN
         EXECUTE 'SELECT (pg_catalog.to_jsonb(m) OPERATOR(pg_catalog.->>) ''version'')::integer FROM pgsse.meta AS m'
             INTO installed;
-        IF installed OPERATOR(pg_catalog.>) 4 THEN
-            RAISE EXCEPTION 'pgsse: this database has pgsse SQL version % installed, newer than this script (version 4)', installed
+        IF installed OPERATOR(pg_catalog.>) 5 THEN
+            RAISE EXCEPTION 'pgsse: this database has pgsse SQL version % installed, newer than this script (version 5)', installed
                 USING ERRCODE = 'object_not_in_prerequisite_state',
                       HINT = 'Install with the pgsse binary of that version or later; nothing was changed.';
         END IF;
@@ -293,7 +294,8 @@ COMMENT ON SCHEMA pgsse IS
 -- -----------------------------------------------------------------------------
 
 CREATE TABLE IF NOT EXISTS pgsse.events (
-    id         bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    -- orders the events of one transaction (a session's ids only grow)
+    id         bigint      GENERATED ALWAYS AS IDENTITY,
     -- writing transaction: orders and groups the events of one commit
     tx         xid8        NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
     -- recipient, as text; NULL = broadcast to every connection
@@ -302,7 +304,10 @@ CREATE TABLE IF NOT EXISTS pgsse.events (
     event      text        NOT NULL DEFAULT 'notification',
     -- SSE "data:" (JSON)
     data       jsonb       NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- Every reader finds rows by transaction (the relay, catch-ups, reference payloads, commit
+    -- mode's read-back, retention), so the key leads with tx and one index serves them all.
+    CONSTRAINT events_pkey PRIMARY KEY (tx, id)
 );
 
 COMMENT ON TABLE pgsse.events IS
@@ -310,11 +315,26 @@ COMMENT ON TABLE pgsse.events IS
 
 -- per-user replay on reconnect
 CREATE INDEX IF NOT EXISTS events_user_id_tx_idx ON pgsse.events (user_id, tx);
--- gateway catch-up after a lost LISTEN connection, and reference payloads
-CREATE INDEX IF NOT EXISTS events_tx_idx ON pgsse.events (tx);
--- Retention walks the primary key (ids grow with insert time), so the index on
--- created_at of earlier versions only cost every writer an index insert.
+-- Two indexes, because each costs every writer an index insert. Versions before 5 keyed the log
+-- by id alone and kept a third index on (tx); version 5 moves the key to (tx, id), which
+-- rebuilds it (the log stays locked by this script meanwhile: under a second per million rows).
+DO $key$
+BEGIN
+    IF (SELECT pg_catalog.array_agg(a.attname::text ORDER BY k.n)
+          FROM pg_catalog.pg_constraint AS c
+         CROSS JOIN LATERAL pg_catalog.unnest(c.conkey) WITH ORDINALITY AS k(attnum, n)
+          JOIN pg_catalog.pg_attribute AS a ON a.attrelid = c.conrelid AND a.attnum = k.attnum
+         WHERE c.conrelid = 'pgsse.events'::pg_catalog.regclass AND c.contype = 'p')
+       IS DISTINCT FROM ARRAY['tx', 'id'] THEN
+        ALTER TABLE pgsse.events DROP CONSTRAINT IF EXISTS events_pkey;
+        ALTER TABLE pgsse.events ADD CONSTRAINT events_pkey PRIMARY KEY (tx, id);
+    END IF;
+END
+$key$;
+-- Retention walks the primary key (in transaction order, roughly the order of created_at), so
+-- the indexes on created_at (before version 3) and on tx (before version 5) only cost writers.
 DROP INDEX IF EXISTS pgsse.events_created_at_idx;
+DROP INDEX IF EXISTS pgsse.events_tx_idx;
 -- What the planner assumes of tx: a few rows per transaction, whatever ANALYZE's sample says.
 -- A sample taken just after one large transaction (a bulk UPDATE of thousands of rows) says
 -- that a transaction has thousands of rows, and every lookup of one transaction's rows (the
@@ -1039,8 +1059,7 @@ BEGIN
             RETURN NULL;
         END IF;
         pgsse_after := pgsse._announced(pgsse_tx);
-        -- One query on the tx index (ORDER BY id ... LIMIT would lure a generic plan onto the
-        -- primary key, a walk of the whole log). JSON only for what can fit in one NOTIFY.
+        -- One range of the primary key (tx, id). JSON only for what can fit in one NOTIFY.
         SELECT pg_catalog.count(*), pg_catalog.min(e.id), pg_catalog.max(e.id),
                CASE WHEN pg_catalog.count(*) OPERATOR(pg_catalog.<=) 128 THEN
                    pg_catalog.json_agg(pg_catalog.json_build_array(e.id, e.user_id, e.event, e.data) ORDER BY e.id)::pg_catalog.text
@@ -1413,11 +1432,11 @@ BEGIN
         IF cut IS NOT NULL THEN
             cut := (SELECT pg_catalog.min(e.tx) FROM pgsse.events AS e WHERE e.tx OPERATOR(pg_catalog.>) cut);
         END IF;
-        -- Each query below has one good plan whatever the values (index scans on tx, in tx
-        -- order), so PL/pgSQL plans it once per session: a round costs its rows, not planning.
+        -- Each query below has one good plan whatever the values (scans of the primary key,
+        -- in tx order), so PL/pgSQL plans it once per session: a round costs its rows, not planning.
         -- The transactions to announce: p's finished in-progress ones, and those from its xmax
         -- up that are visible in s (below the cut); each with its row count, id range and, for
-        -- up to 64 rows, its entries. One pass over their rows: a range scan of the tx index from
+        -- up to 64 rows, its entries. One pass over their rows: a range scan of the primary key from
         -- p's xmax, and one probe per finished transaction of p's list.
         FOR r IN
             SELECT g.n, pgsse._payload(g.tx, g.n, g.lo, g.last,
@@ -1934,6 +1953,6 @@ DO $upgrade$ BEGIN PERFORM pgsse._rewatch(); END $upgrade$;
 ANALYZE pgsse.events;
 
 -- The version of this SQL, and the oldest gateway that can serve it.
-UPDATE pgsse.meta SET version = 4, gateway_min_version = 2;
+UPDATE pgsse.meta SET version = 5, gateway_min_version = 2;
 
 COMMIT;

@@ -96,7 +96,7 @@ async fn a_fresh_install_checks_clean_as_the_gateway_role() {
         .await
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains("ok      schema: pgsse SQL version 4"), "{text}");
+    assert!(out.status.success() && text.contains("ok      schema: pgsse SQL version 5"), "{text}");
     assert!(text.ends_with("0 errors, 1 warnings\n"), "{text}");
 }
 

@@ -186,3 +186,53 @@ async fn a_replica_skips_the_round_while_another_holds_the_retention_lock() {
     assert_eq!(prune_batch(&pool, retention).await.expect("prune"), Batch::Pruned(1));
     assert_eq!(scalar(&db, "SELECT (pruned_tx::text)::bigint FROM pgsse.meta").await, 999_999_999);
 }
+
+/// `sql/install.sql` of version 4, whose log had an index on tx beside a primary key on id.
+const VERSION_4: &str = include_str!("fixtures/install-v4.sql");
+
+/// A batch of retention reads about the rows it deletes, not the log: through the primary key
+/// (tx, id) of this version, and through the index on tx of the earlier versions a gateway
+/// still serves. Rows read come from the pruning session's statistics, complete once it has
+/// exited (its deletions show then too).
+#[tokio::test]
+async fn a_prune_batch_reads_its_batch_not_the_whole_log() {
+    for script in [pgsse::pg::install::INSTALL_SQL, VERSION_4] {
+        let db = common::fresh_database();
+        exec(&db, script).await;
+        // 20,000 rows in 200 transactions, the first 1,500 old enough to go.
+        exec(
+            &db,
+            "DO $$ BEGIN FOR t IN 1..200 LOOP \
+                 INSERT INTO pgsse.events (user_id, data) SELECT 'u' || i, '{}' FROM generate_series(1, 100) AS i; \
+                 COMMIT; END LOOP; END $$",
+        )
+        .await;
+        exec(
+            &db,
+            "UPDATE pgsse.events SET created_at = now() - interval '1 hour' \
+              WHERE id IN (SELECT id FROM pgsse.events ORDER BY id LIMIT 1500)",
+        )
+        .await;
+        exec(&db, "VACUUM ANALYZE pgsse.events").await;
+        let stat = "SELECT pg_stat_clear_snapshot(), seq_tup_read + coalesce(idx_tup_fetch, 0), n_tup_del \
+                      FROM pg_stat_user_tables WHERE relid = 'pgsse.events'::regclass";
+        let c = connect(&db).await;
+        let before = c.query_one(stat, &[]).await.expect("stat");
+        let (read0, del0): (i64, i64) = (before.get(1), before.get(2));
+
+        let cfg = pgsse::pg::parse_url(&db).expect("url");
+        let pool = pgsse::pg::Pool::new(&cfg, 1, pgsse::pg::DEFAULT_DB_TIMEOUT, Default::default()).expect("pool");
+        assert_eq!(prune_batch(&pool, Duration::from_secs(60)).await.expect("prune"), Batch::Pruned(1000));
+        drop(pool);
+        let deadline = tokio::time::Instant::now() + T;
+        let read = loop {
+            let row = c.query_one(stat, &[]).await.expect("stat");
+            if row.get::<_, i64>(2) - del0 == 1000 {
+                break row.get::<_, i64>(1) - read0;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the pruning session's statistics never arrived");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(read < 3000, "one batch of 1,000 rows read {read} rows of a 20,000-row log");
+    }
+}

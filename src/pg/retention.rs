@@ -40,15 +40,16 @@ async fn prune_on(client: &mut deadpool_postgres::Client, retention: Duration) -
         return Ok(Batch::Busy);
     }
     // `pruned_tx` only moves up: the gateway resets streams asking for history at or below it.
-    // The oldest rows by id: ids grow with insert time, so walking the primary key finds them
-    // without an index on created_at (which would cost every writer an index insert). A row
-    // written late by a long transaction may wait until the rows before it are old too.
+    // The oldest rows by transaction: the primary key (tx, id) walks them in the order
+    // transactions took their ids, close to the order of created_at (their start), without an
+    // index on created_at (which would cost every writer an index insert). A row of a
+    // transaction that took its id early and started late waits until the rows before it are old.
     let row = tx
         .query_one(
             "WITH doomed AS ( \
-                 SELECT f.id FROM (SELECT id, created_at FROM pgsse.events ORDER BY id LIMIT $2) AS f \
+                 SELECT f.tx, f.id FROM (SELECT tx, id, created_at FROM pgsse.events ORDER BY tx, id LIMIT $2) AS f \
                  WHERE f.created_at < now() - make_interval(secs => $1)), \
-             gone AS (DELETE FROM pgsse.events WHERE id IN (SELECT id FROM doomed) RETURNING tx), \
+             gone AS (DELETE FROM pgsse.events WHERE (tx, id) IN (SELECT tx, id FROM doomed) RETURNING tx), \
              top AS (SELECT tx FROM gone ORDER BY tx DESC LIMIT 1), \
              moved AS (UPDATE pgsse.meta SET pruned_tx = top.tx FROM top WHERE pgsse.meta.pruned_tx < top.tx RETURNING 1) \
              SELECT count(*) FROM gone",

@@ -3,7 +3,7 @@
 use super::{within, PgError};
 
 /// The version of `sql/install.sql` embedded in this binary (`pgsse.meta.version` once installed).
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 /// The oldest installed SQL this gateway serves. Versions before 2 recorded none.
 pub const OLDEST_SERVED: i32 = 2;
 

@@ -11,6 +11,7 @@ const OBSOLETE: &[(&str, &str)] = &[
     ("function", "pgsse._sign(text)"),
     ("function", "pgsse._capture_sql(text, text, text, text, text[], text)"),
     ("index", "pgsse.events_created_at_idx"),
+    ("index", "pgsse.events_tx_idx"),
 ];
 
 /// Everything `status` reports.
@@ -61,6 +62,13 @@ impl Status {
                  for it, typically well under a second; nothing is lost)",
                 inst.describe()
             ));
+            if v < 5 {
+                plan.push(
+                    "rebuild the primary key of pgsse.events on (tx, id), which replaces the index on tx (the log \
+                     stays locked meanwhile: under a second per million rows)"
+                        .into(),
+                );
+            }
             if !self.watched.is_empty() {
                 let names = self.watched.iter().map(|w| w.table.as_str()).collect::<Vec<_>>().join(", ");
                 plan.push(format!(

@@ -155,6 +155,26 @@ pub async fn events_after(client: &Client, after: i64) -> Vec<Event> {
         .collect()
 }
 
+/// The indexes of `pgsse.events` as this version creates them. Each costs every writer an index
+/// insert: the key (tx, id) serves the relay, catch-ups, reference payloads and retention;
+/// (user_id, tx) serves replays.
+pub const LOG_INDEXES: &str = "CREATE UNIQUE INDEX events_pkey ON pgsse.events USING btree (tx, id); \
+                               CREATE INDEX events_user_id_tx_idx ON pgsse.events USING btree (user_id, tx)";
+
+/// The indexes of `pgsse.events`, as `LOG_INDEXES` writes them.
+pub async fn log_indexes(url: &str) -> String {
+    let c = super::connect(url).await;
+    let row = c
+        .query_one(
+            "SELECT string_agg(indexdef, '; ' ORDER BY indexname) FROM pg_indexes \
+              WHERE schemaname = 'pgsse' AND tablename = 'events'",
+            &[],
+        )
+        .await
+        .expect("the log's indexes");
+    row.get(0)
+}
+
 /// Rows of `pgsse.events` read so far, by sequential and index scans, including this session's
 /// latest statements: a query whose cached plan walks the whole log shows here.
 pub async fn log_rows_read(c: &Client) -> i64 {

@@ -199,24 +199,26 @@ async fn a_prune_batch_reads_its_batch_not_the_whole_log() {
     for script in [pgsse::pg::install::INSTALL_SQL, VERSION_4] {
         let db = common::fresh_database();
         exec(&db, script).await;
-        // 20,000 rows in 200 transactions, the first 1,500 old enough to go.
-        exec(
-            &db,
+        // 20,000 rows in 200 transactions, the first 1,500 old enough to go; all on this session,
+        // whose statistics are flushed before counting (another session's could arrive later).
+        let c = connect(&db).await;
+        c.batch_execute(
             "DO $$ BEGIN FOR t IN 1..200 LOOP \
                  INSERT INTO pgsse.events (user_id, data) SELECT 'u' || i, '{}' FROM generate_series(1, 100) AS i; \
                  COMMIT; END LOOP; END $$",
         )
-        .await;
-        exec(
-            &db,
+        .await
+        .expect("log rows");
+        c.batch_execute(
             "UPDATE pgsse.events SET created_at = now() - interval '1 hour' \
               WHERE id IN (SELECT id FROM pgsse.events ORDER BY id LIMIT 1500)",
         )
-        .await;
-        exec(&db, "VACUUM ANALYZE pgsse.events").await;
+        .await
+        .expect("old rows");
+        c.batch_execute("VACUUM ANALYZE pgsse.events").await.expect("vacuum");
+        c.batch_execute("SELECT pg_stat_force_next_flush()").await.expect("flush");
         let stat = "SELECT pg_stat_clear_snapshot(), seq_tup_read + coalesce(idx_tup_fetch, 0), n_tup_del \
                       FROM pg_stat_user_tables WHERE relid = 'pgsse.events'::regclass";
-        let c = connect(&db).await;
         let before = c.query_one(stat, &[]).await.expect("stat");
         let (read0, del0): (i64, i64) = (before.get(1), before.get(2));
 

@@ -297,6 +297,9 @@ async fn upgrade_from_version_4_keys_the_log_by_transaction() {
     exec(&url, pgsse::pg::demo::CREATE_TABLE_SQL).await;
     exec(&url, "SELECT pgsse.watch('notifications', 'user_id')").await;
     assert_ne!(common::sql::log_indexes(&url).await, common::sql::LOG_INDEXES, "version 4's log");
+    let (ok, status, _) = pgsse(&["sql", "status", "--database-url", &url]).await;
+    assert!(ok && status.contains("rebuild the primary key of pgsse.events on (tx, id)"), "{status}");
+    assert!(status.contains("index pgsse.events_tx_idx"), "{status}");
     let insert = |from: u32, to: u32| {
         let url = url.clone();
         async move {

@@ -42,8 +42,8 @@ async fn prune_on(client: &mut deadpool_postgres::Client, retention: Duration) -
     // `pruned_tx` only moves up: the gateway resets streams asking for history at or below it.
     // The oldest rows by transaction: the primary key (tx, id) walks them in the order
     // transactions took their ids, close to the order of created_at (their start), without an
-    // index on created_at (which would cost every writer an index insert). A row of a
-    // transaction that took its id early and started late waits until the rows before it are old.
+    // index on created_at (which would cost every writer an index insert). A transaction that
+    // started long before it took its id sits among newer ones in that order, and waits for them.
     let row = tx
         .query_one(
             "WITH doomed AS ( \

@@ -36,21 +36,12 @@ STREAMS="${STREAMS:-2000}"
 IDLE_SECS="${IDLE_SECS:-60}"
 GW_PORT=$((PORT + 1))
 SECRET=notify-modes-bench-secret-0123456789
-BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 D="${DATA_DIR:-$(mktemp -d /var/tmp/notify-modes.XXXXXX)}"
-mkdir -p "$D"; chown postgres "$D"
-su postgres -c "$BIN/initdb -D $D/data -U postgres --auth=trust >/dev/null"
-cat >> "$D/data/postgresql.conf" <<C
-fsync = on
-synchronous_commit = on
-shared_buffers = 256MB
-max_wal_size = 4GB
-max_connections = 200
-listen_addresses = '127.0.0.1'
-port = $PORT
-unix_socket_directories = '$D'
-C
-su postgres -c "$BIN/pg_ctl -D $D/data -l $D/log start -w >/dev/null"
+mkdir -p "$D"
+# shellcheck source=benches/cluster.sh
+. "$ROOT/benches/cluster.sh"
+start_cluster "$D" "$PORT" durable "max_wal_size = 4GB
+max_connections = 200"
 GW_PID=""; HOLD_PID=""; LISTEN_PID=""
 stop_gateway() {
     [ -n "$HOLD_PID" ] && kill "$HOLD_PID" 2>/dev/null && wait "$HOLD_PID" 2>/dev/null || true
@@ -65,7 +56,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 1' INT TERM
-U=postgres://postgres@127.0.0.1:$PORT/postgres
 q() { psql -qAtX "$U" -c "$1"; }
 "$PGSSE_BIN" sql install --apply --database-url "$U" >/dev/null
 q "CREATE TABLE notifications (id serial PRIMARY KEY, user_id text NOT NULL, type text NOT NULL DEFAULT 'info', title text NOT NULL DEFAULT '', message text NOT NULL DEFAULT '', read boolean NOT NULL DEFAULT false, metadata jsonb, created_at timestamptz NOT NULL DEFAULT now())"

@@ -224,3 +224,53 @@ async fn writers_waiting_on_the_notify_lock_are_an_error_naming_relay_mode() {
         assert_eq!(done.unwrap(), 1);
     }
 }
+
+/// A capture function attached by hand in a shape `pgsse.watch()` never creates. The function
+/// trusts its trigger's shape (testing it on every row would cost each writer's INSERT), so
+/// `check` is where the mistake shows: an error naming the trigger and the statement that drops it.
+#[tokio::test]
+async fn a_capture_function_in_a_trigger_watch_never_creates_is_an_error() {
+    let url = fresh_database();
+    let (gw, _) = deployment(&url).await;
+    let (code, report) = check(&gw).await;
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(statuses(&report, "table notifications"), ["ok"], "{report:#}");
+
+    let c = connect(&url).await;
+    let function: String = c
+        .query_one("SELECT tgfoid::regproc::text FROM pg_trigger WHERE tgname = 'pgsse_insert'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    exec(
+        &url,
+        &format!(
+            "CREATE TRIGGER \"Extra\" BEFORE INSERT OR UPDATE ON notifications FOR EACH ROW EXECUTE FUNCTION {function}()"
+        ),
+    )
+    .await;
+    let (code, report) = check(&gw).await;
+    assert_eq!(code, 1, "{report:#}");
+    let table = findings(&report, "table notifications");
+    assert_eq!(table.len(), 2, "pgsse's own triggers still check ok: {report:#}");
+    let (status, message, fix) = table[1];
+    assert_eq!(status, "error");
+    assert_eq!(
+        message,
+        "trigger \"Extra\" calls pgsse's capture function as BEFORE INSERT OR UPDATE FOR EACH ROW, a shape \
+         pgsse.watch() never creates: every row it fires for is logged as created"
+    );
+    assert!(fix.starts_with("as the table's owner: DROP TRIGGER \"Extra\" ON notifications"), "{fix}");
+
+    // `sql status` says it too, and following the fix clears it.
+    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgsse"))
+        .args(["sql", "status", "--database-url", &url])
+        .output()
+        .await
+        .expect("run pgsse sql status");
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("! notifications: trigger \"Extra\" calls pgsse's capture function"), "{text}");
+    exec(&url, "DROP TRIGGER \"Extra\" ON notifications").await;
+    let (code, report) = check(&gw).await;
+    assert_eq!(code, 0, "{report:#}");
+}

@@ -420,3 +420,22 @@ async fn a_writers_search_path_runs_nothing_with_the_owners_rights() {
     // And everything was captured: 2 x (2 created, read, updated, deleted, created) + 2 deleted.
     assert_eq!(scalar_i64(&owner, "SELECT count(*) FROM pgsse.events").await, 14);
 }
+
+/// A capture function attached by hand as a BEFORE row trigger: the app's row still goes in (the
+/// function returns NEW, and does not test its trigger's shape on every row; `pgsse check` reports
+/// the stray trigger, see tests/check.rs).
+#[tokio::test]
+async fn a_capture_function_made_a_before_trigger_keeps_the_apps_row() {
+    let url = fresh_database();
+    install_commit_mode(&url).await;
+    exec(&url, NOTIFICATIONS).await;
+    let client = connect(&url).await;
+    let function = trigger_function(&client, "notifications").await;
+    exec(
+        &url,
+        &format!("CREATE TRIGGER mistaken BEFORE INSERT ON notifications FOR EACH ROW EXECUTE FUNCTION {function}"),
+    )
+    .await;
+    client.batch_execute("INSERT INTO notifications (id, user_id, title) VALUES (1, 7, 'kept')").await.unwrap();
+    assert_eq!(scalar_i64(&client, "SELECT count(*) FROM notifications WHERE title = 'kept'").await, 1);
+}

@@ -114,6 +114,9 @@ pub async fn run(client: &tokio_postgres::Client, gateway_role: Option<&str>) ->
         Err(why) => report.add("schema", Level::Error, why, Some(INSTALL_COMMAND.into())),
     }
     watched(client, &mut report).await?;
+    for t in schema::stray_triggers(client).await? {
+        report.add(format!("table {}", t.table), Level::Error, t.problem(), Some(t.fix()));
+    }
     grants(client, &role, gateway_role.is_none(), &mut report).await?;
     notify(client, inst.notify_mode.as_deref().unwrap_or("commit"), &mut report).await?;
     database(client, &role, &mut report).await?;

@@ -192,6 +192,89 @@ impl Watched {
     }
 }
 
+/// Whether the trigger `t` calls one of pgsse's capture functions (`p` its `pg_proc` row): a
+/// table's generated `pgsse.capture_<oid>()` (renamed `_<oid>` when a restore gave its name to
+/// another table), or the generic `pgsse.capture()` of earlier versions.
+const CALLS_CAPTURE: &str = "p.oid = t.tgfoid AND p.pronamespace = to_regnamespace('pgsse') \
+                             AND (p.proname = 'capture' OR p.proname ~ '^capture_[0-9]+(_[0-9]+)?$')";
+
+/// A trigger calling a capture function in a shape `pgsse.watch()` never creates. The functions
+/// trust their trigger's shape rather than test it on every row (see `_generate_capture`), so
+/// such a trigger logs wrong events: every row it fires for, as created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StrayTrigger {
+    pub table: String,
+    /// Quoted where SQL needs it.
+    pub name: String,
+    /// As CREATE TRIGGER says it, e.g. `BEFORE INSERT OR UPDATE FOR EACH ROW`.
+    pub shape: String,
+}
+
+impl StrayTrigger {
+    /// What goes wrong, for `pgsse check` and `pgsse sql status`.
+    pub fn problem(&self) -> String {
+        let effect = if self.shape.ends_with("ROW") {
+            "every row it fires for is logged as created"
+        } else {
+            "the statements it fires for fail or go unannounced"
+        };
+        format!(
+            "trigger {} calls pgsse's capture function as {}, a shape pgsse.watch() never creates: {effect}",
+            self.name, self.shape
+        )
+    }
+
+    /// The statement that removes it; `watch()` again afterwards if the table should stay watched.
+    pub fn fix(&self) -> String {
+        format!(
+            "as the table's owner: DROP TRIGGER {} ON {} (then SELECT pgsse.watch(...) again if it was pgsse's own)",
+            self.name, self.table
+        )
+    }
+}
+
+/// Every stray trigger (see [`StrayTrigger`]).
+pub async fn stray_triggers(client: &tokio_postgres::Client) -> Result<Vec<StrayTrigger>, PgError> {
+    // pg_trigger.tgtype: 1 row, 2 before, 4 insert, 8 delete, 16 update, 32 truncate, 64 instead.
+    let rows = client
+        .query(
+            &format!(
+                "SELECT t.tgrelid::regclass::text, quote_ident(t.tgname), t.tgtype::int \
+                   FROM pg_trigger AS t, pg_proc AS p \
+                  WHERE {CALLS_CAPTURE} AND t.tgparentid = 0 \
+                    AND (t.tgname::text, t.tgtype::int) NOT IN \
+                        (('pgsse_insert', 5), ('pgsse_insert', 4), ('pgsse_announce', 4), \
+                         ('pgsse_update', 16), ('pgsse_delete', 8)) \
+                  ORDER BY 1, 2"
+            ),
+            &[],
+        )
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let tgtype: i32 = row.try_get(2)?;
+        out.push(StrayTrigger { table: row.try_get(0)?, name: row.try_get(1)?, shape: trigger_shape(tgtype) });
+    }
+    Ok(out)
+}
+
+/// `pg_trigger.tgtype` as CREATE TRIGGER says it.
+fn trigger_shape(tgtype: i32) -> String {
+    let timing = match (tgtype & 2 != 0, tgtype & 64 != 0) {
+        (true, _) => "BEFORE",
+        (false, true) => "INSTEAD OF",
+        (false, false) => "AFTER",
+    };
+    let events = [(4, "INSERT"), (8, "DELETE"), (16, "UPDATE"), (32, "TRUNCATE")]
+        .iter()
+        .filter(|(bit, _)| tgtype & bit != 0)
+        .map(|(_, name)| *name)
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let level = if tgtype & 1 != 0 { "ROW" } else { "STATEMENT" };
+    format!("{timing} {events} FOR EACH {level}")
+}
+
 /// Every table with pgsse's row triggers, with the options it was watched with.
 pub async fn watched(client: &tokio_postgres::Client) -> Result<Vec<Watched>, PgError> {
     let recorded = client.query_one("SELECT to_regclass('pgsse.watched') IS NOT NULL", &[]).await?.try_get(0)?;
@@ -211,12 +294,9 @@ pub async fn watched(client: &tokio_postgres::Client) -> Result<Vec<Watched>, Pg
                                WHERE a.attrelid = t.tgrelid AND a.attnum > 0 AND NOT a.attisdropped), \
                         coalesce(bool_or(t.tgname = 'pgsse_insert' AND (t.tgtype::int & 1) = 1), false), \
                         coalesce(bool_or(t.tgname = 'pgsse_announce' AND t.tgqual IS NOT NULL), false) \
-                   FROM pg_trigger AS t \
-                   JOIN pg_proc AS p ON p.oid = t.tgfoid \
-                   JOIN pg_class AS c ON c.oid = t.tgrelid \
-                  WHERE p.pronamespace = to_regnamespace('pgsse') AND t.tgparentid = 0 \
+                   FROM pg_trigger AS t, pg_proc AS p, pg_class AS c \
+                  WHERE {CALLS_CAPTURE} AND c.oid = t.tgrelid AND t.tgparentid = 0 \
                     AND t.tgname IN ('pgsse_insert', 'pgsse_announce', 'pgsse_update', 'pgsse_delete') \
-                    AND (p.proname = 'capture' OR p.proname ~ '^capture_[0-9]+(_[0-9]+)?$') \
                   GROUP BY t.tgrelid, c.relowner ORDER BY 1"
             ),
             &[],
@@ -392,5 +472,13 @@ mod tests {
         assert!(at(Some(SCHEMA_VERSION), Some(SCHEMA_VERSION)).servable().is_ok());
         assert!(at(Some(SCHEMA_VERSION + 1), Some(SCHEMA_VERSION)).servable().is_ok());
         assert!(at(Some(SCHEMA_VERSION + 1), Some(SCHEMA_VERSION + 1)).servable().unwrap_err().contains("newer pgsse"));
+    }
+
+    #[test]
+    fn trigger_shapes_read_as_create_trigger_says_them() {
+        assert_eq!(trigger_shape(5), "AFTER INSERT FOR EACH ROW");
+        assert_eq!(trigger_shape(2 | 4 | 16 | 1), "BEFORE INSERT OR UPDATE FOR EACH ROW");
+        assert_eq!(trigger_shape(64 | 8 | 1), "INSTEAD OF DELETE FOR EACH ROW");
+        assert_eq!(trigger_shape(32), "AFTER TRUNCATE FOR EACH STATEMENT");
     }
 }

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::schema::{self, Capture, Installed, Watched, SCHEMA_VERSION};
+use super::schema::{self, Capture, Installed, StrayTrigger, Watched, SCHEMA_VERSION};
 use super::PgError;
 
 /// Objects earlier versions created that this version's script drops (kind, `to_regclass` /
@@ -22,6 +22,8 @@ pub struct Status {
     pub watched: Vec<Watched>,
     /// Objects of earlier versions still present.
     pub obsolete: Vec<String>,
+    /// Triggers calling a capture function in a shape `watch()` never creates.
+    pub stray: Vec<StrayTrigger>,
 }
 
 pub async fn read(client: &tokio_postgres::Client) -> Result<Status, PgError> {
@@ -29,8 +31,10 @@ pub async fn read(client: &tokio_postgres::Client) -> Result<Status, PgError> {
     let installed = schema::installed(client).await?;
     let mut obsolete = Vec::new();
     let mut watched = Vec::new();
+    let mut stray = Vec::new();
     if installed.is_some() {
         watched = schema::watched(client).await?;
+        stray = schema::stray_triggers(client).await?;
         for (kind, name) in OBSOLETE {
             let f = if *kind == "index" { "to_regclass" } else { "to_regprocedure" };
             let row = client.query_one(&format!("SELECT {f}($1) IS NOT NULL"), &[name]).await?;
@@ -39,7 +43,7 @@ pub async fn read(client: &tokio_postgres::Client) -> Result<Status, PgError> {
             }
         }
     }
-    Ok(Status { database, installed, watched, obsolete })
+    Ok(Status { database, installed, watched, obsolete, stray })
 }
 
 impl Status {
@@ -158,6 +162,10 @@ impl Status {
             if w.earlier_insert_triggers() {
                 let _ = writeln!(out, "    ! the INSERT triggers of an earlier version");
             }
+        }
+        for t in &self.stray {
+            let _ = writeln!(out, "  ! {}: {}", t.table, t.problem());
+            let _ = writeln!(out, "    fix: {}", t.fix());
         }
         self.render_plan(out)
     }

@@ -58,7 +58,7 @@ trap cleanup EXIT
 trap 'exit 1' INT TERM
 q() { psql -qAtX "$U" -c "$1"; }
 "$PGSSE_BIN" sql install --apply --database-url "$U" >/dev/null
-q "CREATE TABLE notifications (id serial PRIMARY KEY, user_id text NOT NULL, type text NOT NULL DEFAULT 'info', title text NOT NULL DEFAULT '', message text NOT NULL DEFAULT '', read boolean NOT NULL DEFAULT false, metadata jsonb, created_at timestamptz NOT NULL DEFAULT now())"
+q "$NOTIFICATIONS_TABLE"
 CHANNEL=$(q "SELECT channel FROM pgsse.secret")
 echo "INSERT INTO notifications (user_id, title) VALUES ('u' || (random()*1000)::int, 'bench');" > "$D/ins.sql"
 

@@ -23,11 +23,9 @@ D=$(mktemp -d /dev/shm/relay-round.XXXXXX)
 start_cluster "$D" "$PORT" fast "shared_preload_libraries = 'pg_stat_statements'"
 export PGOPTIONS='-c client_min_messages=warning'
 "$PGSSE_BIN" sql install --apply --database-url "$U" >/dev/null 2>&1
+psql -qX "$U" -v ON_ERROR_STOP=1 -c "$NOTIFICATIONS_TABLE" >/dev/null
 psql -qX "$U" -v ON_ERROR_STOP=1 >/dev/null <<'SQL'
 CREATE EXTENSION pg_stat_statements;
-CREATE TABLE notifications (id serial PRIMARY KEY, user_id text NOT NULL, type text NOT NULL DEFAULT 'info',
-    title text NOT NULL DEFAULT '', message text NOT NULL DEFAULT '', read boolean NOT NULL DEFAULT false,
-    metadata jsonb, created_at timestamptz NOT NULL DEFAULT now());
 SELECT pgsse.watch('notifications', 'user_id');
 SELECT pgsse.set_notify_mode('relay');
 INSERT INTO notifications (user_id, title) SELECT 'u' || g % 1000, 'warm' FROM generate_series(1, 20000) g;

@@ -15,7 +15,7 @@ D=/dev/shm/trigcost-$PORT; rm -rf $D; mkdir -p $D
 start_cluster "$D" "$PORT" fast "full_page_writes = off
 track_functions = 'pl'"
 "$PGSSE_BIN" sql install --apply --database-url $U
-psql -q $U -c "CREATE TABLE notifications (id serial PRIMARY KEY, user_id text NOT NULL, type text NOT NULL DEFAULT 'info', title text NOT NULL DEFAULT '', message text NOT NULL DEFAULT '', read boolean NOT NULL DEFAULT false, metadata jsonb, created_at timestamptz NOT NULL DEFAULT now())"
+psql -q $U -c "$NOTIFICATIONS_TABLE"
 echo "INSERT INTO notifications (user_id, title, metadata) VALUES ('u' || (random()*1000)::int, 'bench', jsonb_build_object('bench', '1.2.3.1700000000000000'));" > $D/ins.sql
 run() { $BIN/pgbench -n -h 127.0.0.1 -p $PORT -U postgres -f $D/ins.sql -T 10 -c $1 -j 1 postgres 2>/dev/null | grep -E "^tps|latency average"; }
 echo "== no trigger"; run 1; run 4

@@ -31,10 +31,8 @@ D=$(mktemp -d /dev/shm/trigger-instructions.XXXXXX)
 start_cluster "$D" "$PORT" fast
 export PGOPTIONS='-c client_min_messages=warning'
 "$PGSSE_BIN" sql install --apply --database-url "$U" >/dev/null 2>&1
+psql -qX "$U" -v ON_ERROR_STOP=1 -c "$NOTIFICATIONS_TABLE" >/dev/null
 psql -qX "$U" -v ON_ERROR_STOP=1 >/dev/null <<'SQL'
-CREATE TABLE notifications (id serial PRIMARY KEY, user_id text NOT NULL, type text NOT NULL DEFAULT 'info',
-    title text NOT NULL DEFAULT '', message text NOT NULL DEFAULT '', read boolean NOT NULL DEFAULT false,
-    metadata jsonb, created_at timestamptz NOT NULL DEFAULT now());
 CREATE PROCEDURE insert_rows(k int) LANGUAGE plpgsql AS $$
 BEGIN
     FOR i IN 1..k LOOP

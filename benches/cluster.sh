@@ -1,15 +1,15 @@
 # A throwaway PostgreSQL for one benchmark; sourced by the scripts beside it (run as root: the
 # server runs as `postgres`).
 #
-# start_cluster DIR PORT MODE [CONF]: initdb in DIR/data, MODE `durable` (fsync and
-# synchronous_commit on) or `fast` (both off, and initdb without syncing), 256MB of shared
-# buffers, TCP on 127.0.0.1:PORT and a socket in DIR, then the lines CONF; starts it, and stops it
-# and removes DIR when the script exits. Sets BIN (the server's bin directory) and U (its URL).
 # The app's table, as `pgsse demo` creates it: what every benchmark writes to.
 NOTIFICATIONS_TABLE="CREATE TABLE notifications (id serial PRIMARY KEY, user_id text NOT NULL,
     type text NOT NULL DEFAULT 'info', title text NOT NULL DEFAULT '', message text NOT NULL DEFAULT '',
     read boolean NOT NULL DEFAULT false, metadata jsonb, created_at timestamptz NOT NULL DEFAULT now())"
 
+# start_cluster DIR PORT MODE [CONF]: initdb in DIR/data, MODE `durable` (fsync and
+# synchronous_commit on) or `fast` (both off, and initdb without syncing), 256MB of shared
+# buffers, TCP on 127.0.0.1:PORT and a socket in DIR, then the lines CONF; starts it, and stops it
+# and removes DIR when the script exits. Sets BIN (the server's bin directory) and U (its URL).
 start_cluster() {
     local dir=$1 port=$2 mode=$3 conf=${4:-} sync=""
     BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)

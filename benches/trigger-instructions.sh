@@ -42,11 +42,15 @@ BEGIN
 END $$;
 SQL
 
-# Instructions of one single-user session running insert_rows($1).
+# Instructions of one single-user session running insert_rows($1). A single-user session prints
+# its errors and exits 0: any ERROR stops the script, or its counts would be of the failure.
 instructions() {
     local out="$D/callgrind.$1"
     su postgres -c "echo 'CALL insert_rows($1)' | valgrind --tool=callgrind --callgrind-out-file=$out \
-        $BIN/postgres --single -D $D/data -c fsync=off postgres" >/dev/null 2>&1
+        $BIN/postgres --single -D $D/data -c fsync=off postgres" >"$D/single.log" 2>&1
+    if grep -q "ERROR" "$D/single.log" || [ ! -s "$out" ]; then
+        echo "the single-user session failed:" >&2; cat "$D/single.log" >&2; exit 1
+    fi
     awk '/^(summary|totals):/ { print $2; exit }' "$out"
 }
 
@@ -55,6 +59,7 @@ for v in $VARIANTS; do
     case "$v" in
         none) psql -qX "$U" -c "SELECT pgsse.unwatch('notifications')" >/dev/null ;;
         log) psql -qX "$U" -c "SELECT pgsse.watch('notifications', 'user_id'); SELECT pgsse.set_notify_mode('relay')" >/dev/null ;;
+        # One relay round finishes the switch back to commit (nothing is left to relay).
         commit) psql -qX "$U" -c "SELECT pgsse.watch('notifications', 'user_id'); SELECT pgsse.set_notify_mode('commit'); SELECT pgsse.relay('bench')" >/dev/null ;;
         *) echo "unknown variant $v" >&2; exit 1 ;;
     esac

@@ -1033,8 +1033,8 @@ BEGIN
         -- One statement and nothing else: each PL/pgSQL test (IF ...) costs a writer's INSERT
         -- about 2%%, as its expression is set up again in every transaction, while the same test
         -- in the INSERT's WHERE costs next to nothing. So the row path tests nothing else: where
-        -- its trigger is not AFTER INSERT FOR EACH ROW, `pgsse sql status` says so (a trigger
-        -- only the table's owner could have created).
+        -- its trigger is not AFTER INSERT FOR EACH ROW, `pgsse check` and `pgsse sql status` say
+        -- so (a trigger only the table's owner could have created).
         INSERT INTO pgsse.events (user_id, event, data)
         SELECT NEW.%7$I::pg_catalog.text, 'notification',
                pg_catalog.jsonb_build_object('type', 'created', 'notification', %8$s)

@@ -90,13 +90,8 @@ async fn a_fresh_install_checks_clean_as_the_gateway_role() {
     // Relay mode, and no gateway runs: said, not hidden.
     assert_eq!(statuses(&report, "notify mode"), ["warning"], "{report:#}");
     // The text form says the same, one line per finding.
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgsse"))
-        .args(["check", "--database-url", &gw])
-        .output()
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains("ok      schema: pgsse SQL version 5"), "{text}");
+    let (ok, text, _) = common::pgsse(&["check", "--database-url", &gw]).await;
+    assert!(ok && text.contains("ok      schema: pgsse SQL version 5"), "{text}");
     assert!(text.ends_with("0 errors, 1 warnings\n"), "{text}");
 }
 
@@ -263,12 +258,7 @@ async fn a_capture_function_in_a_trigger_watch_never_creates_is_an_error() {
     assert!(fix.starts_with("as the table's owner: DROP TRIGGER \"Extra\" ON notifications"), "{fix}");
 
     // `sql status` says it too, and following the fix clears it.
-    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgsse"))
-        .args(["sql", "status", "--database-url", &url])
-        .output()
-        .await
-        .expect("run pgsse sql status");
-    let text = String::from_utf8_lossy(&status.stdout);
+    let (_, text, _) = common::pgsse(&["sql", "status", "--database-url", &url]).await;
     assert!(text.contains("! notifications: trigger \"Extra\" calls pgsse's capture function"), "{text}");
     exec(&url, "DROP TRIGGER \"Extra\" ON notifications").await;
     let (code, report) = check(&gw).await;

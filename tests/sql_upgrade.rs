@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::gateway::{self, Gateway};
 use common::sql::old_style_watch;
-use common::{connect, describe_pg_error, exec, fresh_database, wait_until};
+use common::{connect, describe_pg_error, exec, fresh_database, pgsse, wait_until};
 
 /// `sql/install.sql` of the previous release (commit 90d34e1), before versions were recorded.
 const PREVIOUS_RELEASE: &str = include_str!("fixtures/install-v1.sql");
@@ -23,12 +23,6 @@ async fn previous_release(url: &str) {
     exec(url, "SELECT pgsse.watch('notifications', 'user_id', exclude_columns => '{metadata}')").await;
     exec(url, "CREATE TABLE legacy (id int PRIMARY KEY, \"ownerId\" text, body text, seen boolean)").await;
     exec(url, &old_style_watch("legacy", "ownerId", "id", "seen", "{}")).await;
-}
-
-/// `pgsse <args>` as a process (the new binary); its exit status and stderr.
-async fn pgsse(args: &[&str]) -> (bool, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgsse")).args(args).output().await.expect("run pgsse");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
 /// The title of a `notifications` row event, or the body of a `legacy` one.

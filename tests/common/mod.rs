@@ -23,6 +23,12 @@ pub use sse::{SseClient, SseEvent};
 use std::future::Future;
 use std::time::Duration;
 
+/// Runs the `pgsse` binary with `args`: (exit status success, stdout, stderr).
+pub async fn pgsse(args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgsse")).args(args).output().await.expect("run pgsse");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
 /// Polls `f` every 20 ms until it returns true or `timeout` elapses; returns
 /// the last result.
 pub async fn wait_until<F, Fut>(timeout: Duration, mut f: F) -> bool

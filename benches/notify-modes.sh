@@ -165,7 +165,8 @@ gw_ticks() { awk '{ print $14 + $15 }' /proc/$GW_PID/stat; }
 # The gateway's backends (application_name pgsse), named by what they last ran, with their CPU time
 # in ns so far (/proc/<pid>/schedstat, first field): "<pid> <role> <ns>" per line.
 backends() {
-    q "SELECT pid, CASE WHEN query LIKE '%pgsse.relay(%' OR query LIKE '%max(e.tx)%' THEN 'relay'
+    q "SELECT pid, CASE WHEN query LIKE '%pgsse.relay%' OR query LIKE '%max(e.tx)%' OR query LIKE '%pg_notify(\$1, p)%'
+                             OR query IN ('BEGIN', 'COMMIT') THEN 'relay'
                         WHEN query LIKE '%pgsse.mark(%' THEN 'marker'
                         WHEN query LIKE '%pg_locks%' OR query LIKE '%pg_notification_queue_usage%' THEN 'health'
                         WHEN state = 'idle' AND backend_type = 'client backend' AND wait_event = 'ClientRead'

@@ -99,16 +99,18 @@
 --   pgsse.set_notify_mode('relay' | 'commit'), pgsse.notify_mode()
 --                   How events are announced. 'relay' (a fresh install's
 --                   default): writers only log rows, no NOTIFY in the app's
---                   transactions; one gateway replica calls pgsse.relay()
+--                   transactions; one gateway replica runs a relay round
 --                   every few milliseconds and announces what committed;
 --                   idle, it sleeps, and the first writer wakes it with an
 --                   empty NOTIFY on a secret channel (pgsse._wake).
 --                   'commit': each writing statement NOTIFYs as it commits
 --                   (PostgreSQL then commits those transactions one at a
 --                   time). Safe to switch on a live system.
---   pgsse.relay(gateway, lease, max_rows, asleep)
---                   One relay round; called by the gateway with its own
---                   grants (below), never by the app.
+--   pgsse.relay_read(gateway, lease, max_rows, asleep)
+--                   A relay round's read (the gateway signs and sends the
+--                   rows); pgsse.relay(...) does the whole round in SQL.
+--                   Called by the gateway with its own grants (below),
+--                   never by the app.
 --   pgsse.mark(gateway, seq)
 --                   The gateway's signed, durable horizon marker (see below).
 --   pgsse.history() The database's history token, carried in every event id:
@@ -1331,55 +1333,59 @@ $fn$;
 COMMENT ON FUNCTION pgsse._snapshot_cut(pg_catalog.pg_snapshot, pg_catalog.pg_snapshot, xid8) IS
     'pgsse internal: the relay position after announcing only the transactions below a cut';
 
--- One relay round; the gateway calls it every --relay-interval. Runs with
--- the caller's rights (the gateway's grants: SELECT on pgsse.events and
--- pgsse.secret, SELECT and UPDATE on pgsse.meta), so it is no use to a role
--- without them. Returns state: 'off' (no relay needed), 'standby' (another
--- replica holds the lease), 'idle', 'relayed', 'more' (relayed, and more is
--- waiting beyond max_rows) or 'done' (finished draining after a switch back
--- to commit), with the transactions and events sent, and the relay's position
--- after the round (for the gateway's cheap check between rounds).
+-- A relay round is one READ COMMITTED transaction, made by the gateway every
+-- --relay-interval: pgsse.relay_read (the lease, the new position, and the
+-- rows committed since the old one), then one pg_notify per payload, which
+-- the gateway formats and signs (with the key relay_read returns) for a
+-- fraction of what the same work costs PostgreSQL in SQL. The position, the
+-- lease and the NOTIFYs commit together: a round that raced another (or a
+-- mode switch) fails whole and sends nothing. pgsse.relay does the whole
+-- round in SQL, in one call: the round of gateways before version 5 (during
+-- a rolling upgrade). Both run with the caller's rights (the gateway's
+-- grants: SELECT on pgsse.events and pgsse.secret, SELECT and UPDATE on
+-- pgsse.meta), so they are no use to a role without them.
+
+-- The round's read. Its rows are those of pgsse.relay_rows (state NULL),
+-- then one row saying what the round did (tx NULL): state 'off' (no relay
+-- needed), 'standby' (another replica holds the lease), 'idle', 'relayed',
+-- 'more' (relayed, and more is waiting beyond max_rows) or 'done' (finished
+-- draining after a switch back to commit); pos, the relay's position after
+-- the round (for the gateway's cheap check between rounds); and with rows,
+-- channel and key, what to sign and send them with.
 -- asleep: the gateway will wait for a wake-up (pgsse._wake) rather than
 -- poll until its next round; writers send one while relay_wake is ahead.
--- The position, the lease and the NOTIFYs commit together: a round that
--- raced another (or a mode switch) fails whole and sends nothing.
-DROP FUNCTION IF EXISTS pgsse.relay(text, interval, integer);
-
-CREATE OR REPLACE FUNCTION pgsse.relay(
+CREATE OR REPLACE FUNCTION pgsse.relay_read(
     gateway text, lease interval DEFAULT '1 second', max_rows integer DEFAULT 10000,
-    asleep boolean DEFAULT false,
-    OUT state text, OUT txs integer, OUT events bigint, OUT pos text
+    asleep boolean DEFAULT false
 )
+RETURNS TABLE (state text, pos text, channel text, key bytea,
+               tx text, id bigint, user_id text, event text, data text, n bigint, last bigint)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 -- Every query here has one good plan whatever the values: index scans on tx. Plan each once per
--- session: left to choose, PL/pgSQL planned the round's main query afresh on every round (its
--- generic plan's estimate looked costlier than the plans for the values at hand), a third of a
--- round's time. And read pgsse.events only through its indexes, whatever the planner guesses of
--- the log's size: a plan made while the log was empty (a fresh install) and then kept hashed a
--- scan of the whole log every round (11 ms a round instead of 1.2) until autovacuum's ANALYZE.
+-- session: left to choose, PL/pgSQL planned a round's queries afresh on every round (a generic
+-- plan's estimate looked costlier than the plans for the values at hand). And read pgsse.events
+-- only through its indexes, whatever the planner guesses of the log's size: a plan made while
+-- the log was empty (a fresh install) and then kept hashed a scan of the whole log every round
+-- (11 ms a round instead of 1.2) until autovacuum's ANALYZE; no bitmap scan either (it would
+-- lose the key order, and the rows would be sorted for pgsse.relay_rows's window).
 -- No JIT: the cost of a disabled scan would make every query of the round compile (0.1-0.4 s).
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
+SET enable_bitmapscan = off
 SET jit = off
 AS $fn$
 DECLARE
     m     record;
     p     pg_catalog.pg_snapshot;
     s     pg_catalog.pg_snapshot;
-    cut   xid8;
     top   xid8;
-    news  boolean;
+    cut   xid8;
     fresh xid8[];
+    nrows bigint;
     drain text[];
     done  boolean;
-    r     record;
-    -- The payloads not sent yet (comma-separated), and how many.
-    batch text;
-    nb    integer := 0;
 BEGIN
-    txs := 0;
-    events := 0;
     IF pg_catalog.current_setting('transaction_isolation') OPERATOR(pg_catalog.<>) 'read committed' THEN
         RAISE EXCEPTION 'pgsse.relay: must run at READ COMMITTED (each round reads what committed during it)'
             USING ERRCODE = 'invalid_transaction_state';
@@ -1392,11 +1398,13 @@ BEGIN
         IF NOT pgsse._announcing() THEN
             UPDATE pgsse.meta SET notify_mode = notify_mode;
         END IF;
-        state := 'off';
+        RETURN QUERY SELECT 'off'::text, NULL::text, NULL::text, NULL::bytea,
+                            NULL::text, NULL::bigint, NULL::text, NULL::text, NULL::text, NULL::bigint, NULL::bigint;
         RETURN;
     END IF;
     IF m.relay_owner IS DISTINCT FROM gateway AND m.relay_until OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp() THEN
-        state := 'standby';
+        RETURN QUERY SELECT 'standby'::text, NULL::text, NULL::text, NULL::bytea,
+                            NULL::text, NULL::bigint, NULL::text, NULL::text, NULL::text, NULL::bigint, NULL::bigint;
         RETURN;
     END IF;
     drain := m.relay_drain;
@@ -1419,83 +1427,32 @@ BEGIN
     top := pg_catalog.pg_snapshot_xmax(p);
     fresh := ARRAY(SELECT x.x FROM pg_catalog.pg_snapshot_xip(p) AS x(x)
                     WHERE pg_catalog.pg_visible_in_snapshot(x.x, s));
-    -- Most rounds find nothing: say so with two index probes whose plans are kept (the queries
-    -- below are planned on every call, their best plan depends on the values).
-    news := (SELECT pg_catalog.max(e.tx) FROM pgsse.events AS e) OPERATOR(pg_catalog.>=) top;
-    IF NOT COALESCE(news, false) AND pg_catalog.cardinality(fresh) OPERATOR(pg_catalog.>) 0 THEN
-        -- One index probe per transaction (= ANY of an array of unknown size may be planned as
-        -- a sequential scan).
-        news := EXISTS (SELECT FROM pg_catalog.unnest(fresh) AS f(x)
-                         WHERE EXISTS (SELECT FROM pgsse.events AS e WHERE e.tx OPERATOR(pg_catalog.=) f.x));
-    END IF;
     -- About max_rows rows per round, whole transactions (a long backlog goes in rounds): an
-    -- index scan in tx order that stops there.
-    IF news THEN
+    -- index scan in tx order that stops there. Not needed when too few transactions began since
+    -- p for that (pgsse.relay_rows returns at most 65 rows of each): the usual round, whose
+    -- scan would read every new row twice.
+    IF (pg_catalog.pg_snapshot_xmax(s)::text::bigint OPERATOR(pg_catalog.-) top::text::bigint)
+       OPERATOR(pg_catalog.>) (max_rows OPERATOR(pg_catalog./) 65) THEN
         SELECT e.tx INTO cut FROM pgsse.events AS e
          WHERE e.tx OPERATOR(pg_catalog.>=) top ORDER BY e.tx OFFSET max_rows LIMIT 1;
         IF cut IS NOT NULL THEN
             cut := (SELECT pg_catalog.min(e.tx) FROM pgsse.events AS e WHERE e.tx OPERATOR(pg_catalog.>) cut);
         END IF;
-        -- Each query below has one good plan whatever the values (scans of the primary key,
-        -- in tx order), so PL/pgSQL plans it once per session: a round costs its rows, not planning.
-        -- The transactions to announce: p's finished in-progress ones, and those from its xmax
-        -- up that are visible in s (below the cut); each with its row count, id range and, for
-        -- up to 64 rows, its entries. One pass over their rows: a range scan of the primary key from
-        -- p's xmax, and one probe per finished transaction of p's list.
-        FOR r IN
-            SELECT g.n, pgsse._payload(g.tx, g.n, g.lo, g.last,
-                                       CASE WHEN g.n OPERATOR(pg_catalog.<=) 64 THEN g.entries END) AS one
-              FROM (SELECT e.tx, pg_catalog.count(*) AS n, pg_catalog.min(e.id) AS lo, pg_catalog.max(e.id) AS last,
-                           -- JSON for the first 64 rows only: a larger transaction goes by reference.
-                           pg_catalog.json_agg(pg_catalog.json_build_array(e.id, e.user_id, e.event, e.data) ORDER BY e.id)
-                               FILTER (WHERE e.nth OPERATOR(pg_catalog.<=) 64)::text AS entries
-                      FROM (SELECT e.id, e.tx, e.user_id, e.event, e.data,
-                                   pg_catalog.row_number() OVER (PARTITION BY e.tx ORDER BY e.id) AS nth
-                              FROM (SELECT e.id, e.tx, e.user_id, e.event, e.data FROM pgsse.events AS e
-                                     WHERE e.tx OPERATOR(pg_catalog.>=) top
-                                       AND e.tx OPERATOR(pg_catalog.<) COALESCE(cut, '18446744073709551615'::xid8)
-                                       AND pg_catalog.pg_visible_in_snapshot(e.tx, s)
-                                    UNION ALL
-                                    -- A probe per transaction, never a hash or merge join over the log
-                                    -- (OFFSET 0 keeps the planner from flattening the LATERAL into one).
-                                    SELECT e.id, e.tx, e.user_id, e.event, e.data
-                                      FROM pg_catalog.unnest(fresh) AS f(x)
-                                     CROSS JOIN LATERAL (SELECT e.id, e.tx, e.user_id, e.event, e.data
-                                                           FROM pgsse.events AS e
-                                                          WHERE e.tx OPERATOR(pg_catalog.=) f.x OFFSET 0) AS e) AS e) AS e
-                     GROUP BY e.tx) AS g
-             -- In the order their last rows were written: a transaction that acted on
-             -- another's committed rows wrote after them.
-             ORDER BY g.last
-        LOOP
-            -- Several transactions per NOTIFY while the batch fits (every NOTIFY costs each
-            -- listening replica a delivery and a signature check): 8 bytes of {"b":[...]} and
-            -- the commas, within _payload's bound.
-            IF nb OPERATOR(pg_catalog.>) 0 AND pg_catalog.octet_length(batch) + pg_catalog.octet_length(r.one) + nb + 8
-                   OPERATOR(pg_catalog.>) 7900 - 64 THEN
-                PERFORM pgsse._send(CASE WHEN nb = 1 THEN batch ELSE '{"b":[' OPERATOR(pg_catalog.||) batch OPERATOR(pg_catalog.||) ']}' END);
-                batch := NULL;
-                nb := 0;
-            END IF;
-            batch := CASE WHEN nb = 0 THEN r.one ELSE batch OPERATOR(pg_catalog.||) ',' OPERATOR(pg_catalog.||) r.one END;
-            nb := nb + 1;
-            txs := txs + 1;
-            events := events + r.n;
-        END LOOP;
-        IF nb OPERATOR(pg_catalog.>) 0 THEN
-            PERFORM pgsse._send(CASE WHEN nb = 1 THEN batch ELSE '{"b":[' OPERATOR(pg_catalog.||) batch OPERATOR(pg_catalog.||) ']}' END);
-        END IF;
     END IF;
+    -- Read after s was taken: this statement sees every transaction visible in s.
+    RETURN QUERY SELECT NULL::text, NULL::text, NULL::text, NULL::bytea, r.*
+                   FROM pgsse.relay_rows(top, cut, s, fresh) AS r;
+    GET DIAGNOSTICS nrows = ROW_COUNT;
     done := cut IS NULL AND m.notify_mode OPERATOR(pg_catalog.=) 'commit' AND drain OPERATOR(pg_catalog.=) '{}';
     -- Nothing to record: write only to keep the lease (and the horizon) fresh, or to move the
     -- position past finished transactions (the gateway's probe would keep asking otherwise).
-    IF txs = 0 AND NOT done AND drain IS NOT DISTINCT FROM m.relay_drain
+    IF nrows OPERATOR(pg_catalog.=) 0 AND NOT done AND drain IS NOT DISTINCT FROM m.relay_drain
        AND pg_catalog.cardinality(fresh) OPERATOR(pg_catalog.=) 0
        AND m.relay_owner OPERATOR(pg_catalog.=) gateway
        AND m.relay_until OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp() + lease * 0.75
        AND (m.relay_wake IS NOT NULL) OPERATOR(pg_catalog.=) COALESCE(asleep, false) THEN
-        state := 'idle';
-        pos := p::text;
+        RETURN QUERY SELECT 'idle'::text, p::text, NULL::text, NULL::bytea,
+                            NULL::text, NULL::bigint, NULL::text, NULL::text, NULL::text, NULL::bigint, NULL::bigint;
         RETURN;
     END IF;
     pos := CASE WHEN done THEN NULL WHEN cut IS NULL THEN s::text ELSE pgsse._snapshot_cut(p, s, cut)::text END;
@@ -1515,12 +1472,126 @@ BEGIN
         RAISE EXCEPTION 'pgsse.relay: the relay position moved during this round (another replica, or a mode switch)'
             USING ERRCODE = 'serialization_failure';
     END IF;
-    state := CASE WHEN done THEN 'done' WHEN cut IS NOT NULL THEN 'more' WHEN txs > 0 THEN 'relayed' ELSE 'idle' END;
+    RETURN QUERY SELECT CASE WHEN done THEN 'done' WHEN cut IS NOT NULL THEN 'more'
+                             WHEN nrows OPERATOR(pg_catalog.>) 0 THEN 'relayed' ELSE 'idle' END,
+                        pos, k.channel, k.key,
+                        NULL::text, NULL::bigint, NULL::text, NULL::text, NULL::text, NULL::bigint, NULL::bigint
+                   FROM pgsse.secret AS k;
+END
+$fn$;
+
+COMMENT ON FUNCTION pgsse.relay_read(text, interval, integer, boolean) IS
+    'pgsse: a relay round''s read (relay mode): takes or keeps the lease, moves the position, returns the rows to announce';
+
+-- The rows a relay round announces; of a transaction of more than 64 rows
+-- (sent by reference), only its first 65 by id, and on the 65th its row
+-- count n and largest id last. In no particular order (readers sort them by
+-- tx and id). Reads the finished transactions of the old position's
+-- in-progress list (fresh: one index probe each), and the range of the
+-- primary key from top (below cut, visible in snap).
+-- LANGUAGE sql without a SET clause, so that it is inlined into the query
+-- calling it and planned with it, with that query's settings (see
+-- pgsse.relay_read). Every name in it is schema-qualified.
+CREATE OR REPLACE FUNCTION pgsse.relay_rows(
+    top pg_catalog.xid8, cut pg_catalog.xid8, snap pg_catalog.pg_snapshot, fresh pg_catalog.xid8[]
+)
+RETURNS TABLE (tx text, id bigint, user_id text, event text, data text, n bigint, last bigint)
+LANGUAGE sql STABLE
+AS $fn$
+    SELECT w.tx::pg_catalog.text, w.id, w.user_id, w.event, w.data::pg_catalog.text,
+           CASE WHEN w.nth OPERATOR(pg_catalog.=) 65 THEN
+               (SELECT pg_catalog.count(*) FROM pgsse.events AS e WHERE e.tx OPERATOR(pg_catalog.=) w.tx) END,
+           CASE WHEN w.nth OPERATOR(pg_catalog.=) 65 THEN
+               (SELECT pg_catalog.max(e.id) FROM pgsse.events AS e WHERE e.tx OPERATOR(pg_catalog.=) w.tx) END
+      FROM (SELECT l.id, l.tx, l.user_id, l.event, l.data, l.nth
+              FROM pg_catalog.unnest(relay_rows.fresh) AS f(x)
+             CROSS JOIN LATERAL (SELECT e.id, e.tx, e.user_id, e.event, e.data,
+                                        pg_catalog.row_number() OVER (ORDER BY e.id) AS nth
+                                   FROM pgsse.events AS e
+                                  WHERE e.tx OPERATOR(pg_catalog.=) f.x
+                                  ORDER BY e.id LIMIT 65) AS l
+            UNION ALL
+            SELECT r.id, r.tx, r.user_id, r.event, r.data, r.nth
+              FROM (SELECT e.id, e.tx, e.user_id, e.event, e.data,
+                           pg_catalog.row_number() OVER (PARTITION BY e.tx ORDER BY e.id) AS nth
+                      FROM pgsse.events AS e
+                     WHERE e.tx OPERATOR(pg_catalog.>=) relay_rows.top
+                       AND e.tx OPERATOR(pg_catalog.<) COALESCE(relay_rows.cut, '18446744073709551615'::pg_catalog.xid8)
+                       AND pg_catalog.pg_visible_in_snapshot(e.tx, relay_rows.snap)) AS r
+             WHERE r.nth OPERATOR(pg_catalog.<=) 65) AS w
+$fn$;
+
+COMMENT ON FUNCTION pgsse.relay_rows(xid8, xid8, pg_catalog.pg_snapshot, xid8[]) IS
+    'pgsse internal: the rows a relay round announces (see pgsse.relay_read)';
+
+-- A whole round in one call, the payloads made, signed and sent in SQL (see
+-- above); state and pos as pgsse.relay_read says them, with the
+-- transactions and events sent.
+DROP FUNCTION IF EXISTS pgsse.relay(text, interval, integer);
+
+CREATE OR REPLACE FUNCTION pgsse.relay(
+    gateway text, lease interval DEFAULT '1 second', max_rows integer DEFAULT 10000,
+    asleep boolean DEFAULT false,
+    OUT state text, OUT txs integer, OUT events bigint, OUT pos text
+)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+AS $fn$
+DECLARE
+    r     record;
+    -- The payloads not sent yet (comma-separated), and how many.
+    batch text;
+    nb    integer := 0;
+BEGIN
+    txs := 0;
+    events := 0;
+    FOR r IN
+        WITH x AS MATERIALIZED (SELECT * FROM pgsse.relay_read(gateway, lease, max_rows, asleep))
+        -- What the round did first, then one payload per transaction.
+        SELECT 0 AS k, x.state, x.pos, NULL::bigint AS n, NULL::text AS one, NULL::bigint AS last
+          FROM x WHERE x.tx IS NULL
+        UNION ALL
+        SELECT 1, NULL, NULL, g.n,
+               pgsse._payload(g.tx, g.n, g.lo, g.last, CASE WHEN g.n OPERATOR(pg_catalog.<=) 64 THEN g.entries END),
+               g.last
+          FROM (SELECT x.tx::xid8 AS tx, COALESCE(pg_catalog.max(x.n), pg_catalog.count(*)) AS n,
+                       pg_catalog.min(x.id) AS lo, COALESCE(pg_catalog.max(x.last), pg_catalog.max(x.id)) AS last,
+                       pg_catalog.json_agg(pg_catalog.json_build_array(x.id, x.user_id, x.event, x.data::json)
+                                           ORDER BY x.id)::text AS entries
+                  FROM x WHERE x.tx IS NOT NULL
+                 GROUP BY x.tx) AS g
+         -- In the order their last rows were written: a transaction that acted on
+         -- another's committed rows wrote after them.
+         ORDER BY k, last
+    LOOP
+        IF r.k = 0 THEN
+            state := r.state;
+            pos := r.pos;
+            CONTINUE;
+        END IF;
+        -- Several transactions per NOTIFY while the batch fits (every NOTIFY costs each
+        -- listening replica a delivery and a signature check): 8 bytes of {"b":[...]} and
+        -- the commas, within _payload's bound.
+        IF nb OPERATOR(pg_catalog.>) 0 AND pg_catalog.octet_length(batch) + pg_catalog.octet_length(r.one) + nb + 8
+               OPERATOR(pg_catalog.>) 7900 - 64 THEN
+            PERFORM pgsse._send(CASE WHEN nb = 1 THEN batch ELSE '{"b":[' OPERATOR(pg_catalog.||) batch OPERATOR(pg_catalog.||) ']}' END);
+            batch := NULL;
+            nb := 0;
+        END IF;
+        batch := CASE WHEN nb = 0 THEN r.one ELSE batch OPERATOR(pg_catalog.||) ',' OPERATOR(pg_catalog.||) r.one END;
+        nb := nb + 1;
+        txs := txs + 1;
+        events := events + r.n;
+    END LOOP;
+    IF nb OPERATOR(pg_catalog.>) 0 THEN
+        PERFORM pgsse._send(CASE WHEN nb = 1 THEN batch ELSE '{"b":[' OPERATOR(pg_catalog.||) batch OPERATOR(pg_catalog.||) ']}' END);
+    END IF;
 END
 $fn$;
 
 COMMENT ON FUNCTION pgsse.relay(text, interval, integer, boolean) IS
-    'pgsse: one round of the relay (relay mode): announces the rows committed since the last round; called by the gateway';
+    'pgsse: one round of the relay (relay mode) in one call: announces the rows committed since the last round';
 
 -- -----------------------------------------------------------------------------
 -- pgsse.watch / pgsse.unwatch

@@ -476,7 +476,8 @@ async fn rounds_after_a_large_transaction(small_first: bool, emptied: bool, anal
     let db = notifications_db().await;
     set_mode(&db, "relay").await;
     let relay = connect(&db).await;
-    let round = "SELECT state FROM pgsse.relay('plan-test', '1 minute', 10000, false)";
+    // The gateway's round, less the NOTIFYs it would send (`pgsse.relay()` reads through it too).
+    let round = "SELECT state FROM pgsse.relay_read('plan-test', '1 minute', 10000, false) WHERE tx IS NULL";
     // More than five rounds while the log is small: PL/pgSQL settles on a generic plan.
     for i in 0..if small_first { 8 } else { 0 } {
         insert(&db, "u1", &format!("small {i}")).await;
@@ -621,4 +622,157 @@ async fn an_awake_relay_spares_writers_the_statement_trigger() {
     assert!(announcing().await);
     let (events, payloads) = t.run("INSERT INTO notifications (user_id, title) VALUES ('u', 'healed')").await;
     assert_eq!((events.len(), payloads.len()), (1, 1));
+}
+
+/// A database in relay mode and a connection to it, which holds the relay lease as `gateway` with
+/// the position past what the install logged (after one round, no gateway running).
+async fn relaying(gateway: &str) -> (String, tokio_postgres::Client) {
+    let db = notifications_db().await;
+    set_mode(&db, "relay").await;
+    let c = connect(&db).await;
+    c.query("SELECT * FROM pgsse.relay_read($1, '1 minute')", &[&gateway]).await.expect("a first round");
+    (db, c)
+}
+
+/// One announced transaction, as a replica decodes it: its events `(id, user, event, data)`, or
+/// the id range of a reference.
+#[derive(Debug, PartialEq)]
+enum Announced {
+    Events(u64, Vec<(i64, Option<String>, String, serde_json::Value)>),
+    Reference(u64, i64, i64),
+}
+
+fn announced(key: &pgsse::pg::payload::Verifier, payloads: &[String]) -> Vec<Announced> {
+    use pgsse::pg::payload::Message;
+    let mut out = Vec::new();
+    for p in payloads {
+        assert!(p.len() < 8000, "a payload of {} bytes", p.len());
+        let items = match key.decode(p).expect("a valid payload") {
+            Message::Batch(items) => items,
+            one => vec![one],
+        };
+        for m in items {
+            out.push(match m {
+                Message::Events { tx, events } => Announced::Events(
+                    tx,
+                    events
+                        .into_iter()
+                        .map(|(id, u, e, d)| (id, u, e, serde_json::from_str(d.get()).expect("data")))
+                        .collect(),
+                ),
+                Message::Reference { tx, lo, hi } => Announced::Reference(tx, lo, hi),
+                _ => panic!("not a relay payload"),
+            });
+        }
+    }
+    out
+}
+
+/// The gateway makes the relay's payloads from `pgsse.relay_read()`'s rows; `pgsse.relay()` makes
+/// them in SQL (the round of gateways before version 5, during a rolling upgrade). From the same
+/// position both announce the same transactions in the same order, each with the same events, or
+/// by reference when they do not fit: a broadcast, a user id that needs escaping, a transaction
+/// of 70 rows, one of 40 rows too large to inline, and many single-row transactions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateways_payloads_are_the_sqls() {
+    let (db, c) = relaying("payload-test").await;
+    for write in [
+        "SELECT pgsse.publish(NULL, '{\"text\": \"to all\"}', 'announcement')",
+        "SELECT pgsse.publish(E'odd \"user\"\\\\ \\u00e9\\n', '{\"x\": [1, 2.5, null]}')",
+        "INSERT INTO notifications (user_id, title) SELECT 'many', 'm' || g FROM generate_series(1, 70) g",
+        "INSERT INTO notifications (user_id, title, message) SELECT 'large', 'l' || g, repeat('x', 300) FROM generate_series(1, 40) g",
+    ] {
+        c.batch_execute(write).await.expect(write);
+    }
+    for i in 0..60 {
+        insert(&db, &format!("u{}", i % 7), &format!("one-{i}")).await;
+    }
+    let key: Vec<u8> = c.query_one("SELECT key FROM pgsse.secret", &[]).await.expect("the key").get(0);
+    let key = pgsse::pg::payload::Verifier::new(&key);
+
+    // The gateway's round, rolled back: the position stays.
+    c.batch_execute("BEGIN").await.expect("begin");
+    let rows = c
+        .query("SELECT tx, id, user_id, event, data, n, last FROM pgsse.relay_read('payload-test', '1 minute') WHERE tx IS NOT NULL ORDER BY tx::xid8, id", &[])
+        .await
+        .expect("relay_read");
+    c.batch_execute("ROLLBACK").await.expect("rollback");
+    let mut enc = pgsse::pg::payload::Encoder::default();
+    for r in &rows {
+        enc.push(&pgsse::pg::payload::LogRow {
+            tx: r.get(0),
+            id: r.get(1),
+            user_id: r.get(2),
+            event: r.get(3),
+            data: r.get(4),
+            n: r.get(5),
+            last: r.get(6),
+        });
+    }
+    let ours = enc.finish(&key);
+    assert_eq!((enc.transactions, enc.events), (64, 172));
+
+    let mut listener = Listener::new(&db).await;
+    let sent: (i32, i64) = c
+        .query_one("SELECT txs, events FROM pgsse.relay('payload-test', '1 minute')", &[])
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .expect("pgsse.relay()");
+    assert_eq!(sent, (64, 172));
+    let theirs = listener.drain().await;
+    let ours = announced(&key, &ours);
+    assert_eq!(ours, announced(&key, &theirs));
+    assert!(matches!(ours[2], Announced::Reference(..)) && matches!(ours[3], Announced::Reference(..)), "{ours:?}");
+    assert!(matches!(&ours[1], Announced::Events(_, e) if e[0].1.as_deref() == Some("odd \"user\"\\ \u{e9}\n")));
+}
+
+/// A backlog goes in rounds of about `max_rows` rows, whole transactions: rounds say `more` until
+/// the last, and every logged transaction is read in exactly one of them, with its first rows (at
+/// most 65: more than 64 go by reference). Many small transactions and a few large ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_goes_in_rounds_of_whole_transactions() {
+    let (db, c) = relaying("backlog-test").await;
+    for i in 0..150 {
+        insert(&db, "u", &format!("small {i}")).await;
+    }
+    for _ in 0..3 {
+        exec(&db, "INSERT INTO notifications (user_id, title) SELECT 'u', 'large' FROM generate_series(1, 100)").await;
+    }
+    let log = c.query("SELECT tx::text, id FROM pgsse.events ORDER BY tx, id", &[]).await.expect("the log");
+    let mut want: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
+    for r in &log {
+        let ids = want.entry(r.get(0)).or_default();
+        if ids.len() < 65 {
+            ids.push(r.get(1));
+        }
+    }
+    assert_eq!(want.len(), 153);
+    let mut got: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
+    let mut states = Vec::new();
+    loop {
+        let rows = c
+            .query(
+                "SELECT state, tx, id FROM pgsse.relay_read('backlog-test', '1 minute', 50) ORDER BY tx IS NULL, id",
+                &[],
+            )
+            .await
+            .expect("a round");
+        let (said, rows) = rows.split_last().expect("what the round did");
+        let state: String = said.get(0);
+        assert!(rows.len() <= 50 + 65, "a round of {} rows", rows.len());
+        let mut round: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
+        for r in rows {
+            round.entry(r.get(1)).or_default().push(r.get(2));
+        }
+        for (tx, ids) in round {
+            assert!(got.insert(tx.clone(), ids).is_none(), "transaction {tx} read twice");
+        }
+        states.push(state.clone());
+        if state != "more" {
+            break;
+        }
+    }
+    assert!(states.len() > 3 && states[..states.len() - 1].iter().all(|s| s == "more"), "{states:?}");
+    assert_eq!(states.last().map(String::as_str), Some("relayed"));
+    assert_eq!(got, want, "every transaction once, its first rows");
 }

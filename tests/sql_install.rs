@@ -54,11 +54,11 @@ async fn install_is_idempotent_and_keeps_events() {
     );
     assert_eq!(
         count("SELECT count(*) FROM pg_proc WHERE pronamespace = 'pgsse'::regnamespace").await,
-        30,
+        32,
         "plus _send, history, new_history, mark, capture_sessions, watch_sessions, unwatch_sessions, _capture_sql, \
          _generate_capture, _drop_unused_captures, _payload, _relaying, _wake, _announced, _set_announced, _announcing, \
          _write_announcing, _announcing_in_step, set_notify_mode, \
-         notify_mode, relay, _snapshot_cut and the generated capture_<oid> of notifications"
+         notify_mode, relay, relay_read, relay_rows, _snapshot_cut and the generated capture_<oid> of notifications"
     );
     assert_eq!(count("SELECT count(*) FROM pgsse.meta").await, 1);
     assert_eq!(count("SELECT count(*) FROM pgsse.secret").await, 1, "the signing key is generated once");

@@ -2,7 +2,8 @@
 //!
 //! Every payload is `<64 hex HMAC-SHA256><json>`. Any role that can connect may NOTIFY, so an
 //! unsigned or malformed payload is refused here, before it can reach a browser or move the
-//! horizon; what is signed but stale (re-sent) is the source's business.
+//! horizon; what is signed but stale (re-sent) is the source's business. The relay's payloads are
+//! also made here ([`Encoder`]), as `pgsse.relay()` makes them in SQL.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -61,7 +62,7 @@ struct Raw<'a> {
     b: Option<Vec<Raw<'a>>>,
 }
 
-/// Checks signatures with the key from `pgsse.secret`.
+/// Checks (and for the relay, makes) signatures with the key from `pgsse.secret`.
 pub struct Verifier {
     key: ring::hmac::Key,
 }
@@ -104,12 +105,197 @@ impl Verifier {
         }
     }
 
+    /// `<64 hex HMAC><json>`.
+    pub fn sign(&self, json: &str) -> String {
+        let tag = ring::hmac::sign(&self.key, json.as_bytes());
+        let mut out = String::with_capacity(64 + json.len());
+        for b in tag.as_ref() {
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
+        }
+        out.push_str(json);
+        out
+    }
+
     /// Splits `<64 hex HMAC><json>` and checks the HMAC; `None` if absent or wrong.
     fn verified<'p>(&self, payload: &'p str) -> Option<&'p str> {
         let (mac, json) = (payload.get(..64)?, payload.get(64..)?);
         let tag: [u8; 32] = decode_hex(mac)?;
         ring::hmac::verify(&self.key, json.as_bytes(), &tag).ok().map(|()| json)
     }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// The longest JSON of a payload: NOTIFY refuses 8000 bytes, and `pgsse._payload` keeps the whole
+/// signed payload within 7900.
+pub const MAX_JSON: usize = 7900 - 64;
+
+/// Of a transaction with more rows than this, the payload is a reference (`pgsse._payload`).
+pub const MAX_INLINE_ROWS: usize = 64;
+
+/// One row of `pgsse.relay_rows()`: a transaction's rows come together, in id order; of a
+/// transaction of more than [`MAX_INLINE_ROWS`] rows, only the first 65, the last of which carries
+/// `n` and `last`.
+pub struct LogRow<'a> {
+    pub tx: &'a str,
+    pub id: i64,
+    pub user_id: Option<&'a str>,
+    pub event: &'a str,
+    pub data: Option<&'a str>,
+    /// The transaction's row count and largest id, on its 65th row.
+    pub n: Option<i64>,
+    pub last: Option<i64>,
+}
+
+/// The relay's payloads for one round, as `pgsse.relay()` makes them in SQL: one JSON body per
+/// transaction (its events inline, or a reference when they do not fit), several transactions to
+/// a NOTIFY (`{"b":[...]}`) while they fit, in the order of the transactions' last rows.
+#[derive(Default)]
+pub struct Encoder {
+    /// `(last id, body)` of each transaction read so far.
+    bodies: Vec<(i64, String)>,
+    /// The transaction being read.
+    open: Option<Open>,
+    pub transactions: usize,
+    pub events: u64,
+}
+
+struct Open {
+    tx: String,
+    rows: usize,
+    lo: i64,
+    last: i64,
+    /// Set on the 65th row: the transaction's row count.
+    big: Option<i64>,
+    /// `{"t":"<tx>","e":[` and the entries so far.
+    body: String,
+}
+
+impl Encoder {
+    /// Adds one row: a transaction's rows must come together, in id order.
+    pub fn push(&mut self, row: &LogRow) {
+        if self.open.as_ref().is_some_and(|o| o.tx != row.tx) {
+            self.close();
+        }
+        let o = self.open.get_or_insert_with(|| {
+            let mut body = String::with_capacity(512);
+            body.push_str(r#"{"t":""#);
+            body.push_str(row.tx);
+            body.push_str(r#"","e":["#);
+            Open { tx: row.tx.to_owned(), rows: 0, lo: row.id, last: row.id, big: None, body }
+        });
+        o.rows += 1;
+        o.last = row.last.unwrap_or(row.id);
+        if let Some(n) = row.n {
+            o.big = Some(n);
+        }
+        // Past what can go inline, the entries are of no use.
+        if o.rows <= MAX_INLINE_ROWS && o.body.len() <= MAX_JSON {
+            let b = &mut o.body;
+            b.push_str(if o.rows > 1 { ",[" } else { "[" });
+            b.push_str(itoa::Buffer::new().format(row.id));
+            b.push(',');
+            match row.user_id {
+                Some(u) => push_json_string(b, u),
+                None => b.push_str("null"),
+            }
+            b.push(',');
+            push_json_string(b, row.event);
+            b.push(',');
+            b.push_str(row.data.unwrap_or("null"));
+            b.push(']');
+        }
+    }
+
+    fn close(&mut self) {
+        let Some(mut o) = self.open.take() else { return };
+        let n = o.big.unwrap_or(o.rows as i64);
+        self.transactions += 1;
+        self.events += n.max(0) as u64;
+        let inline = o.big.is_none() && o.rows <= MAX_INLINE_ROWS && o.body.len() + 2 <= MAX_JSON;
+        if inline {
+            o.body.push_str("]}");
+        } else {
+            o.body.truncate(r#"{"t":"","#.len() + o.tx.len());
+            o.body.push_str(r#""r":["#);
+            o.body.push_str(itoa::Buffer::new().format(o.lo));
+            o.body.push(',');
+            o.body.push_str(itoa::Buffer::new().format(o.last));
+            o.body.push_str("]}");
+        }
+        self.bodies.push((o.last, o.body));
+    }
+
+    /// The round's NOTIFY payloads, in the order to send them, signed (then `transactions` and
+    /// `events` count the whole round).
+    pub fn finish(&mut self, key: &Verifier) -> Vec<String> {
+        self.close();
+        let mut bodies = std::mem::take(&mut self.bodies);
+        bodies.sort_by_key(|(last, _)| *last);
+        let mut out = Vec::new();
+        // The bodies of the next payload, and their length.
+        let mut batch: Vec<String> = Vec::new();
+        let mut len = 0;
+        let mut flush = |batch: &mut Vec<String>, len: usize| {
+            let json = match batch.len() {
+                0 => return,
+                1 => batch.swap_remove(0),
+                k => {
+                    let mut json = String::with_capacity(len + k + 8);
+                    json.push_str(r#"{"b":["#);
+                    for (i, b) in batch.drain(..).enumerate() {
+                        if i > 0 {
+                            json.push(',');
+                        }
+                        json.push_str(&b);
+                    }
+                    json.push_str("]}");
+                    json
+                }
+            };
+            out.push(key.sign(&json));
+        };
+        for (_, body) in bodies {
+            // 8 bytes of {"b":[...]} and the commas.
+            if !batch.is_empty() && len + body.len() + batch.len() + 8 > MAX_JSON {
+                flush(&mut batch, len);
+                len = 0;
+            }
+            len += body.len();
+            batch.push(body);
+        }
+        flush(&mut batch, len);
+        out
+    }
+}
+
+/// `s` as a JSON string.
+fn push_json_string(out: &mut String, s: &str) {
+    out.push('"');
+    let mut from = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let esc = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[from..i]);
+        if esc.is_empty() {
+            out.push_str("\\u00");
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
+        } else {
+            out.push_str(esc);
+        }
+        from = i + 1;
+    }
+    out.push_str(&s[from..]);
+    out.push('"');
 }
 
 /// `pgsse.history()`: 8 lowercase hex digits.
@@ -208,6 +394,96 @@ mod tests {
             v.decode(&sign(r#"{"b":[{"t":"1","r":[1,2]},{"t":"x","r":[1,2]}]}"#)),
             Err(PayloadError::NoTx)
         ));
+    }
+
+    #[test]
+    fn signs_as_the_sql_does_and_verifies_its_own() {
+        let v = Verifier::new(KEY);
+        let json = r#"{"t":"9","r":[3,5]}"#;
+        assert_eq!(v.sign(json), sign(json));
+        assert!(matches!(v.decode(&v.sign(json)), Ok(Message::Reference { tx: 9, lo: 3, hi: 5 })));
+    }
+
+    fn row<'a>(tx: &'a str, id: i64, user: Option<&'a str>, data: &'a str) -> LogRow<'a> {
+        LogRow { tx, id, user_id: user, event: "notification", data: Some(data), n: None, last: None }
+    }
+
+    /// Each payload's transactions: (tx, event ids) of inline ones, (tx, lo, hi) as ids of references.
+    fn decoded(v: &Verifier, payloads: &[String]) -> Vec<(u64, Vec<i64>)> {
+        let mut out = Vec::new();
+        for p in payloads {
+            assert!(p.len() <= 7900, "a payload of {} bytes", p.len());
+            let items = match v.decode(p).expect("decodes") {
+                Message::Batch(items) => items,
+                one => vec![one],
+            };
+            for m in items {
+                out.push(match m {
+                    Message::Events { tx, events } => (tx, events.iter().map(|e| e.0).collect()),
+                    Message::Reference { tx, lo, hi } => (tx, vec![-lo, -hi]),
+                    _ => panic!("not a relay payload"),
+                });
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_relay_batches_transactions_in_the_order_of_their_last_rows() {
+        let v = Verifier::new(KEY);
+        let mut enc = Encoder::default();
+        for r in [
+            row("9", 5, Some("alice"), r#"{"a":1}"#),
+            row("9", 10, Some("alice"), r#"{"a":2}"#),
+            row("10", 7, None, "{}"),
+            row("11", 8, Some("quote\"back\\slash\u{1}\u{e9}\u{1f600}\n\t"), "[1]"),
+        ] {
+            enc.push(&r);
+        }
+        let payloads = enc.finish(&v);
+        assert_eq!((payloads.len(), enc.transactions, enc.events), (1, 3, 4));
+        assert_eq!(decoded(&v, &payloads), vec![(10, vec![7]), (11, vec![8]), (9, vec![5, 10])]);
+        let Ok(Message::Batch(items)) = v.decode(&payloads[0]) else { panic!("a batch") };
+        let Message::Events { events, .. } = &items[1] else { panic!("events") };
+        assert_eq!(
+            (events[0].1.as_deref(), events[0].3.get()),
+            (Some("quote\"back\\slash\u{1}\u{e9}\u{1f600}\n\t"), "[1]")
+        );
+        let Message::Events { events, .. } = &items[0] else { panic!("events") };
+        assert_eq!(events[0].1, None, "a broadcast");
+    }
+
+    #[test]
+    fn large_transactions_go_by_reference_and_batches_stay_under_notifys_limit() {
+        let v = Verifier::new(KEY);
+        let mut enc = Encoder::default();
+        // More than 64 rows: the first 65 come, the 65th with the count and the largest id.
+        for id in 1..=65 {
+            let mut r = row("100", id, Some("u"), "{}");
+            if id == 65 {
+                (r.n, r.last) = (Some(1000), Some(5000));
+            }
+            enc.push(&r);
+        }
+        // 64 rows whose events do not fit one payload.
+        let big = format!(r#"{{"x":"{}"}}"#, "y".repeat(200));
+        for id in 6000..6064 {
+            enc.push(&row("101", id, Some("u"), &big));
+        }
+        // Many small transactions: several payloads.
+        let small = format!(r#"{{"x":"{}"}}"#, "z".repeat(300));
+        let txs: Vec<String> = (0..100).map(|i| (200 + i).to_string()).collect();
+        for (i, tx) in txs.iter().enumerate() {
+            enc.push(&row(tx, 7000 + i as i64, Some("u"), &small));
+        }
+        let payloads = enc.finish(&v);
+        assert_eq!((enc.transactions, enc.events), (102, 1000 + 64 + 100));
+        assert!(payloads.len() > 3, "{} payloads", payloads.len());
+        let got = decoded(&v, &payloads);
+        assert_eq!(got[0], (100, vec![-1, -5000]));
+        assert_eq!(got[1], (101, vec![-6000, -6063]));
+        let rest: Vec<(u64, Vec<i64>)> = (0..100).map(|i| (200 + i as u64, vec![7000 + i])).collect();
+        assert_eq!(got[2..], rest[..]);
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! The relay: in relay mode, one replica at a time announces the rows writers only logged.
 //!
 //! Writers in relay mode commit without NOTIFY (PostgreSQL serializes the commits of notifying
-//! transactions). Every replica runs this task on a connection of its own; each round is one call
-//! of `pgsse.relay()`, which does everything in the database: the lease (which replica relays), the
-//! rows committed since the relay's stored position, their signed payloads, the new position, all
-//! in one transaction. So a replica that dies mid-round sends nothing and moves nothing, and
-//! another continues exactly where the last committed round stopped. Every replica then
-//! dispatches the payloads from its LISTEN connection as in commit mode.
+//! transactions). Every replica runs this task on a connection of its own; each round is one
+//! transaction: `pgsse.relay_read()` (the lease: which replica relays; the new position; the rows
+//! committed since the stored one), then the payloads, made and signed here ([`Encoder`]: the
+//! same work in SQL costs PostgreSQL more than handing the rows out), sent with `pg_notify`. The
+//! NOTIFYs and the position commit together, so a replica that dies mid-round sends nothing and
+//! moves nothing, and another continues exactly where the last committed round stopped. Every replica then dispatches the payloads from its LISTEN connection
+//! as in commit mode. (SQL older than version 5 has only `pgsse.relay()`, the same round in one
+//! call, payloads made in SQL: used when `relay_read` is absent.)
 //!
 //! An idle relay sleeps rather than polls: after a quiet second its round records
 //! `pgsse.meta.relay_wake`, and until it wakes, writers in relay mode send an empty NOTIFY on the
@@ -21,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use tokio::sync::mpsc;
 
+use super::payload::{Encoder, LogRow, Verifier};
 use super::source::conn::{self, Backoff, Msg};
 use super::{with_install_hint, within, PgError};
 use crate::defaults::{DEFAULT_RELAY_LEASE, DEFAULT_RELAY_MAX_ROWS};
@@ -54,9 +57,8 @@ impl Snapshot {
 }
 
 /// Whether a round may have something to announce since `position`: a row of a transaction at or
-/// above its xmax is visible now, or one of its in-progress transactions has finished (the same
-/// test `pgsse.relay()` starts with, less the lookup of that transaction's rows: a round finds
-/// out, and moves the position past it).
+/// above its xmax is visible now, or one of its in-progress transactions has finished (whether
+/// that transaction logged rows, a round finds out, and moves the position past it).
 fn news(position: &Snapshot, newest: Option<u64>, now: &Snapshot) -> bool {
     newest.is_some_and(|t| t >= position.xmax) || position.xip.iter().any(|&x| !now.in_progress(x))
 }
@@ -69,6 +71,128 @@ const RENEW_EVERY: Duration = Duration::from_millis(400);
 /// writer wakes it: waking a backend costs about as much as a probe (~0.17 ms of CPU here), so
 /// probing every 10 ms would cost PostgreSQL ~2% of a core on an idle system.
 const QUIET_AFTER: Duration = Duration::from_secs(1);
+
+/// A round in one call (SQL before version 5).
+const WHOLE: &str = "SELECT state, txs, events, pos FROM pgsse.relay($1::text, $2::text::interval, $3::int4, $4::bool)";
+/// The round's rows, then what it did (version 5 on).
+const READ: &str = "SELECT state, pos, channel, key, tx, id, user_id, event, data, n, last \
+                    FROM pgsse.relay_read($1::text, $2::text::interval, $3::int4, $4::bool)";
+/// In array order (a function scan, then the projection).
+const NOTIFY: &str = "SELECT pg_catalog.pg_notify($1, p) FROM pg_catalog.unnest($2::text[]) AS u(p)";
+
+/// How this connection runs a round, its statements prepared.
+enum Sql {
+    /// `relay_read`, then `pg_notify`, in one transaction.
+    Read { read: tokio_postgres::Statement, notify: tokio_postgres::Statement },
+    /// `pgsse.relay()`.
+    Whole(tokio_postgres::Statement),
+}
+
+/// What a round did: `state` and `pos` as `pgsse.relay_read()` says them, and what it sent.
+struct Outcome {
+    state: String,
+    txs: u64,
+    events: u64,
+    pos: Option<String>,
+}
+
+type Args<'a> = [&'a (dyn tokio_postgres::types::ToSql + Sync)];
+
+impl Sql {
+    async fn prepare(client: &tokio_postgres::Client, t: Duration) -> Result<Self, PgError> {
+        let read: bool = within(
+            "relay",
+            t,
+            client.query_one(
+                "SELECT to_regprocedure('pgsse.relay_read(text,interval,integer,boolean)') IS NOT NULL",
+                &[],
+            ),
+        )
+        .await?
+        .try_get(0)?;
+        if !read {
+            return Ok(Self::Whole(within("relay", t, client.prepare(WHOLE)).await.map_err(with_install_hint)?));
+        }
+        let (read, notify) =
+            within("relay", t, async { tokio::try_join!(client.prepare(READ), client.prepare(NOTIFY)) })
+                .await
+                .map_err(with_install_hint)?;
+        Ok(Self::Read { read, notify })
+    }
+
+    /// One round; nothing of it is left behind when it fails.
+    async fn round(&self, client: &tokio_postgres::Client, t: Duration, args: &Args<'_>) -> Result<Outcome, PgError> {
+        let (read, notify) = match self {
+            Self::Whole(whole) => {
+                let row = within("relay", t, client.query_one(whole, args)).await?;
+                return Ok(Outcome {
+                    state: row.try_get(0)?,
+                    txs: row.try_get::<_, i32>(1)?.max(0) as u64,
+                    events: row.try_get::<_, i64>(2)?.max(0) as u64,
+                    pos: row.try_get(3)?,
+                });
+            }
+            Self::Read { read, notify } => (read, notify),
+        };
+        let r = Self::read(client, t, args, read, notify).await;
+        if r.is_err() {
+            // No transaction left open for the next round to run in.
+            let _ = within("relay", t, client.batch_execute("ROLLBACK")).await;
+        }
+        r
+    }
+
+    /// BEGIN and the read in one round trip (pipelined), then the NOTIFYs and COMMIT in one more
+    /// (a failed NOTIFY makes the COMMIT roll back).
+    async fn read(
+        client: &tokio_postgres::Client,
+        t: Duration,
+        args: &Args<'_>,
+        read: &tokio_postgres::Statement,
+        notify: &tokio_postgres::Statement,
+    ) -> Result<Outcome, PgError> {
+        let began = async { tokio::try_join!(client.batch_execute("BEGIN"), client.query(read, args)) };
+        let (_, found) = within("relay", t, began).await?;
+        let (said, rows) =
+            found.split_last().ok_or_else(|| PgError::Protocol("pgsse.relay_read() returned no rows".into()))?;
+        let mut out = Outcome { state: said.try_get(0)?, txs: 0, events: 0, pos: said.try_get(1)? };
+        let mut payloads = Vec::new();
+        let mut channel = String::new();
+        if !rows.is_empty() {
+            let mut log = Vec::with_capacity(rows.len());
+            for r in rows {
+                log.push(LogRow {
+                    tx: r.try_get(4)?,
+                    id: r.try_get(5)?,
+                    user_id: r.try_get(6)?,
+                    event: r.try_get(7)?,
+                    data: r.try_get(8)?,
+                    n: r.try_get(9)?,
+                    last: r.try_get(10)?,
+                });
+            }
+            // By transaction (as numbers: decimal, no leading zeros) and id, as the encoder takes
+            // them; they mostly come so (then sorting costs one pass).
+            log.sort_by(|a, b| (a.tx.len(), a.tx, a.id).cmp(&(b.tx.len(), b.tx, b.id)));
+            let mut enc = Encoder::default();
+            for row in &log {
+                enc.push(row);
+            }
+            let key: Vec<u8> = said.try_get(3)?;
+            channel = said.try_get(2)?;
+            payloads = enc.finish(&Verifier::new(&key));
+            (out.txs, out.events) = (enc.transactions as u64, enc.events);
+        }
+        if payloads.is_empty() {
+            within("relay", t, client.batch_execute("COMMIT")).await?;
+        } else {
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&channel, &payloads];
+            let sent = async { tokio::try_join!(client.execute(notify, &params), client.batch_execute("COMMIT")) };
+            within("relay", t, sent).await?;
+        }
+        Ok(out)
+    }
+}
 
 /// What one round did (`state` of `pgsse.relay()`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,15 +283,7 @@ impl Relay {
         let setup =
             client.batch_execute("SET synchronous_commit = off; SET default_transaction_isolation = 'read committed'");
         within("relay", t, setup).await?;
-        let round = within(
-            "relay",
-            t,
-            client.prepare(
-                "SELECT state, txs, events, pos FROM pgsse.relay($1::text, $2::text::interval, $3::int4, $4::bool)",
-            ),
-        )
-        .await
-        .map_err(with_install_hint)?;
+        let round = Sql::prepare(client, t).await?;
         let probe = within("relay", t, client.prepare(PROBE)).await?;
         // Before any round that could fall asleep: a writer's wake-up is never sent unheard.
         let channel: String =
@@ -243,16 +359,11 @@ impl Relay {
                 // does not relay never sleeps, and must not keep them either.
                 while wakeups.try_recv().is_ok() {}
             }
-            let r = within(
-                "relay",
-                t,
-                client.query_one(&round, &[&self.instance, &lease, &DEFAULT_RELAY_MAX_ROWS, &sleep]),
-            )
-            .await;
+            let r = round.round(client, t, &[&self.instance, &lease, &DEFAULT_RELAY_MAX_ROWS, &sleep]).await;
             let next = match r {
-                Ok(row) => {
-                    let (next, pos) = self.on_round(&row, &mut leader)?;
-                    relayed = row.try_get::<_, i32>(1)? > 0;
+                Ok(o) => {
+                    relayed = o.txs > 0;
+                    let (next, pos) = self.on_round(o, &mut leader)?;
                     if relayed {
                         busy = Instant::now();
                     }
@@ -286,11 +397,8 @@ impl Relay {
     }
 
     /// What a round did, and the relay's position after it.
-    fn on_round(&self, row: &tokio_postgres::Row, leader: &mut bool) -> Result<(Round, Option<String>), PgError> {
-        let state: String = row.try_get(0)?;
-        let txs: i32 = row.try_get(1)?;
-        let events: i64 = row.try_get(2)?;
-        let pos: Option<String> = row.try_get(3)?;
+    fn on_round(&self, o: Outcome, leader: &mut bool) -> Result<(Round, Option<String>), PgError> {
+        let Outcome { state, txs, events, pos } = o;
         let round = match state.as_str() {
             "off" => Round::Off,
             "standby" => Round::Standby,
@@ -309,8 +417,8 @@ impl Relay {
         }
         if matches!(round, Round::Leader { .. }) {
             self.metrics.relay_rounds.inc();
-            self.metrics.relay_transactions.inc_by(txs.max(0) as u64);
-            self.metrics.relay_events.inc_by(events.max(0) as u64);
+            self.metrics.relay_transactions.inc_by(txs);
+            self.metrics.relay_events.inc_by(events);
         }
         Ok((round, pos))
     }

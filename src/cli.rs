@@ -126,6 +126,12 @@ pub struct ServeArgs {
     /// announces what writers committed: at most this much latency is added to an event.
     #[arg(long, env = "PGSSE_RELAY_INTERVAL", default_value_t = duration_text(DEFAULT_RELAY_INTERVAL))]
     pub relay_interval: String,
+    /// The relay's interval while writers are busy (its last round found 50 events or more):
+    /// fewer, larger rounds, cheaper for PostgreSQL per event. At least --relay-interval; set it
+    /// to --relay-interval for one interval at any load. [default: 25ms, or --relay-interval if
+    /// longer]
+    #[arg(long, env = "PGSSE_RELAY_BUSY_INTERVAL")]
+    pub relay_busy_interval: Option<String>,
     /// Bytes queued for one stream (e.g. 1MiB, 256KiB); beyond it the stream reads what it
     /// missed back from the log, as fast as its client takes it, instead of holding it.
     #[arg(long, env = "PGSSE_MAX_QUEUE_BYTES", default_value_t = size_text(DEFAULT_QUEUE_BYTES))]

@@ -15,6 +15,10 @@ pub const DEFAULT_MARKER_INTERVAL: Duration = Duration::from_millis(250);
 /// Relay mode's round interval: what it adds to an event's latency at most (BENCHMARKS.md,
 /// "What pgsse costs your writers", for how it was chosen).
 pub const DEFAULT_RELAY_INTERVAL: Duration = Duration::from_millis(10);
+/// Relay mode's round interval while writers are busy (or `--relay-interval`, if longer): under
+/// load most of a round's cost to PostgreSQL is per round, not per event, so fewer, larger rounds
+/// cost it about half as much per event at 25 ms as at 10 (BENCHMARKS.md).
+pub const DEFAULT_RELAY_BUSY_INTERVAL: Duration = Duration::from_millis(25);
 /// How long the relay replica's lease lasts without a renewal: another replica takes over within
 /// about this long after the relay dies or goes silent.
 pub const DEFAULT_RELAY_LEASE: Duration = Duration::from_secs(1);

@@ -54,6 +54,8 @@ pub struct Config {
     pub marker_interval: Duration,
     /// Relay mode's round interval (`--relay-interval`).
     pub relay_interval: Duration,
+    /// The relay's interval while writers are busy (at least `relay_interval`).
+    pub relay_busy_interval: Duration,
     pub queue_bytes: usize,
     pub replay_timeout: Duration,
     /// `--slow-client-timeout`: a client that takes none of its waiting bytes this long is cut.
@@ -124,6 +126,22 @@ impl Config {
         let retention = duration(&mut errs, "--retention", &a.retention, Duration::from_secs(1));
         let marker_interval = duration(&mut errs, "--marker-interval", &a.marker_interval, Duration::from_millis(10));
         let relay_interval = duration(&mut errs, "--relay-interval", &a.relay_interval, Duration::from_millis(1));
+        let relay_busy_interval = match (&a.relay_busy_interval, relay_interval) {
+            (None, Some(every)) => Some(every.max(crate::defaults::DEFAULT_RELAY_BUSY_INTERVAL)),
+            (None, None) => None,
+            (Some(s), every) => {
+                match (duration(&mut errs, "--relay-busy-interval", s, Duration::from_millis(1)), every) {
+                    (Some(busy), Some(every)) if busy < every => {
+                        errs.push(ConfigError::new(
+                            "--relay-busy-interval",
+                            format!("{s:?} is shorter than --relay-interval ({})", humantime::format_duration(every)),
+                        ));
+                        None
+                    }
+                    (busy, _) => busy,
+                }
+            }
+        };
         let replay_timeout = duration(&mut errs, "--replay-timeout", &a.replay_timeout, Duration::from_millis(10));
         let slow_client_timeout =
             duration(&mut errs, "--slow-client-timeout", &a.slow_client_timeout, Duration::from_millis(100));
@@ -213,7 +231,7 @@ impl Config {
             queue_bytes,
             replay_timeout,
             shutdown_timeout,
-            relay_interval,
+            (relay_interval, relay_busy_interval),
         ) {
             (
                 (Some(database), Some(slow_client_timeout)),
@@ -225,7 +243,7 @@ impl Config {
                 Some(queue_bytes),
                 Some(replay_timeout),
                 Some(shutdown_timeout),
-                Some(relay_interval),
+                (Some(relay_interval), Some(relay_busy_interval)),
             ) if errs.is_empty() => Ok(Config {
                 database,
                 listen,
@@ -235,6 +253,7 @@ impl Config {
                 retention,
                 marker_interval,
                 relay_interval,
+                relay_busy_interval,
                 queue_bytes,
                 replay_timeout,
                 slow_client_timeout,

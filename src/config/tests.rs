@@ -105,6 +105,7 @@ fn flag_defaults_are_the_typed_defaults() {
     assert_eq!(c.retention, DEFAULT_RETENTION);
     assert_eq!(c.marker_interval, DEFAULT_MARKER_INTERVAL);
     assert_eq!(c.relay_interval, DEFAULT_RELAY_INTERVAL);
+    assert_eq!(c.relay_busy_interval, DEFAULT_RELAY_BUSY_INTERVAL);
     assert_eq!(c.queue_bytes, DEFAULT_QUEUE_BYTES);
     assert_eq!(c.replay_timeout, DEFAULT_REPLAY_TIMEOUT);
     assert_eq!(c.db_timeout, DEFAULT_DB_TIMEOUT);
@@ -164,4 +165,22 @@ fn listener_caps_that_cannot_work_are_refused() {
     assert!(errs.0[0].message.contains("--metrics-listen is off"), "{errs}");
     let no_limit = with(&["--max-tcp-connections", "0"]).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(no_limit.max_tcp_connections, usize::MAX);
+}
+
+#[test]
+fn the_relays_busy_interval_is_never_shorter_than_its_interval() {
+    let base = ["--database-url", "postgres://u@h/db", "--jwt-secret", "s"];
+    let with = |extra: &[&str]| Config::from_argv(base.iter().chain(extra).copied());
+    let ms = Duration::from_millis;
+    let c = with(&["--relay-interval", "40ms"]).expect("valid");
+    assert_eq!((c.relay_interval, c.relay_busy_interval), (ms(40), ms(40)), "the default follows a longer interval");
+    let c = with(&["--relay-interval", "5ms", "--relay-busy-interval", "5ms"]).expect("valid");
+    assert_eq!(c.relay_busy_interval, ms(5), "one interval at any load");
+    let Err(e) = with(&["--relay-interval", "20ms", "--relay-busy-interval", "10ms"]) else { panic!("shorter") };
+    assert!(
+        e.to_string().contains("--relay-busy-interval") && e.to_string().contains("shorter than --relay-interval"),
+        "{e}"
+    );
+    let Err(e) = with(&["--relay-busy-interval", "soon"]) else { panic!("not a duration") };
+    assert!(e.to_string().contains("--relay-busy-interval"), "{e}");
 }

@@ -72,6 +72,10 @@ const RENEW_EVERY: Duration = Duration::from_millis(400);
 /// probing every 10 ms would cost PostgreSQL ~2% of a core on an idle system.
 const QUIET_AFTER: Duration = Duration::from_secs(1);
 
+/// Events a round announces from which writers count as busy (5,000 events/s at a 10 ms interval,
+/// 2,000 at 25 ms: in between the interval stays as it was).
+const BUSY_ROUND: u64 = 50;
+
 /// A round in one call (SQL before version 5).
 const WHOLE: &str = "SELECT state, txs, events, pos FROM pgsse.relay($1::text, $2::text::interval, $3::int4, $4::bool)";
 /// The round's rows, then what it did (version 5 on).
@@ -210,6 +214,8 @@ pub struct Relay {
     metrics: Metrics,
     /// Between rounds while this replica relays.
     interval: Duration,
+    /// Between rounds while it relays and writers are busy (`--relay-busy-interval`).
+    busy_interval: Duration,
     /// Between rounds while it does not (commit mode, or another replica relays): how soon a switch
     /// to relay mode, or a dead relay's expired lease, is noticed.
     idle_interval: Duration,
@@ -223,9 +229,27 @@ impl Relay {
             db,
             metrics,
             interval,
+            busy_interval: interval,
             idle_interval: idle_interval.min(DEFAULT_RELAY_LEASE / 4),
             timeout: super::DEFAULT_DB_TIMEOUT,
             instance: format!("{:016x}", rand::random::<u64>()),
+        }
+    }
+
+    /// The interval while writers are busy (at least the interval).
+    pub fn with_busy_interval(mut self, busy: Duration) -> Self {
+        self.busy_interval = busy.max(self.interval);
+        self
+    }
+
+    /// Between the start of a round that announced `events` and the next: under load most of
+    /// what a round costs PostgreSQL is per round (starting its queries, the lease's write, the
+    /// commit, the round trips), so a busy relay runs fewer, larger rounds.
+    fn every(&self, events: u64) -> Duration {
+        if events >= BUSY_ROUND {
+            self.busy_interval
+        } else {
+            self.interval
         }
     }
 
@@ -360,9 +384,11 @@ impl Relay {
                 while wakeups.try_recv().is_ok() {}
             }
             let r = round.round(client, t, &[&self.instance, &lease, &DEFAULT_RELAY_MAX_ROWS, &sleep]).await;
+            let mut every = self.interval;
             let next = match r {
                 Ok(o) => {
                     relayed = o.txs > 0;
+                    every = self.every(o.events);
                     let (next, pos) = self.on_round(o, &mut leader)?;
                     if relayed {
                         busy = Instant::now();
@@ -386,7 +412,7 @@ impl Relay {
             let pause = match next {
                 _ if asleep => Duration::ZERO,
                 Round::Leader { full: true } => Duration::ZERO,
-                Round::Leader { full: false } => self.interval.saturating_sub(began.elapsed()),
+                Round::Leader { full: false } => every.saturating_sub(began.elapsed()),
                 Round::Off | Round::Standby => self.idle_interval,
             };
             tokio::select! {
@@ -427,6 +453,19 @@ impl Relay {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_busy_relay_runs_fewer_larger_rounds() {
+        let db = tokio_postgres::Config::new();
+        let ms = Duration::from_millis;
+        let r = Relay::new(db.clone(), Metrics::default(), ms(10), ms(250)).with_busy_interval(ms(25));
+        assert_eq!(
+            (r.every(0), r.every(BUSY_ROUND - 1), r.every(BUSY_ROUND), r.every(5000)),
+            (ms(10), ms(10), ms(25), ms(25))
+        );
+        let one = Relay::new(db, Metrics::default(), ms(40), ms(250)).with_busy_interval(ms(25));
+        assert_eq!(one.every(5000), ms(40), "never shorter than the interval");
+    }
 
     #[test]
     fn snapshots_parse_as_postgres_writes_them() {

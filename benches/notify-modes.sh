@@ -162,17 +162,16 @@ pg_ticks() {
     echo $total
 }
 gw_ticks() { awk '{ print $14 + $15 }' /proc/$GW_PID/stat; }
-# The gateway's backends (application_name pgsse), named by what they last ran, with their CPU time
-# in ns so far (/proc/<pid>/schedstat, first field): "<pid> <role> <ns>" per line.
+# The gateway's backends (application_name pgsse, the relay's pgsse relay), named by what they last
+# ran, with their CPU time in ns so far (/proc/<pid>/schedstat, first field): "<pid> <role> <ns>" per line.
 backends() {
-    q "SELECT pid, CASE WHEN query LIKE '%pgsse.relay%' OR query LIKE '%max(e.tx)%' OR query LIKE '%pg_notify(\$1, p)%'
-                             OR query IN ('BEGIN', 'COMMIT') THEN 'relay'
+    q "SELECT pid, CASE WHEN application_name = 'pgsse relay' THEN 'relay'
                         WHEN query LIKE '%pgsse.mark(%' THEN 'marker'
                         WHEN query LIKE '%pg_locks%' OR query LIKE '%pg_notification_queue_usage%' THEN 'health'
                         WHEN state = 'idle' AND backend_type = 'client backend' AND wait_event = 'ClientRead'
                              AND query LIKE '%LISTEN%' THEN 'listen'
                         ELSE 'other' END
-         FROM pg_stat_activity WHERE application_name = 'pgsse'" | while IFS='|' read -r pid role; do
+         FROM pg_stat_activity WHERE application_name IN ('pgsse', 'pgsse relay')" | while IFS='|' read -r pid role; do
         [ -r "/proc/$pid/schedstat" ] && echo "$pid $role $(cut -d' ' -f1 "/proc/$pid/schedstat")"
     done
 }

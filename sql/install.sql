@@ -1390,6 +1390,9 @@ BEGIN
         RAISE EXCEPTION 'pgsse.relay: must run at READ COMMITTED (each round reads what committed during it)'
             USING ERRCODE = 'invalid_transaction_state';
     END IF;
+    -- pgsse's tables in the order the install script locks them (events, meta, secret): meta
+    -- first would deadlock with an upgrade that holds the log and waits for meta.
+    PERFORM FROM pgsse.events AS e WHERE false;
     SELECT mm.notify_mode, mm.relay_snapshot, mm.relay_drain, mm.relay_owner, mm.relay_until, mm.relay_wake
       INTO m FROM pgsse.meta AS mm;
     IF m.relay_snapshot IS NULL THEN

@@ -6,9 +6,10 @@
 //! committed since the stored one), then the payloads, made and signed here ([`Encoder`]: the
 //! same work in SQL costs PostgreSQL more than handing the rows out), sent with `pg_notify`. The
 //! NOTIFYs and the position commit together, so a replica that dies mid-round sends nothing and
-//! moves nothing, and another continues exactly where the last committed round stopped. Every replica then dispatches the payloads from its LISTEN connection
-//! as in commit mode. (SQL older than version 5 has only `pgsse.relay()`, the same round in one
-//! call, payloads made in SQL: used when `relay_read` is absent.)
+//! moves nothing, and another continues exactly where the last committed round stopped. Every
+//! replica then dispatches the payloads from its LISTEN connection as in commit mode. (SQL older
+//! than version 5 has only `pgsse.relay()`, the same round in one call, payloads made in SQL: used
+//! when `relay_read` is absent.)
 //!
 //! An idle relay sleeps rather than polls: after a quiet second its round records
 //! `pgsse.meta.relay_wake`, and until it wakes, writers in relay mode send an empty NOTIFY on the
@@ -93,11 +94,46 @@ enum Sql {
 }
 
 /// What a round did: `state` and `pos` as `pgsse.relay_read()` says them, and what it sent.
-struct Outcome {
-    state: String,
-    txs: u64,
-    events: u64,
-    pos: Option<String>,
+pub struct Outcome {
+    pub state: String,
+    pub txs: u64,
+    pub events: u64,
+    pub pos: Option<String>,
+}
+
+/// A round read by `pgsse.relay_read()` (its rows, in the order of its columns), made into its
+/// NOTIFYs: what the round did, and the channel and the signed payloads to send (none when it
+/// found no rows).
+pub fn made(found: &[tokio_postgres::Row]) -> Result<(Outcome, String, Vec<String>), PgError> {
+    let (said, rows) =
+        found.split_last().ok_or_else(|| PgError::Protocol("pgsse.relay_read() returned no rows".into()))?;
+    let mut out = Outcome { state: said.try_get(0)?, txs: 0, events: 0, pos: said.try_get(1)? };
+    if rows.is_empty() {
+        return Ok((out, String::new(), Vec::new()));
+    }
+    let mut log = Vec::with_capacity(rows.len());
+    for r in rows {
+        log.push(LogRow {
+            tx: r.try_get(4)?,
+            id: r.try_get(5)?,
+            user_id: r.try_get(6)?,
+            event: r.try_get(7)?,
+            data: r.try_get(8)?,
+            n: r.try_get(9)?,
+            last: r.try_get(10)?,
+        });
+    }
+    // By transaction (as numbers: decimal, no leading zeros) and id, as the encoder takes them;
+    // they mostly come so (then sorting costs one pass).
+    log.sort_by(|a, b| (a.tx.len(), a.tx, a.id).cmp(&(b.tx.len(), b.tx, b.id)));
+    let mut enc = Encoder::default();
+    for row in &log {
+        enc.push(row);
+    }
+    let key: Vec<u8> = said.try_get(3)?;
+    let payloads = enc.finish(&Verifier::new(&key));
+    (out.txs, out.events) = (enc.transactions as u64, enc.events);
+    Ok((out, said.try_get(2)?, payloads))
 }
 
 type Args<'a> = [&'a (dyn tokio_postgres::types::ToSql + Sync)];
@@ -157,36 +193,7 @@ impl Sql {
     ) -> Result<Outcome, PgError> {
         let began = async { tokio::try_join!(client.batch_execute("BEGIN"), client.query(read, args)) };
         let (_, found) = within("relay", t, began).await?;
-        let (said, rows) =
-            found.split_last().ok_or_else(|| PgError::Protocol("pgsse.relay_read() returned no rows".into()))?;
-        let mut out = Outcome { state: said.try_get(0)?, txs: 0, events: 0, pos: said.try_get(1)? };
-        let mut payloads = Vec::new();
-        let mut channel = String::new();
-        if !rows.is_empty() {
-            let mut log = Vec::with_capacity(rows.len());
-            for r in rows {
-                log.push(LogRow {
-                    tx: r.try_get(4)?,
-                    id: r.try_get(5)?,
-                    user_id: r.try_get(6)?,
-                    event: r.try_get(7)?,
-                    data: r.try_get(8)?,
-                    n: r.try_get(9)?,
-                    last: r.try_get(10)?,
-                });
-            }
-            // By transaction (as numbers: decimal, no leading zeros) and id, as the encoder takes
-            // them; they mostly come so (then sorting costs one pass).
-            log.sort_by(|a, b| (a.tx.len(), a.tx, a.id).cmp(&(b.tx.len(), b.tx, b.id)));
-            let mut enc = Encoder::default();
-            for row in &log {
-                enc.push(row);
-            }
-            let key: Vec<u8> = said.try_get(3)?;
-            channel = said.try_get(2)?;
-            payloads = enc.finish(&Verifier::new(&key));
-            (out.txs, out.events) = (enc.transactions as u64, enc.events);
-        }
+        let (out, channel, payloads) = made(&found)?;
         if payloads.is_empty() {
             within("relay", t, client.batch_execute("COMMIT")).await?;
         } else {
@@ -224,7 +231,12 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub fn new(db: tokio_postgres::Config, metrics: Metrics, interval: Duration, idle_interval: Duration) -> Self {
+    pub fn new(mut db: tokio_postgres::Config, metrics: Metrics, interval: Duration, idle_interval: Duration) -> Self {
+        // A name of its own (unless the URL chose one), so that pg_stat_activity tells the relay's
+        // backend from the gateway's others.
+        if db.get_application_name() == Some("pgsse") {
+            db.application_name("pgsse relay");
+        }
         Self {
             db,
             metrics,

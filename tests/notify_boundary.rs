@@ -1,6 +1,7 @@
 //! The NOTIFY boundary as a hostile database role sees it: a role that can merely connect reads
 //! nothing of users' rows, and payloads captured by someone who could read them cannot be
-//! replayed into a browser or used to stall delivery.
+//! replayed into a browser or used to stall delivery. Both in commit mode (the writers' own
+//! NOTIFYs) and in relay mode (the relaying gateway makes and signs the payloads).
 
 mod common;
 
@@ -46,11 +47,40 @@ async fn drain(url: &str, rx: &mut mpsc::UnboundedReceiver<(String, String)>, fe
 
 #[tokio::test]
 async fn a_role_that_can_only_connect_reads_no_row_content() {
+    connect_only_role_reads_nothing("commit").await;
+}
+
+#[tokio::test]
+async fn a_role_that_can_only_connect_reads_no_row_content_in_relay_mode() {
+    connect_only_role_reads_nothing("relay").await;
+}
+
+/// A database with the notifications table, in notify mode `mode`.
+async fn db_in(mode: &str) -> String {
     let db = notifications_db().await;
+    assert_eq!(common::relay::set_mode(&db, mode).await, mode);
+    db
+}
+
+/// Waits until a switch to commit mode is complete: a fresh install starts in relay mode, and
+/// until the relay has finished (with a gateway running) it announces commits a second time.
+async fn settled(db: &str) {
+    let c = connect(db).await;
+    let done = common::wait_until(T, || async {
+        let q = "SELECT notify_mode = 'relay' OR relay_snapshot IS NULL FROM pgsse.meta";
+        c.query_one(q, &[]).await.expect("pgsse.meta").get::<_, bool>(0)
+    })
+    .await;
+    assert!(done, "the relay never finished after the switch to commit mode");
+}
+
+async fn connect_only_role_reads_nothing(mode: &str) {
+    let db = db_in(mode).await;
     let role = format!("snoop_{}", free_port());
     shared_cluster().create_role(&role, false);
     let snoop = url_as(&db, &role);
     let gw = Gateway::start(&db, &[]).await;
+    settled(&db).await;
     let mut s = gw.stream("alice", &[]).await;
     s.next_named("connected", T).await.expect("connected");
 
@@ -63,6 +93,11 @@ async fn a_role_that_can_only_connect_reads_no_row_content() {
     for row in &activity {
         let q: String = row.get(0);
         assert!(!q.contains(&channel), "the gateway's LISTEN shows in pg_stat_activity: {q}");
+    }
+    // Nor can it take the relay's lease, whose rounds hand back the rows and the signing key.
+    for call in ["SELECT * FROM pgsse.relay_read('snoop')", "SELECT * FROM pgsse.relay('snoop')"] {
+        let r = c.query(call, &[]).await;
+        assert!(r.is_err(), "a CONNECT-only role ran {call}: {r:?}");
     }
     let procs = c.query("SELECT coalesce(prosrc, '') FROM pg_proc", &[]).await.expect("pg_proc");
     assert!(procs.iter().all(|r| !r.get::<_, String>(0).contains(&channel)), "the channel is in a function's source");
@@ -81,10 +116,20 @@ async fn a_role_that_can_only_connect_reads_no_row_content() {
 
 #[tokio::test]
 async fn re_sent_payloads_produce_no_event_and_no_stall() {
-    let db = notifications_db().await;
+    re_sent_payloads("commit").await;
+}
+
+#[tokio::test]
+async fn re_sent_relay_payloads_produce_no_event_and_no_stall() {
+    re_sent_payloads("relay").await;
+}
+
+async fn re_sent_payloads(mode: &str) {
+    let db = db_in(mode).await;
     let channel = gateway::channel(&db).await;
     let metrics_addr = format!("127.0.0.1:{}", free_port());
     let gw = Gateway::start(&db, &["--metrics-listen", &metrics_addr]).await;
+    settled(&db).await;
     let mut s = gw.stream("victim", &[]).await;
     s.next_named("connected", T).await.expect("connected");
     // Someone who knows the channel captures what goes over it.

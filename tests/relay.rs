@@ -762,3 +762,33 @@ async fn a_backlog_goes_in_rounds_of_whole_transactions() {
     assert_eq!(states.last().map(String::as_str), Some("relayed"));
     assert_eq!(got, want, "every transaction once, its first rows");
 }
+
+/// Back in commit mode, the relay finishes once every transaction that may have captured in
+/// relay mode has ended, but not the transactions of the server's other databases, which cannot
+/// write this database's log. One left open there kept the relay running in commit mode, every
+/// commit announced twice (by its writer and again by the relay), for as long as it stayed open.
+#[tokio::test]
+async fn back_in_commit_mode_the_relay_does_not_wait_for_other_databases() {
+    let db = notifications_db().await;
+    assert_eq!(set_mode(&db, "relay").await, "relay");
+    let gw = Gateway::start(&db, &[]).await;
+    let idle = connect(&common::fresh_database()).await;
+    idle.batch_execute("BEGIN; SELECT 1").await.expect("a transaction left open in another database");
+    // And one in this database, which the relay must wait for: it may have captured in relay mode.
+    let here = connect(&db).await;
+    here.batch_execute("BEGIN; SELECT 1").await.expect("a transaction left open in this database");
+
+    assert_eq!(set_mode(&db, "commit").await, "commit");
+    let c = connect(&db).await;
+    let drained = async || -> bool {
+        let row = c.query_one("SELECT relay_snapshot IS NULL FROM pgsse.meta", &[]).await.expect("pgsse.meta");
+        row.get(0)
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!drained().await, "the relay finished while a transaction of this database that began in relay mode ran");
+    here.batch_execute("COMMIT").await.expect("commit");
+    let done = common::wait_until(Duration::from_secs(5), drained).await;
+    assert!(done, "the relay still waits, for a transaction of another database");
+    idle.batch_execute("COMMIT").await.expect("commit");
+    gw.stop().await;
+}

@@ -1414,16 +1414,23 @@ BEGIN
     IF m.notify_mode OPERATOR(pg_catalog.=) 'commit' THEN
         -- Back in commit mode. A transaction that captured in relay mode was
         -- running when the switch committed: wait for every transaction of this
-        -- database running when the relay first noticed the switch to end. (Not
-        -- the other databases': they cannot write this log, and one left open
-        -- would keep every commit here announced twice for as long as it is.)
-        SELECT COALESCE(pg_catalog.array_agg(l.virtualxid), '{}') INTO drain
-          FROM pg_catalog.pg_locks AS l
-          JOIN pg_catalog.pg_stat_activity AS a ON a.pid OPERATOR(pg_catalog.=) l.pid
-         WHERE l.locktype OPERATOR(pg_catalog.=) 'virtualxid' AND l.granted
-           AND l.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()
-           AND a.datname OPERATOR(pg_catalog.=) pg_catalog.current_database()
-           AND (m.relay_drain IS NULL OR l.virtualxid OPERATOR(pg_catalog.=) ANY (m.relay_drain));
+        -- database running when the relay first noticed the switch to end, and
+        -- for every prepared one (two-phase commit: it has no backend, and its
+        -- rows were never NOTIFYed). Not the other databases': they cannot write
+        -- this log, and one left open would keep every commit here announced
+        -- twice for as long as it is.
+        SELECT COALESCE(pg_catalog.array_agg(w.v), '{}') INTO drain
+          FROM (SELECT l.virtualxid AS v
+                  FROM pg_catalog.pg_locks AS l
+                  JOIN pg_catalog.pg_stat_activity AS a ON a.pid OPERATOR(pg_catalog.=) l.pid
+                 WHERE l.locktype OPERATOR(pg_catalog.=) 'virtualxid' AND l.granted
+                   AND l.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()
+                   AND a.datname OPERATOR(pg_catalog.=) pg_catalog.current_database()
+                UNION ALL
+                SELECT 'prepared ' OPERATOR(pg_catalog.||) p.transaction::pg_catalog.text
+                  FROM pg_catalog.pg_prepared_xacts AS p
+                 WHERE p.database OPERATOR(pg_catalog.=) pg_catalog.current_database()) AS w
+         WHERE m.relay_drain IS NULL OR w.v OPERATOR(pg_catalog.=) ANY (m.relay_drain);
     END IF;
     -- After the check above, so a transaction that ended before it is visible.
     s := pg_catalog.pg_current_snapshot();

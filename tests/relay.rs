@@ -792,3 +792,48 @@ async fn back_in_commit_mode_the_relay_does_not_wait_for_other_databases() {
     idle.batch_execute("COMMIT").await.expect("commit");
     gw.stop().await;
 }
+
+/// A prepared transaction (two-phase commit) that captured in relay mode and commits after a
+/// switch back to commit mode: its rows were never NOTIFYed (none may be, in a transaction that
+/// is to be prepared), so the relay must keep going until it is resolved, as for one still running.
+/// It has no backend, so it was not among the virtual xids the relay waited for, and its rows never
+/// reached a live stream.
+#[tokio::test]
+async fn a_transaction_prepared_in_relay_mode_is_relayed_after_a_switch_to_commit() {
+    let pg = common::PgCluster::start_with("max_prepared_transactions = 5");
+    let db = pg.create_database("app");
+    common::gateway::install(&db).await;
+    assert_eq!(set_mode(&db, "relay").await, "relay");
+    let gw = Gateway::start(&db, &[]).await;
+    let mut s = open(&gw.addr, "twopc").await;
+    let writer = connect(&db).await;
+    writer
+        .batch_execute(
+            "BEGIN; INSERT INTO notifications (user_id, title) VALUES ('twopc', 'prepared'); \
+             PREPARE TRANSACTION 'pgsse_twopc'",
+        )
+        .await
+        .expect("a transaction prepared in relay mode");
+    assert_eq!(set_mode(&db, "commit").await, "commit");
+    let c = connect(&db).await;
+    let drained = async || -> bool {
+        c.query_one("SELECT relay_snapshot IS NULL FROM pgsse.meta", &[]).await.expect("pgsse.meta").get(0)
+    };
+    // Rounds of the drain run every interval meanwhile.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!drained().await, "the relay finished while a transaction prepared in relay mode was unresolved");
+    writer.batch_execute("COMMIT PREPARED 'pgsse_twopc'").await.expect("COMMIT PREPARED");
+    let e = s.next_named("notification", Duration::from_secs(10)).await;
+    assert_eq!(e.as_ref().map(title).as_deref(), Some("prepared"), "the prepared transaction's row reached the stream");
+    assert!(common::wait_until(Duration::from_secs(5), drained).await, "the relay never finished after it");
+    // In commit mode the writer NOTIFYs, and PostgreSQL refuses to prepare such a transaction
+    // (the README says so): two-phase commit on a watched table needs relay mode.
+    let refused = writer
+        .batch_execute(
+            "BEGIN; INSERT INTO notifications (user_id, title) VALUES ('twopc', 'refused');              PREPARE TRANSACTION 'pgsse_twopc_commit_mode'",
+        )
+        .await
+        .expect_err("PREPARE TRANSACTION after a NOTIFY");
+    assert!(common::describe_pg_error(&refused).contains("NOTIFY"), "{refused:?}");
+    gw.stop().await;
+}

@@ -10,8 +10,12 @@
 #            relay is awake; the same LISTENer attached
 #   relay    relay mode, a gateway running (it relays, and LISTENs) holding STREAMS open streams
 #   commit   commit mode (NOTIFY in the writer's transaction), the same gateway and streams
-# Rounds alternate the variants (none, log, relay, commit, then again) so drift on a busy machine
-# hits them alike; the table prints the median of the rounds and the ratios the issue's targets
+#   log:FILE as log, with pgsse installed afresh and then the SQL in FILE run: what a change to the
+#            log or the triggers would give writers, tried without building it
+#            (benches/trigger-variants/*.sql; benches/trigger-instructions.sh counts its instructions)
+# Rounds alternate the variants, each round starting one variant later (none, log, relay, commit;
+# then log, relay, commit, none; ...), so drift on a busy machine and a cell's place in the round
+# hit them alike; the table prints the median of the rounds and the ratios the issue's targets
 # name. The streams belong to a user no INSERT writes to: the gateway receives and dispatches
 # every event but delivers none, so the figures are the database's, not the clients'.
 #
@@ -120,6 +124,18 @@ PY
     grep -q "^open $STREAMS" "$D/streams.log" || { echo "streams did not open: $(cat "$D/streams.log")"; exit 1; }
 }
 
+# pgsse and the table installed afresh: after a log:FILE variant, which changed them.
+DIRTY=0
+fresh_install() {
+    stop_gateway
+    listener_off
+    q "SET client_min_messages = warning; DROP SCHEMA pgsse CASCADE; DROP TABLE notifications" >/dev/null
+    "$PGSSE_BIN" sql install --apply --database-url "$U" >/dev/null
+    q "$NOTIFICATIONS_TABLE"
+    CHANNEL=$(q "SELECT channel FROM pgsse.secret")
+    DIRTY=0
+}
+
 # Every variant starts from empty tables (their indexes' size is part of the cost).
 reset_tables() {
     q "TRUNCATE notifications, pgsse.events" >/dev/null
@@ -134,6 +150,7 @@ run() {
 }
 
 variant() {
+    case "$1" in log:*) fresh_install ;; *) [ "$DIRTY" = 0 ] || fresh_install ;; esac
     case "$1" in
         none) stop_gateway; listener_on; q "SELECT pgsse.unwatch('notifications')" >/dev/null ;;
         log) stop_gateway; listener_on; q "SELECT pgsse.watch('notifications', 'user_id')" >/dev/null
@@ -142,6 +159,11 @@ variant() {
                q "SELECT pgsse.set_notify_mode('relay')" >/dev/null ;;
         commit) q "SELECT pgsse.watch('notifications', 'user_id')" >/dev/null
                 q "SELECT pgsse.set_notify_mode('commit')" >/dev/null ;;
+        log:*) listener_on; q "SELECT pgsse.watch('notifications', 'user_id')" >/dev/null
+               q "SELECT pgsse.set_notify_mode('relay')" >/dev/null
+               psql -qX "$U" -v ON_ERROR_STOP=1 -f "${1#log:}" >/dev/null
+               DIRTY=1 ;;
+        *) echo "unknown variant $1" >&2; exit 1 ;;
     esac
     reset_tables
     if [ "$1" = relay ] || [ "$1" = commit ]; then
@@ -189,8 +211,10 @@ backend_cpu() {
 VARIANTS="${VARIANTS:-none log relay commit}"
 declare -A TPS
 echo "PostgreSQL $(q 'SHOW server_version'), fsync $(q 'SHOW fsync'), synchronous_commit $(q 'SHOW synchronous_commit'); $(nproc) cores; ${SECS}s per run, $ROUNDS rounds, $STREAMS streams on the gateway"
+# shellcheck disable=SC2086 # the variants are words
+set -- $VARIANTS
 for r in $(seq "$ROUNDS"); do
-    for v in $VARIANTS; do
+    for v in "$@"; do
         variant "$v"
         for c in $WRITERS; do
             g0=$(gw_ticks 2>/dev/null || echo 0); b0=$(backends)
@@ -203,6 +227,8 @@ for r in $(seq "$ROUNDS"); do
             echo "round $r  $v  $c writers: $t tps$cost"
         done
     done
+    # The next round starts one variant later.
+    set -- "${@:2}" "$1"
 done
 stop_gateway
 
@@ -219,6 +245,23 @@ for c in $WRITERS; do
         BEGIN { printf "| %s | %d | %d | %d | %d | %s | %s | %s |\n", c, n, l, r, m,
                        ratio(r, l, ""), ratio(r, m, "x"), ratio(l, n, "") }'
 done
+
+# Each log:FILE variant against log only and no trigger (medians of the same rounds).
+if [[ " $VARIANTS " == *" log:"* ]]; then
+    echo
+    echo "| writers | variant | tps | / log only | / no trigger |"
+    echo "|---|---|---|---|---|"
+    for c in $WRITERS; do
+        n=$(echo "${TPS[none,$c]:-}" | median); l=$(echo "${TPS[log,$c]:-}" | median)
+        for v in $VARIANTS; do
+            [[ "$v" == log:* ]] || continue
+            awk -v c="$c" -v v="log + $(basename "${v#log:}" .sql)" -v t="$(echo "${TPS[$v,$c]}" | median)" \
+                -v l="${l:-0}" -v n="${n:-0}" '
+                function ratio(a, b) { return (a > 0 && b > 0) ? sprintf("%.2f", a / b) : "-" }
+                BEGIN { printf "| %s | %s | %d | %s | %s |\n", c, v, t, ratio(t, l), ratio(t, n) }'
+        done
+    done
+fi
 
 # ---- Idle: what PostgreSQL spends with a gateway and no writes ------------------------------
 echo

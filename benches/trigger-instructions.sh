@@ -12,6 +12,8 @@
 #   log      watched, relay mode with no gateway (the log row only: pgsse_announce is skipped,
 #            as while a relay is awake)
 #   commit   watched, commit mode (the log row and pgsse_announce's NOTIFY)
+#   log:FILE as log, then the SQL in FILE run as superuser: what a change to the log or the
+#            triggers would save, tried without building it (benches/trigger-variants/*.sql)
 #
 # Run as root (the server runs as `postgres`) from the repository root after `cargo build
 # --release`; needs valgrind. Environment: PGSSE_BIN (default target/release/pgsse; a binary of
@@ -30,8 +32,12 @@ D=$(mktemp -d /dev/shm/trigger-instructions.XXXXXX)
 . "$ROOT/benches/cluster.sh"
 start_cluster "$D" "$PORT" fast
 export PGOPTIONS='-c client_min_messages=warning'
-"$PGSSE_BIN" sql install --apply --database-url "$U" >/dev/null 2>&1
-psql -qX "$U" -v ON_ERROR_STOP=1 -c "$NOTIFICATIONS_TABLE" >/dev/null
+# pgsse and the table, installed afresh: a log:FILE variant changes them.
+fresh() {
+    psql -qX "$U" -v ON_ERROR_STOP=1 -c "DROP SCHEMA IF EXISTS pgsse CASCADE; DROP TABLE IF EXISTS notifications" >/dev/null
+    "$PGSSE_BIN" sql install --apply --database-url "$U" >/dev/null 2>&1
+    psql -qX "$U" -v ON_ERROR_STOP=1 -c "$NOTIFICATIONS_TABLE" >/dev/null
+}
 psql -qX "$U" -v ON_ERROR_STOP=1 >/dev/null <<'SQL'
 CREATE PROCEDURE insert_rows(k int) LANGUAGE plpgsql AS $$
 BEGIN
@@ -56,17 +62,22 @@ instructions() {
 
 printf '| variant | instructions per INSERT |\n|---|---|\n'
 for v in $VARIANTS; do
+    fresh
     case "$v" in
         none) psql -qX "$U" -c "SELECT pgsse.unwatch('notifications')" >/dev/null ;;
         log) psql -qX "$U" -c "SELECT pgsse.watch('notifications', 'user_id'); SELECT pgsse.set_notify_mode('relay')" >/dev/null ;;
         # One relay round finishes the switch back to commit (nothing is left to relay).
         commit) psql -qX "$U" -c "SELECT pgsse.watch('notifications', 'user_id'); SELECT pgsse.set_notify_mode('commit'); SELECT pgsse.relay('bench')" >/dev/null ;;
+        log:*) psql -qX "$U" -c "SELECT pgsse.watch('notifications', 'user_id'); SELECT pgsse.set_notify_mode('relay')" >/dev/null
+               psql -qX "$U" -v ON_ERROR_STOP=1 -f "${v#log:}" >/dev/null ;;
         *) echo "unknown variant $v" >&2; exit 1 ;;
     esac
     psql -qX "$U" -c "TRUNCATE notifications, pgsse.events" >/dev/null
     su postgres -c "$BIN/pg_ctl -D $D/data stop -m fast >/dev/null"
     a=$(instructions "$WARM")
     b=$(instructions $((WARM + N)))
-    printf '| %s | %s |\n' "$v" "$(( (b - a) / N ))"
+    label=$v
+    case "$v" in log:*) label="log + $(basename "${v#log:}" .sql)" ;; esac
+    printf '| %s | %s |\n' "$label" "$(( (b - a) / N ))"
     su postgres -c "$BIN/pg_ctl -D $D/data -l $D/log start -w >/dev/null"
 done

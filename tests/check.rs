@@ -264,3 +264,43 @@ async fn a_capture_function_in_a_trigger_watch_never_creates_is_an_error() {
     let (code, report) = check(&gw).await;
     assert_eq!(code, 0, "{report:#}");
 }
+
+/// After a switch back to commit mode, a transaction left open from before keeps the relay going
+/// (every commit announced a second time): `check` names it, and is satisfied once it has ended.
+#[tokio::test]
+async fn a_transaction_holding_the_relay_after_a_switch_to_commit_is_named() {
+    let url = fresh_database();
+    let (gw_url, _) = deployment(&url).await;
+    assert_eq!(common::relay::set_mode(&url, "relay").await, "relay");
+    let gw = common::gateway::Gateway::start(&url, &[]).await;
+    let open = connect(&url).await;
+    let pid: i32 = open.query_one("SELECT pg_backend_pid()", &[]).await.expect("pid").get(0);
+    open.batch_execute("BEGIN; SELECT 1").await.expect("a transaction left open");
+    assert_eq!(common::relay::set_mode(&url, "commit").await, "commit");
+    let meta = connect(&url).await;
+    let state = async |q: &str| -> bool { meta.query_one(q, &[]).await.expect("pgsse.meta").get(0) };
+    let noticed = wait_until(T, || state("SELECT relay_drain IS NOT NULL FROM pgsse.meta")).await;
+    assert!(noticed, "the relay never noticed the switch");
+
+    let (_, report) = check(&gw_url).await;
+    let found = findings(&report, "notify mode");
+    assert_eq!(found.len(), 1, "{report:#}");
+    let (status, message, fix) = found[0];
+    assert_eq!(status, "warning", "{report:#}");
+    assert!(message.contains(&format!("pid {pid} ")), "{message}");
+    assert!(fix.contains("pg_terminate_backend"), "{fix}");
+    // A role that may see the session's details gets them.
+    let (_, report) = check(&url).await;
+    let (_, message, _) = findings(&report, "notify mode")[0];
+    assert!(
+        message.contains(&format!("pid {pid} (open since ")) && message.contains("idle in transaction"),
+        "{message}"
+    );
+
+    open.batch_execute("COMMIT").await.expect("commit");
+    let done = wait_until(T, || state("SELECT relay_snapshot IS NULL FROM pgsse.meta")).await;
+    assert!(done, "the relay never finished");
+    let (_, report) = check(&gw_url).await;
+    assert_eq!(statuses(&report, "notify mode"), ["ok"], "{report:#}");
+    gw.stop().await;
+}

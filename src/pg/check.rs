@@ -1,9 +1,9 @@
 //! `pgsse check`: a read-only health check of a deployment, each finding ok / warning / error with its fix.
 
-use std::time::Duration;
-
 use super::schema::{self, Capture, INSTALL_COMMAND, SCHEMA_VERSION};
 use super::PgError;
+
+mod notify;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -118,7 +118,7 @@ pub async fn run(client: &tokio_postgres::Client, gateway_role: Option<&str>) ->
         report.add(format!("table {}", t.table), Level::Error, t.problem(), Some(t.fix()));
     }
     grants(client, &role, gateway_role.is_none(), &mut report).await?;
-    notify(client, inst.notify_mode.as_deref().unwrap_or("commit"), &mut report).await?;
+    notify::check(client, inst.notify_mode.as_deref().unwrap_or("commit"), &mut report).await?;
     database(client, &role, &mut report).await?;
     Ok(report)
 }
@@ -352,63 +352,6 @@ async fn grants(
 
 /// PostgreSQL takes this lock (an object lock on database 0 of pg_database) in every notifying
 /// transaction's commit and holds it through the WAL flush.
-const LOCK_WAITERS: &str = "SELECT count(*) FROM pg_locks WHERE locktype = 'object' \
-     AND classid = 'pg_database'::regclass AND objid = 0 AND NOT granted";
-
-async fn notify(client: &tokio_postgres::Client, mode: &str, report: &mut Report) -> Result<(), PgError> {
-    // A few samples: one waiter for an instant is normal under load, writers waiting in every
-    // sample are not.
-    let mut seen = Vec::new();
-    for _ in 0..5 {
-        seen.push(client.query_one(LOCK_WAITERS, &[]).await?.try_get::<_, i64>(0)?);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let (min, max) = (seen.iter().min().copied().unwrap_or(0), seen.iter().max().copied().unwrap_or(0));
-    let relay_fix =
-        Some("SELECT pgsse.set_notify_mode('relay');  -- as the DBA: writers stop NOTIFYing at once".to_string());
-    match (mode, min, max) {
-        ("commit", 1.., _) => report.add("notify lock", Level::Error, format!("{max} sessions are waiting on PostgreSQL's NOTIFY commit lock (commit mode: writers NOTIFY as they commit, one at a time)"), relay_fix),
-        ("commit", 0, 1..) => report.add("notify lock", Level::Warning, format!("up to {max} sessions waited on the NOTIFY commit lock in 0.5 s (commit mode)"), relay_fix),
-        (_, _, 1..) => report.add("notify lock", Level::Warning, format!("up to {max} sessions wait on the NOTIFY commit lock though pgsse's writers do not NOTIFY in relay mode: another NOTIFY user of this instance, or session revocations"), Some("find them: SELECT pid, query FROM pg_stat_activity WHERE wait_event = 'object'".into())),
-        _ => report.ok("notify lock", "no session waits on PostgreSQL's NOTIFY commit lock"),
-    }
-    if mode != "relay" {
-        report.ok("notify mode", "commit: each writing statement NOTIFYs in the app's transaction (relay mode spares writers the NOTIFY lock)");
-        return Ok(());
-    }
-    let row = client
-        .query_one(
-            "SELECT relay_owner, extract(epoch FROM now() - relay_until)::float8, \
-                    (SELECT count(*) FROM pgsse.events AS e WHERE e.tx >= pg_snapshot_xmax(m.relay_snapshot)) \
-               FROM pgsse.meta AS m",
-            &[],
-        )
-        .await;
-    match row {
-        Ok(row) => {
-            let owner: Option<String> = row.try_get(0)?;
-            let expired: Option<f64> = row.try_get(1)?;
-            let waiting: i64 = row.try_get(2)?;
-            match (owner, expired) {
-                (Some(o), Some(e)) if e < 5.0 => report.ok("notify mode", format!("relay, relayed by gateway {o}")),
-                _ => report.add(
-                    "notify mode",
-                    if waiting > 0 { Level::Error } else { Level::Warning },
-                    format!("relay, but no gateway is relaying: {waiting} events wait in the log until one runs"),
-                    Some("start a gateway (`pgsse serve`), or SELECT pgsse.set_notify_mode('commit')".into()),
-                ),
-            }
-        }
-        Err(e) => report.add(
-            "notify mode",
-            Level::Warning,
-            format!("relay; cannot read the relay's state: {}", super::describe(&e)),
-            None,
-        ),
-    }
-    Ok(())
-}
-
 async fn database(client: &tokio_postgres::Client, role: &str, report: &mut Report) -> Result<(), PgError> {
     let row = client
         .query_one(

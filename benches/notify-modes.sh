@@ -91,6 +91,8 @@ start_gateway() {
     done
     local token
     token=$("$PGSSE_BIN" token --sub bench-idle --secret "$SECRET" --ttl 1d)
+    # Removed first: the line waited for below must be this run's.
+    rm -f "$D/streams.log"
     python3 - "$GW_PORT" "$token" "$STREAMS" >"$D/streams.log" 2>&1 <<'PY' &
 import asyncio, sys
 port, token, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
@@ -211,8 +213,9 @@ backend_cpu() {
 VARIANTS="${VARIANTS:-none log relay commit}"
 declare -A TPS
 echo "PostgreSQL $(q 'SHOW server_version'), fsync $(q 'SHOW fsync'), synchronous_commit $(q 'SHOW synchronous_commit'); $(nproc) cores; ${SECS}s per run, $ROUNDS rounds, $STREAMS streams on the gateway"
-# shellcheck disable=SC2086 # the variants are words
-set -- $VARIANTS
+# shellcheck disable=SC2086 # the variants are words (and no globs)
+set -f; set -- $VARIANTS; set +f
+[ $# -gt 0 ] || { echo "VARIANTS is empty" >&2; exit 1; }
 for r in $(seq "$ROUNDS"); do
     for v in "$@"; do
         variant "$v"

@@ -1416,9 +1416,11 @@ BEGIN
         -- running when the switch committed: wait for every transaction of this
         -- database running when the relay first noticed the switch to end, and
         -- for every prepared one (two-phase commit: it has no backend, and its
-        -- rows were never NOTIFYed). Not the other databases': they cannot write
-        -- this log, and one left open would keep every commit here announced
-        -- twice for as long as it is.
+        -- rows were never NOTIFYed), including one prepared since by a backend
+        -- still waited for (its virtual xid is then gone). Not the other
+        -- databases': they cannot write this log, and one left open would keep
+        -- every commit here announced twice for as long as it is; nor
+        -- autovacuum's (no user), which captures nothing.
         SELECT COALESCE(pg_catalog.array_agg(w.v), '{}') INTO drain
           FROM (SELECT l.virtualxid AS v
                   FROM pg_catalog.pg_locks AS l
@@ -1426,11 +1428,14 @@ BEGIN
                  WHERE l.locktype OPERATOR(pg_catalog.=) 'virtualxid' AND l.granted
                    AND l.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()
                    AND a.datname OPERATOR(pg_catalog.=) pg_catalog.current_database()
+                   AND a.usesysid IS NOT NULL
                 UNION ALL
                 SELECT 'prepared ' OPERATOR(pg_catalog.||) p.transaction::pg_catalog.text
                   FROM pg_catalog.pg_prepared_xacts AS p
                  WHERE p.database OPERATOR(pg_catalog.=) pg_catalog.current_database()) AS w
-         WHERE m.relay_drain IS NULL OR w.v OPERATOR(pg_catalog.=) ANY (m.relay_drain);
+         WHERE m.relay_drain IS NULL OR w.v OPERATOR(pg_catalog.=) ANY (m.relay_drain)
+            OR (w.v LIKE 'prepared %' AND EXISTS (
+                    SELECT FROM pg_catalog.unnest(m.relay_drain) AS d(v) WHERE d.v NOT LIKE 'prepared %'));
     END IF;
     -- After the check above, so a transaction that ended before it is visible.
     s := pg_catalog.pg_current_snapshot();

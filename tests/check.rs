@@ -297,7 +297,18 @@ async fn a_transaction_holding_the_relay_after_a_switch_to_commit_is_named() {
         "{message}"
     );
 
+    // With no gateway left to finish it, the check says so instead.
+    gw.stop().await;
+    let lapsed = wait_until(T, || state("SELECT relay_until < now() - interval '1 second' FROM pgsse.meta")).await;
+    assert!(lapsed, "the relay's lease never ran out");
+    let (_, report) = check(&gw_url).await;
+    let (status, message, fix) = findings(&report, "notify mode")[0];
+    assert_eq!(status, "warning", "{report:#}");
+    assert!(message.contains("no gateway is relaying"), "{message}");
+    assert!(fix.contains("pgsse serve"), "{fix}");
+
     open.batch_execute("COMMIT").await.expect("commit");
+    let gw = common::gateway::Gateway::start(&url, &[]).await;
     let done = wait_until(T, || state("SELECT relay_snapshot IS NULL FROM pgsse.meta")).await;
     assert!(done, "the relay never finished");
     let (_, report) = check(&gw_url).await;

@@ -772,65 +772,101 @@ async fn back_in_commit_mode_the_relay_does_not_wait_for_other_databases() {
     let db = notifications_db().await;
     assert_eq!(set_mode(&db, "relay").await, "relay");
     let gw = Gateway::start(&db, &[]).await;
+    // A transaction's virtual xid, as pg_locks and pgsse.meta.relay_drain spell it.
+    const VXID: &str = "SELECT virtualxid FROM pg_locks WHERE locktype = 'virtualxid' AND pid = pg_backend_pid()";
     let idle = connect(&common::fresh_database()).await;
-    idle.batch_execute("BEGIN; SELECT 1").await.expect("a transaction left open in another database");
+    idle.batch_execute("BEGIN").await.expect("a transaction left open in another database");
+    let idle_vxid: String = idle.query_one(VXID, &[]).await.expect("vxid").get(0);
     // And one in this database, which the relay must wait for: it may have captured in relay mode.
     let here = connect(&db).await;
-    here.batch_execute("BEGIN; SELECT 1").await.expect("a transaction left open in this database");
+    here.batch_execute("BEGIN").await.expect("a transaction left open in this database");
+    let here_vxid: String = here.query_one(VXID, &[]).await.expect("vxid").get(0);
 
     assert_eq!(set_mode(&db, "commit").await, "commit");
     let c = connect(&db).await;
-    let drained = async || -> bool {
-        let row = c.query_one("SELECT relay_snapshot IS NULL FROM pgsse.meta", &[]).await.expect("pgsse.meta");
-        row.get(0)
+    let drain = async || -> Option<Vec<String>> {
+        c.query_one("SELECT relay_drain FROM pgsse.meta", &[]).await.expect("pgsse.meta").get(0)
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!drained().await, "the relay finished while a transaction of this database that began in relay mode ran");
+    let noticed = common::wait_until(Duration::from_secs(10), || async { drain().await.is_some() }).await;
+    assert!(noticed, "the relay finished while a transaction of this database that began in relay mode ran");
+    let waited = drain().await.unwrap_or_default();
+    assert!(waited.contains(&here_vxid), "this database's transaction is waited for: {waited:?}");
+    assert!(!waited.contains(&idle_vxid), "another database's transaction is waited for: {waited:?}");
     here.batch_execute("COMMIT").await.expect("commit");
-    let done = common::wait_until(Duration::from_secs(5), drained).await;
+    let done = common::wait_until(Duration::from_secs(5), || async { drain().await.is_none() }).await;
     assert!(done, "the relay still waits, for a transaction of another database");
     idle.batch_execute("COMMIT").await.expect("commit");
     gw.stop().await;
 }
 
-/// A prepared transaction (two-phase commit) that captured in relay mode and commits after a
-/// switch back to commit mode: its rows were never NOTIFYed (none may be, in a transaction that
-/// is to be prepared), so the relay must keep going until it is resolved, as for one still running.
-/// It has no backend, so it was not among the virtual xids the relay waited for, and its rows never
-/// reached a live stream.
+/// Transactions prepared (two-phase commit) after capturing in relay mode, committed after a
+/// switch back to commit mode: their rows were never NOTIFYed, so the relay must keep going until
+/// they are resolved. One was prepared before the switch (it has no backend, so it was not among
+/// the virtual xids the relay waited for), one after the relay noticed the switch (its virtual
+/// xid, waited for, is then gone): the rows of either never reached a live stream.
 #[tokio::test]
-async fn a_transaction_prepared_in_relay_mode_is_relayed_after_a_switch_to_commit() {
+async fn transactions_prepared_in_relay_mode_are_relayed_after_a_switch_to_commit() {
     let pg = common::PgCluster::start_with("max_prepared_transactions = 5");
     let db = pg.create_database("app");
     common::gateway::install(&db).await;
     assert_eq!(set_mode(&db, "relay").await, "relay");
     let gw = Gateway::start(&db, &[]).await;
     let mut s = open(&gw.addr, "twopc").await;
-    let writer = connect(&db).await;
-    writer
+    // Writers keep the relay awake: a sleeping one is woken by a NOTIFY from the first writer,
+    // and PostgreSQL refuses to prepare a transaction that has NOTIFYed (the README says so).
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy = spawn_writers(&db, 1, &users("busy", 1), &stop, 20);
+    let early = connect(&db).await;
+    early
         .batch_execute(
-            "BEGIN; INSERT INTO notifications (user_id, title) VALUES ('twopc', 'prepared'); \
-             PREPARE TRANSACTION 'pgsse_twopc'",
+            "BEGIN; INSERT INTO notifications (user_id, title) VALUES ('twopc', 'early'); \
+             PREPARE TRANSACTION 'pgsse_early'",
         )
         .await
         .expect("a transaction prepared in relay mode");
+    let late = connect(&db).await;
+    late.batch_execute("BEGIN; INSERT INTO notifications (user_id, title) VALUES ('twopc', 'late')")
+        .await
+        .expect("a transaction that captured in relay mode");
+    let late_xid: String = late.query_one("SELECT pg_current_xact_id()::text", &[]).await.expect("xid").get(0);
+
     assert_eq!(set_mode(&db, "commit").await, "commit");
     let c = connect(&db).await;
-    let drained = async || -> bool {
-        c.query_one("SELECT relay_snapshot IS NULL FROM pgsse.meta", &[]).await.expect("pgsse.meta").get(0)
+    let drain = async || -> Option<Vec<String>> {
+        c.query_one("SELECT relay_drain FROM pgsse.meta", &[]).await.expect("pgsse.meta").get(0)
     };
-    // Rounds of the drain run every interval meanwhile.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!drained().await, "the relay finished while a transaction prepared in relay mode was unresolved");
-    writer.batch_execute("COMMIT PREPARED 'pgsse_twopc'").await.expect("COMMIT PREPARED");
-    let e = s.next_named("notification", Duration::from_secs(10)).await;
-    assert_eq!(e.as_ref().map(title).as_deref(), Some("prepared"), "the prepared transaction's row reached the stream");
-    assert!(common::wait_until(Duration::from_secs(5), drained).await, "the relay never finished after it");
-    // In commit mode the writer NOTIFYs, and PostgreSQL refuses to prepare such a transaction
-    // (the README says so): two-phase commit on a watched table needs relay mode.
-    let refused = writer
+    let noticed = common::wait_until(Duration::from_secs(10), || async { drain().await.is_some() }).await;
+    assert!(noticed, "the relay never noticed the switch");
+    let waited = drain().await.unwrap_or_default();
+    assert!(waited.iter().any(|v| v.starts_with("prepared ")), "the prepared transaction is waited for: {waited:?}");
+    late.batch_execute("PREPARE TRANSACTION 'pgsse_late'").await.expect("prepared after the switch");
+    // Rounds run meanwhile: the late one's virtual xid goes from the list, its prepared xid comes.
+    let late_prepared = format!("prepared {late_xid}");
+    let kept = common::wait_until(Duration::from_secs(10), || async {
+        drain().await.is_none_or(|d| d.contains(&late_prepared))
+    })
+    .await;
+    assert!(kept && drain().await.is_some(), "the relay finished with a transaction prepared in relay mode unresolved");
+
+    for gid in ["pgsse_early", "pgsse_late"] {
+        c.batch_execute(&format!("COMMIT PREPARED '{gid}'")).await.expect("COMMIT PREPARED");
+    }
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let Some(e) = s.next_named("notification", Duration::from_secs(10)).await else { break };
+        got.push(title(&e));
+    }
+    got.sort();
+    assert_eq!(got, ["early", "late"], "the prepared transactions' rows reached the stream");
+    let done = common::wait_until(Duration::from_secs(10), || async { drain().await.is_none() }).await;
+    assert!(done, "the relay never finished after them");
+    stop_writers(&stop, busy).await;
+
+    // In commit mode the writer NOTIFYs, and PostgreSQL refuses to prepare such a transaction.
+    let refused = late
         .batch_execute(
-            "BEGIN; INSERT INTO notifications (user_id, title) VALUES ('twopc', 'refused');              PREPARE TRANSACTION 'pgsse_twopc_commit_mode'",
+            "BEGIN; INSERT INTO notifications (user_id, title) VALUES ('twopc', 'refused'); \
+             PREPARE TRANSACTION 'pgsse_commit_mode'",
         )
         .await
         .expect_err("PREPARE TRANSACTION after a NOTIFY");

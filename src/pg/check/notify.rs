@@ -65,29 +65,32 @@ pub(super) async fn check(client: &tokio_postgres::Client, mode: &str, report: &
 /// keeps relaying (and so announces commits twice) until every transaction of the database that
 /// was running then has ended. Normally a moment; one left open holds it for as long as it is.
 async fn draining(client: &tokio_postgres::Client, report: &mut Report) -> Result<(), PgError> {
-    const STATE: &str = "SELECT m.relay_snapshot IS NOT NULL, m.relay_drain IS NOT NULL, \
-            (SELECT string_agg(w.what, ', ' ORDER BY w.what) FROM ( \
-                SELECT 'pid ' || a.pid || coalesce(' (open since ' \
+    // Whether relay mode left something, whether a relay holds the lease to finish it (renewed by
+    // every round), and what it waits for, by pid and then by prepared transaction.
+    const STATE: &str = "SELECT m.relay_snapshot IS NOT NULL, \
+            coalesce(m.relay_until > now() - interval '1 second', false), \
+            (SELECT string_agg(w.what, ', ' ORDER BY w.k, w.n) FROM ( \
+                SELECT 0 AS k, a.pid::bigint AS n, 'pid ' || a.pid || coalesce(' (open since ' \
                        || to_char(a.xact_start, 'YYYY-MM-DD HH24:MI:SS TZ') || ', ' || a.state || ')', \
-                       ' (another role''s session: pg_read_all_stats shows more)') AS what \
+                       ' (its details are hidden from this role)') AS what \
                   FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid \
-                 WHERE l.locktype = 'virtualxid' AND l.virtualxid = ANY (m.relay_drain) \
+                 WHERE l.locktype = 'virtualxid' AND l.granted AND l.virtualxid = ANY (m.relay_drain) \
                 UNION ALL \
-                SELECT 'prepared transaction ' || quote_literal(p.gid) || ' (prepared ' \
-                       || to_char(p.prepared, 'YYYY-MM-DD HH24:MI:SS TZ') || ')' \
+                SELECT 1, p.transaction::text::bigint, 'prepared transaction ' || quote_literal(p.gid) \
+                       || ' (prepared ' || to_char(p.prepared, 'YYYY-MM-DD HH24:MI:SS TZ') || ')' \
                   FROM pg_prepared_xacts AS p \
                  WHERE 'prepared ' || p.transaction::text = ANY (m.relay_drain)) AS w) \
        FROM pgsse.meta AS m";
     let row = client.query_one(STATE, &[]).await?;
-    let (leftover, noticed): (bool, bool) = (row.try_get(0)?, row.try_get(1)?);
+    let (leftover, relaying): (bool, bool) = (row.try_get(0)?, row.try_get(1)?);
     let waits: Option<String> = row.try_get(2)?;
     let commit = "commit: each writing statement NOTIFYs in the app's transaction";
-    match (leftover, noticed, waits) {
+    match (leftover, relaying, waits) {
         (false, ..) => report.ok("notify mode", format!("{commit} (relay mode spares writers the NOTIFY lock)")),
         (true, false, _) => report.add(
             "notify mode",
             Level::Warning,
-            format!("{commit}, but no gateway has relayed since the switch from relay mode: what writers logged in relay mode waits in the log until one does"),
+            format!("{commit}, but no gateway is relaying to finish the switch from relay mode: what writers logged in relay mode and is not announced yet waits in the log until one does"),
             Some("start a gateway (`pgsse serve`)".into()),
         ),
         (true, true, Some(waits)) => report.add(

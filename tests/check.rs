@@ -278,8 +278,7 @@ async fn a_transaction_holding_the_relay_after_a_switch_to_commit_is_named() {
     open.batch_execute("BEGIN; SELECT 1").await.expect("a transaction left open");
     assert_eq!(common::relay::set_mode(&url, "commit").await, "commit");
     let meta = connect(&url).await;
-    let state = async |q: &str| -> bool { meta.query_one(q, &[]).await.expect("pgsse.meta").get(0) };
-    let noticed = wait_until(T, || state("SELECT relay_drain IS NOT NULL FROM pgsse.meta")).await;
+    let noticed = wait_until(T, || async { common::relay::drain(&meta).await.is_some() }).await;
     assert!(noticed, "the relay never noticed the switch");
 
     let (_, report) = check(&gw_url).await;
@@ -299,7 +298,11 @@ async fn a_transaction_holding_the_relay_after_a_switch_to_commit_is_named() {
 
     // With no gateway left to finish it, the check says so instead.
     gw.stop().await;
-    let lapsed = wait_until(T, || state("SELECT relay_until < now() - interval '1 second' FROM pgsse.meta")).await;
+    let lapsed = wait_until(T, || async {
+        let q = "SELECT relay_until < now() - interval '1 second' FROM pgsse.meta";
+        meta.query_one(q, &[]).await.expect("pgsse.meta").get::<_, bool>(0)
+    })
+    .await;
     assert!(lapsed, "the relay's lease never ran out");
     let (_, report) = check(&gw_url).await;
     let (status, message, fix) = findings(&report, "notify mode")[0];
@@ -309,7 +312,7 @@ async fn a_transaction_holding_the_relay_after_a_switch_to_commit_is_named() {
 
     open.batch_execute("COMMIT").await.expect("commit");
     let gw = common::gateway::Gateway::start(&url, &[]).await;
-    let done = wait_until(T, || state("SELECT relay_snapshot IS NULL FROM pgsse.meta")).await;
+    let done = wait_until(T, || common::relay::finished(&meta)).await;
     assert!(done, "the relay never finished");
     let (_, report) = check(&gw_url).await;
     assert_eq!(statuses(&report, "notify mode"), ["ok"], "{report:#}");

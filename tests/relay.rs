@@ -784,16 +784,13 @@ async fn back_in_commit_mode_the_relay_does_not_wait_for_other_databases() {
 
     assert_eq!(set_mode(&db, "commit").await, "commit");
     let c = connect(&db).await;
-    let drain = async || -> Option<Vec<String>> {
-        c.query_one("SELECT relay_drain FROM pgsse.meta", &[]).await.expect("pgsse.meta").get(0)
-    };
-    let noticed = common::wait_until(Duration::from_secs(10), || async { drain().await.is_some() }).await;
+    let noticed = common::wait_until(Duration::from_secs(10), || async { drain(&c).await.is_some() }).await;
     assert!(noticed, "the relay finished while a transaction of this database that began in relay mode ran");
-    let waited = drain().await.unwrap_or_default();
+    let waited = drain(&c).await.unwrap_or_default();
     assert!(waited.contains(&here_vxid), "this database's transaction is waited for: {waited:?}");
     assert!(!waited.contains(&idle_vxid), "another database's transaction is waited for: {waited:?}");
     here.batch_execute("COMMIT").await.expect("commit");
-    let done = common::wait_until(Duration::from_secs(5), || async { drain().await.is_none() }).await;
+    let done = common::wait_until(Duration::from_secs(5), || finished(&c)).await;
     assert!(done, "the relay still waits, for a transaction of another database");
     idle.batch_execute("COMMIT").await.expect("commit");
     gw.stop().await;
@@ -832,21 +829,21 @@ async fn transactions_prepared_in_relay_mode_are_relayed_after_a_switch_to_commi
 
     assert_eq!(set_mode(&db, "commit").await, "commit");
     let c = connect(&db).await;
-    let drain = async || -> Option<Vec<String>> {
-        c.query_one("SELECT relay_drain FROM pgsse.meta", &[]).await.expect("pgsse.meta").get(0)
-    };
-    let noticed = common::wait_until(Duration::from_secs(10), || async { drain().await.is_some() }).await;
+    let noticed = common::wait_until(Duration::from_secs(10), || async { drain(&c).await.is_some() }).await;
     assert!(noticed, "the relay never noticed the switch");
-    let waited = drain().await.unwrap_or_default();
+    let waited = drain(&c).await.unwrap_or_default();
     assert!(waited.iter().any(|v| v.starts_with("prepared ")), "the prepared transaction is waited for: {waited:?}");
     late.batch_execute("PREPARE TRANSACTION 'pgsse_late'").await.expect("prepared after the switch");
     // Rounds run meanwhile: the late one's virtual xid goes from the list, its prepared xid comes.
     let late_prepared = format!("prepared {late_xid}");
     let kept = common::wait_until(Duration::from_secs(10), || async {
-        drain().await.is_none_or(|d| d.contains(&late_prepared))
+        drain(&c).await.is_none_or(|d| d.contains(&late_prepared))
     })
     .await;
-    assert!(kept && drain().await.is_some(), "the relay finished with a transaction prepared in relay mode unresolved");
+    assert!(
+        kept && drain(&c).await.is_some(),
+        "the relay finished with a transaction prepared in relay mode unresolved"
+    );
 
     for gid in ["pgsse_early", "pgsse_late"] {
         c.batch_execute(&format!("COMMIT PREPARED '{gid}'")).await.expect("COMMIT PREPARED");
@@ -858,7 +855,7 @@ async fn transactions_prepared_in_relay_mode_are_relayed_after_a_switch_to_commi
     }
     got.sort();
     assert_eq!(got, ["early", "late"], "the prepared transactions' rows reached the stream");
-    let done = common::wait_until(Duration::from_secs(10), || async { drain().await.is_none() }).await;
+    let done = common::wait_until(Duration::from_secs(10), || finished(&c)).await;
     assert!(done, "the relay never finished after them");
     stop_writers(&stop, busy).await;
 

@@ -38,6 +38,17 @@ pub async fn mode(url: &str) -> String {
     }
 }
 
+/// After a switch back to commit mode, what the relay still waits for (`pgsse.meta.relay_drain`):
+/// `None` before it has noticed the switch, and once it has finished.
+pub async fn drain(c: &tokio_postgres::Client) -> Option<Vec<String>> {
+    c.query_one("SELECT relay_drain FROM pgsse.meta", &[]).await.expect("pgsse.meta.relay_drain").get(0)
+}
+
+/// Whether relay mode left the relay nothing to finish (`pgsse.meta.relay_snapshot` is NULL).
+pub async fn finished(c: &tokio_postgres::Client) -> bool {
+    c.query_one("SELECT relay_snapshot IS NULL FROM pgsse.meta", &[]).await.expect("pgsse.meta.relay_snapshot").get(0)
+}
+
 /// The highest log id so far (0 when empty): what a check counts from.
 pub async fn last_log_id(url: &str) -> i64 {
     let c = connect(url).await;

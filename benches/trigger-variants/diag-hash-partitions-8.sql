@@ -1,0 +1,3 @@
+-- diag-hash-partitions.sql with 8 partitions.
+\set parts 8
+\ir diag-hash-partitions.sql

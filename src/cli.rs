@@ -132,6 +132,13 @@ pub struct ServeArgs {
     /// longer]
     #[arg(long, env = "PGSSE_RELAY_BUSY_INTERVAL")]
     pub relay_busy_interval: Option<String>,
+    /// Once writers have been quiet for a second, the relay polls this often instead of sleeping
+    /// (at least --relay-interval, at most 400ms). By default a quiet relay sleeps, and the first
+    /// writing transaction after the pause wakes it with one NOTIFY, which takes NOTIFY's commit
+    /// lock and after which PostgreSQL refuses PREPARE TRANSACTION. Set, no writer ever NOTIFYs in
+    /// relay mode, and the first event after a pause waits up to this long. [default: unset]
+    #[arg(long, env = "PGSSE_RELAY_QUIET_INTERVAL")]
+    pub relay_quiet_interval: Option<String>,
     /// Bytes queued for one stream (e.g. 1MiB, 256KiB); beyond it the stream reads what it
     /// missed back from the log, as fast as its client takes it, instead of holding it.
     #[arg(long, env = "PGSSE_MAX_QUEUE_BYTES", default_value_t = size_text(DEFAULT_QUEUE_BYTES))]

@@ -19,6 +19,10 @@ pub const DEFAULT_RELAY_INTERVAL: Duration = Duration::from_millis(10);
 /// load most of a round's cost to PostgreSQL is per round, not per event, so fewer, larger rounds
 /// cost it about half as much per event at 25 ms as at 10 (BENCHMARKS.md).
 pub const DEFAULT_RELAY_BUSY_INTERVAL: Duration = Duration::from_millis(25);
+/// How often a relay replica renews its lease, however idle (writing once a quarter of the lease
+/// has passed, so well before it expires): also the longest a quiet relay goes without a round,
+/// and so the longest `--relay-quiet-interval` can be.
+pub const RELAY_RENEW_EVERY: Duration = Duration::from_millis(400);
 /// How long the relay replica's lease lasts without a renewal: another replica takes over within
 /// about this long after the relay dies or goes silent.
 pub const DEFAULT_RELAY_LEASE: Duration = Duration::from_secs(1);

@@ -94,6 +94,7 @@ pub async fn run_with(
     let relay =
         pg::relay::Relay::new(config.database.clone(), metrics.clone(), config.relay_interval, config.marker_interval)
             .with_busy_interval(config.relay_busy_interval)
+            .with_quiet_interval(config.relay_quiet_interval)
             .with_db_timeout(config.db_timeout);
     let tasks = [
         tokio::spawn(source.run(stop.clone())),

@@ -56,6 +56,9 @@ pub struct Config {
     pub relay_interval: Duration,
     /// The relay's interval while writers are busy (at least `relay_interval`).
     pub relay_busy_interval: Duration,
+    /// Between relay rounds once writers are quiet, instead of sleeping until one wakes the relay
+    /// (`--relay-quiet-interval`; `None`: sleep).
+    pub relay_quiet_interval: Option<Duration>,
     pub queue_bytes: usize,
     pub replay_timeout: Duration,
     /// `--slow-client-timeout`: a client that takes none of its waiting bytes this long is cut.
@@ -142,6 +145,22 @@ impl Config {
                 }
             }
         };
+        let relay_quiet_interval = a.relay_quiet_interval.as_deref().and_then(|s| {
+            let quiet = duration(&mut errs, "--relay-quiet-interval", s, Duration::from_millis(1))?;
+            let longest = crate::defaults::RELAY_RENEW_EVERY;
+            if relay_interval.is_some_and(|every| quiet < every) || quiet > longest {
+                errs.push(ConfigError::new(
+                    "--relay-quiet-interval",
+                    format!(
+                        "{s:?} must be at least --relay-interval ({}) and at most {} (a quiet relay runs a round that often anyway, to renew its lease)",
+                        humantime::format_duration(relay_interval.unwrap_or_default()),
+                        humantime::format_duration(longest)
+                    ),
+                ));
+                return None;
+            }
+            Some(quiet)
+        });
         let replay_timeout = duration(&mut errs, "--replay-timeout", &a.replay_timeout, Duration::from_millis(10));
         let slow_client_timeout =
             duration(&mut errs, "--slow-client-timeout", &a.slow_client_timeout, Duration::from_millis(100));
@@ -254,6 +273,7 @@ impl Config {
                 marker_interval,
                 relay_interval,
                 relay_busy_interval,
+                relay_quiet_interval,
                 queue_bytes,
                 replay_timeout,
                 slow_client_timeout,

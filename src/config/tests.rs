@@ -106,6 +106,7 @@ fn flag_defaults_are_the_typed_defaults() {
     assert_eq!(c.marker_interval, DEFAULT_MARKER_INTERVAL);
     assert_eq!(c.relay_interval, DEFAULT_RELAY_INTERVAL);
     assert_eq!(c.relay_busy_interval, DEFAULT_RELAY_BUSY_INTERVAL);
+    assert_eq!(c.relay_quiet_interval, None, "a quiet relay sleeps unless told to poll");
     assert_eq!(c.queue_bytes, DEFAULT_QUEUE_BYTES);
     assert_eq!(c.replay_timeout, DEFAULT_REPLAY_TIMEOUT);
     assert_eq!(c.db_timeout, DEFAULT_DB_TIMEOUT);
@@ -183,4 +184,27 @@ fn the_relays_busy_interval_is_never_shorter_than_its_interval() {
     );
     let Err(e) = with(&["--relay-busy-interval", "soon"]) else { panic!("not a duration") };
     assert!(e.to_string().contains("--relay-busy-interval"), "{e}");
+}
+
+#[test]
+fn the_relays_quiet_interval_lies_between_its_interval_and_its_lease_renewal() {
+    let base = ["--database-url", "postgres://u@h/db", "--jwt-secret", "s"];
+    let with = |extra: &[&str]| Config::from_argv(base.iter().chain(extra).copied());
+    let c = with(&["--relay-quiet-interval", "100ms"]).expect("valid");
+    assert_eq!(c.relay_quiet_interval, Some(Duration::from_millis(100)));
+    let c = with(&["--relay-quiet-interval", "400ms"]).expect("the longest");
+    assert_eq!(c.relay_quiet_interval, Some(Duration::from_millis(400)));
+    for (extra, what) in [
+        (&["--relay-quiet-interval", "1s"][..], "longer than the lease renewal"),
+        (&["--relay-interval", "50ms", "--relay-quiet-interval", "20ms"][..], "shorter than the interval"),
+    ] {
+        let Err(e) = with(extra) else { panic!("{what}: accepted") };
+        let e = e.to_string();
+        assert!(e.contains("--relay-quiet-interval") && e.contains("at most 400ms"), "{what}: {e}");
+    }
+    let Err(e) = with(&["--relay-quiet-interval", "sometimes", "--relay-interval", "never"]) else {
+        panic!("not durations")
+    };
+    let e = e.to_string();
+    assert!(e.contains("--relay-quiet-interval") && e.contains("--relay-interval"), "both reported at once: {e}");
 }

@@ -15,7 +15,9 @@
 //! `pgsse.meta.relay_wake`, and until it wakes, writers in relay mode send an empty NOTIFY on the
 //! secret wake channel this connection LISTENs on (only those few transactions take NOTIFY's
 //! commit lock). A sleeping relay still runs a round with every lease renewal, so a missed
-//! wake-up delays events by at most `RENEW_EVERY`; it never loses one.
+//! wake-up delays events by at most `RENEW_EVERY`; it never loses one. With
+//! `--relay-quiet-interval`, a quiet relay polls that often instead of sleeping, and no writer
+//! ever NOTIFYs in relay mode (PostgreSQL refuses to PREPARE a transaction that has).
 
 use std::time::{Duration, Instant};
 
@@ -64,9 +66,9 @@ fn news(position: &Snapshot, newest: Option<u64>, now: &Snapshot) -> bool {
     newest.is_some_and(|t| t >= position.xmax) || position.xip.iter().any(|&x| !now.in_progress(x))
 }
 
-/// A leader runs a full round at least this often, however idle: the round renews the lease
-/// (writing once a quarter of it has passed, so well before it expires) and moves the horizon on.
-const RENEW_EVERY: Duration = Duration::from_millis(400);
+/// A leader runs a full round at least this often, however idle: the round renews the lease and
+/// moves the horizon on.
+const RENEW_EVERY: Duration = crate::defaults::RELAY_RENEW_EVERY;
 
 /// After this long without anything to announce, the relaying replica goes to sleep until a
 /// writer wakes it: waking a backend costs about as much as a probe (~0.17 ms of CPU here), so
@@ -226,6 +228,9 @@ pub struct Relay {
     /// Between rounds while it does not (commit mode, or another replica relays): how soon a switch
     /// to relay mode, or a dead relay's expired lease, is noticed.
     idle_interval: Duration,
+    /// Between rounds once writers have been quiet for `QUIET_AFTER` (`--relay-quiet-interval`);
+    /// `None`: the quiet relay sleeps until a writer wakes it.
+    quiet_interval: Option<Duration>,
     timeout: Duration,
     instance: String,
 }
@@ -243,6 +248,7 @@ impl Relay {
             interval,
             busy_interval: interval,
             idle_interval: idle_interval.min(DEFAULT_RELAY_LEASE / 4),
+            quiet_interval: None,
             timeout: super::DEFAULT_DB_TIMEOUT,
             instance: format!("{:016x}", rand::random::<u64>()),
         }
@@ -254,14 +260,22 @@ impl Relay {
         self
     }
 
+    /// Poll every `quiet` once writers have been quiet, instead of sleeping until one wakes the
+    /// relay (`None`: sleep). At most `RENEW_EVERY`, which rounds run at anyway.
+    pub fn with_quiet_interval(mut self, quiet: Option<Duration>) -> Self {
+        self.quiet_interval = quiet.map(|q| q.clamp(self.interval, RENEW_EVERY));
+        self
+    }
+
     /// Between the start of a round that announced `events` and the next: under load most of
     /// what a round costs PostgreSQL is per round (starting its queries, the lease's write, the
-    /// commit, the round trips), so a busy relay runs fewer, larger rounds.
-    fn every(&self, events: u64) -> Duration {
-        if events >= BUSY_ROUND {
-            self.busy_interval
-        } else {
-            self.interval
+    /// commit, the round trips), so a busy relay runs fewer, larger rounds; a quiet one that polls
+    /// rather than sleeps, fewer, as it has nothing to announce.
+    fn every(&self, events: u64, quiet: bool) -> Duration {
+        match self.quiet_interval {
+            Some(q) if quiet => q,
+            _ if events >= BUSY_ROUND => self.busy_interval,
+            _ => self.interval,
         }
     }
 
@@ -366,10 +380,12 @@ impl Relay {
             // round will likely have some). A round still runs every RENEW_EVERY, to keep the
             // lease and the horizon fresh (and to notice a mode switch or a drained relay).
             let quiet = busy.elapsed() > QUIET_AFTER;
+            // Unless it polls while quiet (`--relay-quiet-interval`): then no writer ever NOTIFYs.
+            let sleeps = self.quiet_interval.is_none();
             let due = match (&last, leader) {
                 _ if asleep || relayed => true,
                 // Quiet: the next round goes to sleep (its write is the lease renewal's).
-                (Some(_), true) if quiet => true,
+                (Some(_), true) if quiet && sleeps => true,
                 (Some((pos, at)), true) if at.elapsed() < RENEW_EVERY => {
                     self.metrics.relay_probes.inc();
                     let row = within("relay", t, client.query_one(&probe, &[])).await?;
@@ -385,11 +401,11 @@ impl Relay {
             if !due {
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(self.interval.saturating_sub(began.elapsed())) => {}
+                    _ = tokio::time::sleep(self.every(0, quiet).saturating_sub(began.elapsed())) => {}
                 }
                 continue;
             }
-            let sleep = leader && quiet;
+            let sleep = leader && quiet && sleeps;
             if !asleep {
                 // Awake, wake-ups are stale (this round reads what they announced); a replica that
                 // does not relay never sleeps, and must not keep them either.
@@ -400,11 +416,11 @@ impl Relay {
             let next = match r {
                 Ok(o) => {
                     relayed = o.txs > 0;
-                    every = self.every(o.events);
-                    let (next, pos) = self.on_round(o, &mut leader)?;
                     if relayed {
                         busy = Instant::now();
                     }
+                    every = self.every(o.events, busy.elapsed() > QUIET_AFTER);
+                    let (next, pos) = self.on_round(o, &mut leader)?;
                     last = pos.as_deref().and_then(Snapshot::parse).map(|p| (p, Instant::now()));
                     next
                 }
@@ -463,38 +479,4 @@ impl Relay {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_busy_relay_runs_fewer_larger_rounds() {
-        let db = tokio_postgres::Config::new();
-        let ms = Duration::from_millis;
-        let r = Relay::new(db.clone(), Metrics::default(), ms(10), ms(250)).with_busy_interval(ms(25));
-        assert_eq!(
-            (r.every(0), r.every(BUSY_ROUND - 1), r.every(BUSY_ROUND), r.every(5000)),
-            (ms(10), ms(10), ms(25), ms(25))
-        );
-        let one = Relay::new(db, Metrics::default(), ms(40), ms(250)).with_busy_interval(ms(25));
-        assert_eq!(one.every(5000), ms(40), "never shorter than the interval");
-    }
-
-    #[test]
-    fn snapshots_parse_as_postgres_writes_them() {
-        assert_eq!(Snapshot::parse("10:20:12,15"), Some(Snapshot { xmax: 20, xip: vec![12, 15] }));
-        assert_eq!(Snapshot::parse("20:20:"), Some(Snapshot { xmax: 20, xip: vec![] }));
-        assert_eq!(Snapshot::parse("20:20"), None);
-        assert_eq!(Snapshot::parse("a:b:"), None);
-    }
-
-    #[test]
-    fn news_is_a_visible_row_past_the_position_or_a_finished_in_progress_transaction() {
-        let pos = Snapshot::parse("10:20:12,15").unwrap();
-        let same = Snapshot::parse("12:21:12,15").unwrap();
-        assert!(!news(&pos, None, &same), "an empty log");
-        assert!(!news(&pos, Some(19), &same), "nothing logged since");
-        assert!(news(&pos, Some(20), &same), "a row at the position's xmax");
-        assert!(news(&pos, Some(3), &Snapshot::parse("15:21:15").unwrap()), "12 finished");
-        assert!(!news(&pos, Some(3), &Snapshot::parse("12:30:12,15,25").unwrap()), "both still running");
-    }
-}
+mod tests;

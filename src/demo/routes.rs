@@ -205,8 +205,8 @@ impl ExtraRoutes for DemoRoutes {
         matches!(path, "/" | "/client.js" | "/transports.js" | "/favicon.ico") || path.starts_with("/demo/")
     }
 
-    fn call(&self, req: Request<Incoming>) -> Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send + '_>> {
-        Box::pin(self.handle(req))
+    fn call(&self, req: Request<Incoming>) -> Pin<Box<dyn std::future::Future<Output = Response<Bytes>> + Send + '_>> {
+        Box::pin(async move { self.handle(req).await.map(Body::into_document) })
     }
 }
 

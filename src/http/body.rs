@@ -54,6 +54,16 @@ pub enum Body {
     Stream(Box<StreamBody>),
 }
 
+impl Body {
+    /// A whole document's bytes (a stream has none: it is served by the pump, not as a document).
+    pub fn into_document(self) -> Bytes {
+        match self {
+            Body::Full(b) => b.unwrap_or_default(),
+            Body::Stream(_) => Bytes::new(),
+        }
+    }
+}
+
 impl hyper::body::Body for Body {
     type Data = Bytes;
     type Error = Infallible;

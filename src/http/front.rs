@@ -386,10 +386,7 @@ fn encode_head(resp: &Response<Body>, version: Version, framing: Framing) -> Vec
 /// Writes a complete (non-stream) response.
 async fn respond(socket: &mut TcpStream, resp: Response<Body>, version: Version, keep_alive: bool) -> io::Result<()> {
     let (mut parts, body) = resp.into_parts();
-    let body = match body {
-        Body::Full(b) => b.unwrap_or_default(),
-        Body::Stream(_) => Bytes::new(),
-    };
+    let body = body.into_document();
     if !keep_alive && version == Version::HTTP_11 {
         parts.headers.insert(CONNECTION, HeaderValue::from_static("close"));
     }

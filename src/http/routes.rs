@@ -19,7 +19,7 @@ pub(super) async fn route(
 ) -> Response<Body> {
     let path = req.uri().path();
     if let Some(extra) = shared.extra.as_ref().filter(|e| e.matches(req.method(), path)) {
-        return extra.call(req).await;
+        return extra.call(req).await.map(|b| Body::Full(Some(b)));
     }
     if path == shared.config.path {
         let (parts, _body) = req.into_parts();

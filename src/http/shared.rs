@@ -4,11 +4,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 use tokio_util::sync::CancellationToken;
 
-use super::body::Body;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -32,8 +32,9 @@ pub struct Shared {
     pub extra: Option<Arc<dyn ExtraRoutes>>,
 }
 
-/// Extra routes mounted next to the stream endpoint, checked first.
+/// Extra routes mounted next to the stream endpoint, checked first. They answer with whole
+/// documents, never a stream.
 pub trait ExtraRoutes: Send + Sync + 'static {
     fn matches(&self, method: &Method, path: &str) -> bool;
-    fn call(&self, req: Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<Body>> + Send + '_>>;
+    fn call(&self, req: Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<Bytes>> + Send + '_>>;
 }

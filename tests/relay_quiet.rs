@@ -16,8 +16,8 @@ const PREPARE: &str = "BEGIN; INSERT INTO notifications (user_id, title) VALUES 
                        PREPARE TRANSACTION 'pgsse_quiet'";
 
 /// Rounds and probes the relay of the gateway whose metrics are at `metrics` has run so far.
-async fn polls(metrics: &str) -> u64 {
-    metric(metrics, "pgsse_relay_probes_total").await + metric(metrics, "pgsse_relay_rounds_total").await
+async fn polls(metrics: &str) -> (u64, u64) {
+    (metric(metrics, "pgsse_relay_rounds_total").await, metric(metrics, "pgsse_relay_probes_total").await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,7 +41,8 @@ async fn a_quiet_relay_that_polls_lets_the_first_writer_after_a_pause_prepare() 
     gw.stop().await;
 
     let metrics = format!("127.0.0.1:{}", free_port());
-    let gw = Gateway::start(&db, &["--metrics-listen", &metrics, "--relay-quiet-interval", "100ms"]).await;
+    // The longest quiet interval: the one that could put off the lease's renewal (every 400 ms).
+    let gw = Gateway::start(&db, &["--metrics-listen", &metrics, "--relay-quiet-interval", "400ms"]).await;
     let wake_channel = format!("{}_wake", common::gateway::channel(&db).await);
     let mut wake = Listener::on(&db, wake_channel).await;
     let mut s = open(&gw.addr, "quiet").await;
@@ -51,12 +52,26 @@ async fn a_quiet_relay_that_polls_lets_the_first_writer_after_a_pause_prepare() 
     assert!(leading, "the gateway never took the relay's lease");
     // Quiet for longer than a second: a relay that sleeps would be asleep by now.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let before = polls(&metrics).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let polled = polls(&metrics).await - before;
+    let (rounds, probes) = polls(&metrics).await;
+    // Meanwhile the lease (1 s) is renewed every 400 ms: never less than about 600 ms of it left.
+    let mut least_left = f64::MAX;
+    let sampling = std::time::Instant::now();
+    while sampling.elapsed() < Duration::from_secs(3) {
+        let left: f64 = c
+            .query_one("SELECT extract(epoch FROM relay_until - clock_timestamp())::float8 * 1000 FROM pgsse.meta", &[])
+            .await
+            .expect("the relay's lease")
+            .get(0);
+        least_left = least_left.min(left);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (rounds, probes) = (polls(&metrics).await.0 - rounds, polls(&metrics).await.1 - probes);
     assert_eq!(metric(&metrics, "pgsse_relay_asleep").await, 0, "a relay told to poll never sleeps");
-    // About 10 at 100 ms, against about 100 at the 10 ms interval it polls at while writers write.
-    assert!((3..=30).contains(&polled), "a quiet relay polls about every 100 ms: {polled} probes and rounds in 1 s");
+    eprintln!("least of the lease left: {least_left:.0} ms; {rounds} rounds, {probes} probes in 3 s");
+    assert!(least_left > 400.0, "the lease ran down to {least_left:.0} ms before the quiet relay renewed it");
+    // About 8 rounds and next to no probes, against about 300 probes at the 10 ms interval it
+    // keeps while writers write.
+    assert!(rounds + probes <= 30, "a quiet relay polls every 400 ms: {rounds} rounds and {probes} probes in 3 s");
 
     c.batch_execute(PREPARE).await.expect("PREPARE TRANSACTION in relay mode, the relay quiet");
     let committed = std::time::Instant::now();

@@ -148,18 +148,27 @@ impl Config {
         let relay_quiet_interval = a.relay_quiet_interval.as_deref().and_then(|s| {
             let quiet = duration(&mut errs, "--relay-quiet-interval", s, Duration::from_millis(1))?;
             let longest = crate::defaults::RELAY_RENEW_EVERY;
-            if relay_interval.is_some_and(|every| quiet < every) || quiet > longest {
-                errs.push(ConfigError::new(
-                    "--relay-quiet-interval",
-                    format!(
-                        "{s:?} must be at least --relay-interval ({}) and at most {} (a quiet relay runs a round that often anyway, to renew its lease)",
-                        humantime::format_duration(relay_interval.unwrap_or_default()),
-                        humantime::format_duration(longest)
-                    ),
-                ));
-                return None;
+            let wrong = match relay_interval {
+                Some(every) if every > longest => Some(format!(
+                    "cannot be used with a --relay-interval longer than {}",
+                    humantime::format_duration(longest)
+                )),
+                Some(every) if quiet < every => {
+                    Some(format!("{s:?} is shorter than --relay-interval ({})", humantime::format_duration(every)))
+                }
+                _ if quiet > longest => Some(format!(
+                    "{s:?} is longer than {} (the relay renews its lease with a round that often anyway)",
+                    humantime::format_duration(longest)
+                )),
+                _ => None,
+            };
+            match wrong {
+                Some(why) => {
+                    errs.push(ConfigError::new("--relay-quiet-interval", why));
+                    None
+                }
+                None => Some(quiet),
             }
-            Some(quiet)
         });
         let replay_timeout = duration(&mut errs, "--replay-timeout", &a.replay_timeout, Duration::from_millis(10));
         let slow_client_timeout =

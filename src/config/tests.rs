@@ -194,13 +194,20 @@ fn the_relays_quiet_interval_lies_between_its_interval_and_its_lease_renewal() {
     assert_eq!(c.relay_quiet_interval, Some(Duration::from_millis(100)));
     let c = with(&["--relay-quiet-interval", "400ms"]).expect("the longest");
     assert_eq!(c.relay_quiet_interval, Some(Duration::from_millis(400)));
-    for (extra, what) in [
-        (&["--relay-quiet-interval", "1s"][..], "longer than the lease renewal"),
-        (&["--relay-interval", "50ms", "--relay-quiet-interval", "20ms"][..], "shorter than the interval"),
+    for (extra, why) in [
+        (&["--relay-quiet-interval", "1s"][..], "is longer than 400ms"),
+        (
+            &["--relay-interval", "50ms", "--relay-quiet-interval", "20ms"][..],
+            "is shorter than --relay-interval (50ms)",
+        ),
+        (
+            &["--relay-interval", "1s", "--relay-quiet-interval", "1s"][..],
+            "cannot be used with a --relay-interval longer",
+        ),
     ] {
-        let Err(e) = with(extra) else { panic!("{what}: accepted") };
+        let Err(e) = with(extra) else { panic!("{extra:?}: accepted") };
         let e = e.to_string();
-        assert!(e.contains("--relay-quiet-interval") && e.contains("at most 400ms"), "{what}: {e}");
+        assert!(e.contains("--relay-quiet-interval") && e.contains(why), "{extra:?}: {e}");
     }
     let Err(e) = with(&["--relay-quiet-interval", "sometimes", "--relay-interval", "never"]) else {
         panic!("not durations")

@@ -75,6 +75,14 @@ const RENEW_EVERY: Duration = crate::defaults::RELAY_RENEW_EVERY;
 /// probing every 10 ms would cost PostgreSQL ~2% of a core on an idle system.
 const QUIET_AFTER: Duration = Duration::from_secs(1);
 
+/// Until the next probe or round, after one that began at `began` with `every` between them, the
+/// last full round having run at `last_round`: never past the lease's renewal, however long the
+/// interval (a quiet relay's may be as long as `RENEW_EVERY`).
+fn pause(every: Duration, began: Instant, last_round: Option<Instant>) -> Duration {
+    let renew = last_round.map_or(Duration::MAX, |at| RENEW_EVERY.saturating_sub(at.elapsed()));
+    every.saturating_sub(began.elapsed()).min(renew)
+}
+
 /// Events a round announces from which writers count as busy (5,000 events/s at a 10 ms interval,
 /// 2,000 at 25 ms: in between the interval stays as it was).
 const BUSY_ROUND: u64 = 50;
@@ -263,7 +271,7 @@ impl Relay {
     /// Poll every `quiet` once writers have been quiet, instead of sleeping until one wakes the
     /// relay (`None`: sleep). At most `RENEW_EVERY`, which rounds run at anyway.
     pub fn with_quiet_interval(mut self, quiet: Option<Duration>) -> Self {
-        self.quiet_interval = quiet.map(|q| q.clamp(self.interval, RENEW_EVERY));
+        self.quiet_interval = quiet.map(|q| q.max(self.interval).min(RENEW_EVERY));
         self
     }
 
@@ -351,6 +359,8 @@ impl Relay {
         let mut asleep = false;
         // Whether the last round announced anything: then the next one runs without a probe.
         let mut relayed = false;
+        // Unless it polls while quiet (`--relay-quiet-interval`): then no writer ever NOTIFYs.
+        let sleeps = self.quiet_interval.is_none();
         loop {
             // Rounds start every interval (not an interval after the last one ended), so an event
             // waits at most one interval plus one round.
@@ -380,8 +390,6 @@ impl Relay {
             // round will likely have some). A round still runs every RENEW_EVERY, to keep the
             // lease and the horizon fresh (and to notice a mode switch or a drained relay).
             let quiet = busy.elapsed() > QUIET_AFTER;
-            // Unless it polls while quiet (`--relay-quiet-interval`): then no writer ever NOTIFYs.
-            let sleeps = self.quiet_interval.is_none();
             let due = match (&last, leader) {
                 _ if asleep || relayed => true,
                 // Quiet: the next round goes to sleep (its write is the lease renewal's).
@@ -401,7 +409,7 @@ impl Relay {
             if !due {
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(self.every(0, quiet).saturating_sub(began.elapsed())) => {}
+                    _ = tokio::time::sleep(pause(self.every(0, quiet), began, last.as_ref().map(|(_, at)| *at))) => {}
                 }
                 continue;
             }
@@ -440,7 +448,8 @@ impl Relay {
             let pause = match next {
                 _ if asleep => Duration::ZERO,
                 Round::Leader { full: true } => Duration::ZERO,
-                Round::Leader { full: false } => every.saturating_sub(began.elapsed()),
+                // Never past the lease's renewal, whatever the intervals.
+                Round::Leader { full: false } => pause(every, began, last.as_ref().map(|(_, at)| *at)),
                 Round::Off | Round::Standby => self.idle_interval,
             };
             tokio::select! {

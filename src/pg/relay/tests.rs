@@ -36,3 +36,13 @@ fn news_is_a_visible_row_past_the_position_or_a_finished_in_progress_transaction
     assert!(news(&pos, Some(3), &Snapshot::parse("15:21:15").unwrap()), "12 finished");
     assert!(!news(&pos, Some(3), &Snapshot::parse("12:30:12,15,25").unwrap()), "both still running");
 }
+
+#[test]
+fn a_pause_never_runs_past_the_lease_renewal() {
+    let ms = Duration::from_millis;
+    let now = Instant::now();
+    assert!(pause(ms(400), now, Some(now - ms(350))) <= ms(50), "the renewal is due in 50 ms");
+    assert!(pause(ms(400), now, Some(now - ms(500))) == Duration::ZERO, "the renewal is overdue");
+    assert!(pause(ms(10), now, Some(now)) <= ms(10), "the interval when it is shorter");
+    assert!(pause(ms(10), now, None) <= ms(10), "no round yet");
+}
